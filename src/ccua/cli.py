@@ -1,0 +1,189 @@
+"""The ``ccua`` command line: thin wrappers that parse, load the config and call the library."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+
+from ccua.config import ConfigError, load_config, preset_names
+
+log = logging.getLogger("ccua")
+
+
+def _setup_logging() -> None:
+    rank = int(os.environ.get("RANK", "0"))
+    logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+
+
+def _split_preset(items: list[str]) -> tuple[str | None, list[str]]:
+    """The first positional that is not a key=value override is the preset or YAML path."""
+    if items and "=" not in items[0]:
+        return items[0], items[1:]
+    return None, items
+
+
+# --------------------------------------------------------------------------- train
+
+def cmd_train(args: argparse.Namespace) -> int:
+    preset, overrides = _split_preset(args.config)
+    config = load_config(preset, overrides)
+    if args.dry_run:
+        import yaml
+
+        print(yaml.safe_dump(config.to_dict(), sort_keys=False), end="")
+        return 0
+    from ccua.training import train
+
+    run_dir = train(config, resume=args.resume, device=args.device)
+    print(f"run folder: {run_dir}")
+    return 0
+
+
+# --------------------------------------------------------------------------- sample
+
+def cmd_sample(args: argparse.Namespace) -> int:
+    import torch
+
+    from ccua.sampling import LoadedModel, sample_to_folder
+
+    loaded = LoadedModel(args.run, use_ema=not args.no_ema, device=args.device or "cpu")
+    changes = {k: v for k, v in {"sampler": args.sampler, "steps": args.steps, "eta": args.eta,
+                                  "guidance": args.guidance, "batch_size": args.batch_size}.items() if v is not None}
+    sample = dataclasses.replace(loaded.config.sample, **changes)
+    sample.use_ema = loaded.use_ema
+    _check_sampler(loaded.config.diffusion.objective, sample.sampler)
+    labels = None
+    if args.labels:
+        labels = torch.tensor([int(v) for v in args.labels.split(",")], dtype=torch.long)
+        labels = labels.repeat_interleave(args.per_class)
+    out = args.out or loaded.run_dir / "samples" / f"step{loaded.step:07d}_{sample.sampler}{sample.steps}_w{sample.guidance:g}_seed{args.seed}"
+    folder = sample_to_folder(loaded, out, sample, labels=labels, per_class=args.per_class, seed=args.seed,
+                              write_pngs=not args.no_png)
+    print(f"samples: {folder}")
+    return 0
+
+
+def _check_sampler(objective: str, sampler: str) -> None:
+    fits = {"ddpm": ("ddim", "ddpm"), "flow": ("euler", "heun", "dopri5", "sde")}[objective]
+    if sampler not in fits:
+        raise ConfigError(f"sampler {sampler!r} does not fit the {objective} objective (use one of: {', '.join(fits)})")
+
+
+# --------------------------------------------------------------------------- data
+
+def cmd_data(args: argparse.Namespace) -> int:
+    if args.config and args.config[0] == "encode":
+        return cmd_data_encode(args.config[1:])
+    preset, overrides = _split_preset(args.config)
+    config = load_config(preset, overrides)
+    from ccua.data import build_training_set, class_groups, count_groups
+
+    dataset = build_training_set(config.data)
+    counts = dataset.class_counts()
+    print(f"{config.data.name}: {len(dataset)} images, {dataset.num_classes} classes, "
+          f"imbalance {config.data.imbalance}, resolution {config.data.resolution}")
+    groups = class_groups(dataset.num_classes)
+    group_of = {c: g for g, members in groups.items() for c in members}
+    names = getattr(dataset, "class_names", [str(c) for c in range(dataset.num_classes)])
+    print(f"{'class':>5}  {'name':<16} {'count':>7}  group")
+    for c, n in enumerate(counts):
+        print(f"{c:>5}  {names[c][:16]:<16} {n:>7}  {group_of[c]}")
+    for name, members in groups.items():
+        print(f"{name}: classes {members[0]}-{members[-1]}, {sum(counts[c] for c in members)} images")
+    for name, members in count_groups(counts).items():
+        print(f"{name} (by count): {len(members)} classes")
+    return 0
+
+
+def cmd_data_encode(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="ccua data encode",
+                                     description="Encode a data set to VAE latents once, for latent training.")
+    parser.add_argument("config", nargs="*", help="preset or YAML (the pixel data set), then key=value overrides")
+    parser.add_argument("--out", required=True, help="latent cache file to write (.pt)")
+    parser.add_argument("--vae", default=None, help="AutoencoderKL folder or hub name (default: data.vae)")
+    parser.add_argument("--hflip-copies", action="store_true", help="also store latents of flipped images")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--device", default=None)
+    parser.add_argument("--allow-download", action="store_true", help="let diffusers fetch the VAE from the hub")
+    args = parser.parse_args(argv)
+    preset, overrides = _split_preset(args.config)
+    config = load_config(preset, overrides)
+    from ccua.data import build_training_set
+    from ccua.latent import encode_dataset, load_vae
+
+    dataset = build_training_set(config.data)
+    vae = load_vae(args.vae or config.data.vae, local_files_only=not args.allow_download)
+    device = args.device or ("cuda" if __import__("torch").cuda.is_available() else "cpu")
+    path = encode_dataset(dataset, vae.to(device), args.out, batch_size=args.batch_size,
+                          hflip_copies=args.hflip_copies)
+    print(f"latents: {path}")
+    return 0
+
+
+# --------------------------------------------------------------------------- entry point
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ccua", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("train", help="train from a preset or YAML config with key=value overrides")
+    p.add_argument("config", nargs="*", help=f"preset ({', '.join(preset_names())}) or YAML path, then overrides "
+                                             "such as model.ch=64 train.batch_size=32")
+    p.add_argument("--resume", default=None, help='"latest" or a run folder or checkpoint file')
+    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    p.add_argument("--dry-run", action="store_true", help="print the resolved config and stop")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("sample", help="sample a trained run or checkpoint")
+    p.add_argument("run", help="run folder or checkpoint file")
+    p.add_argument("--out", default=None, help="output folder (default: RUN/samples/<settings>)")
+    p.add_argument("--sampler", default=None, help="ddim | ddpm (DDPM objective); euler | heun | dopri5 | sde (flow)")
+    p.add_argument("--steps", type=int, default=None)
+    p.add_argument("--eta", type=float, default=None)
+    p.add_argument("--guidance", type=float, default=None, help="w in eps_c + w (eps_c - eps_u)")
+    p.add_argument("--per-class", type=int, default=10, help="samples per class")
+    p.add_argument("--labels", default=None, help="comma-separated classes (default: every class)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--batch-size", type=int, default=None)
+    p.add_argument("--no-ema", action="store_true", help="use the raw weights instead of the EMA")
+    p.add_argument("--no-png", action="store_true", help="only the .npz and the grid")
+    p.add_argument("--device", default=None)
+    p.set_defaults(func=cmd_sample)
+
+    p = sub.add_parser("data", help="per-class counts after long-tail subsampling; `data encode` for latents")
+    p.add_argument("config", nargs=argparse.REMAINDER, help="preset or YAML, then overrides")
+    p.set_defaults(func=cmd_data)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    _setup_logging()
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except KeyboardInterrupt:
+        print("ccua: interrupted", file=sys.stderr)
+        return 130
+    except Exception as error:  # noqa: BLE001 - the known user errors get one line, the rest a traceback
+        if _is_user_error(error):
+            print(f"ccua: error: {error}", file=sys.stderr)
+            return 2
+        raise
+
+
+def _is_user_error(error: Exception) -> bool:
+    from ccua.data.sources import DataError
+    from ccua.training.trainer import TrainingDiverged
+
+    return isinstance(error, (ConfigError, DataError, TrainingDiverged, FileNotFoundError, ValueError))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,64 @@
+"""What every training objective gives the trainer and the methods."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+import torch
+from torch import Tensor
+
+
+@dataclass
+class NoisedBatch:
+    """One training batch after the objective drew times and noise.
+
+    ``s`` is the noise level in [0, 1] with 1 = pure noise, the single time convention the
+    methods see (DDPM: s = t / T; flow: s = 1 - t).
+    """
+
+    x0: Tensor  # clean data (pixels in [-1, 1] or latents)
+    noise: Tensor
+    t: Tensor  # the time the network is given
+    s: Tensor  # noise level per sample, [B]
+    x_t: Tensor
+    target: Tensor
+
+
+class Objective(Protocol):
+    """A diffusion objective: how x_t and the regression target are built."""
+
+    name: str
+
+    def noise_batch(self, x0: Tensor) -> NoisedBatch:
+        """Draw times and noise (from torch's global generator) and build x_t and the target."""
+
+    def model_time(self, s: Tensor) -> Tensor:
+        """The network's time input for a noise level s."""
+
+
+def per_sample_mse(pred: Tensor, target: Tensor) -> Tensor:
+    """Mean squared error over all but the batch dimension: [B]."""
+    return (pred.float() - target.float()).pow(2).flatten(1).mean(dim=1)
+
+
+def expand_like(values: Tensor, x: Tensor) -> Tensor:
+    """Reshape a [B] tensor so that it broadcasts against x of shape [B, ...]."""
+    return values.reshape(values.shape[0], *([1] * (x.dim() - 1))).to(x.dtype)
+
+
+def guided_prediction(model, x: Tensor, t: Tensor, y: Tensor, guidance: float,
+                      null_label: int, channels: int | None = None) -> Tensor:
+    """Classifier-free guidance, pred_c + w (pred_c - pred_u), both passes in one forward call.
+
+    This equals the SiT convention v_u + s (v_c - v_u) with s = 1 + w. With ``channels``
+    set, only the first ``channels`` channels are guided (as the released SiT code does).
+    """
+    if guidance == 0:
+        return model(x, t, y)
+    both = model(torch.cat([x, x]), torch.cat([t, t]), torch.cat([y, torch.full_like(y, null_label)]))
+    cond, uncond = both.chunk(2)
+    guided = cond + guidance * (cond - uncond)
+    if channels is not None:
+        guided = torch.cat([guided[:, :channels], cond[:, channels:]], dim=1)
+    return guided

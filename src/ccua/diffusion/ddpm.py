@@ -1,0 +1,105 @@
+"""DDPM: linear beta schedule, epsilon prediction, DDIM and ancestral samplers."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from ccua.diffusion.base import NoisedBatch, expand_like
+
+# A prediction function: (x_t, model time [B]) -> predicted epsilon, guidance already applied.
+PredictFn = Callable[[Tensor, Tensor], Tensor]
+
+
+class DDPM:
+    """Discrete-time DDPM with T steps; time t = 0 .. T-1, large t = noisy."""
+
+    name = "ddpm"
+
+    def __init__(self, timesteps: int = 1000, beta_start: float = 1e-4, beta_end: float = 0.02):
+        self.timesteps = timesteps
+        betas = torch.linspace(beta_start, beta_end, timesteps, dtype=torch.float64)
+        self.betas = betas
+        self.alphas_cumprod = torch.cumprod(1.0 - betas, dim=0)
+
+    def alpha_bar(self, t: Tensor) -> Tensor:
+        """alphabar_t for integer timesteps t (float32, on t's device)."""
+        return self.alphas_cumprod.to(t.device)[t.long()].float()
+
+    def noise_batch(self, x0: Tensor) -> NoisedBatch:
+        t = torch.randint(0, self.timesteps, (x0.shape[0],), device=x0.device)
+        noise = torch.randn_like(x0)
+        x_t = self.q_sample(x0, t, noise)
+        return NoisedBatch(x0=x0, noise=noise, t=t, s=self.noise_level(t), x_t=x_t, target=noise)
+
+    def q_sample(self, x0: Tensor, t: Tensor, noise: Tensor) -> Tensor:
+        ab = expand_like(self.alpha_bar(t), x0)
+        return ab.sqrt() * x0 + (1 - ab).sqrt() * noise
+
+    def epsilon_target(self, x_t: Tensor, x0: Tensor, t: Tensor) -> Tensor:
+        """The epsilon that turns x0 into x_t at time t (used when a method swaps x0)."""
+        ab = expand_like(self.alpha_bar(t), x_t)
+        return (x_t - ab.sqrt() * x0) / (1 - ab).sqrt()
+
+    def noise_level(self, t: Tensor) -> Tensor:
+        return t.float() / self.timesteps
+
+    def model_time(self, s: Tensor) -> Tensor:
+        return (s * self.timesteps).round().long().clamp(0, self.timesteps - 1)
+
+    def sample_times(self, steps: int) -> list[int]:
+        """Evenly spaced timesteps, from noisy to clean, as the DDIM release does."""
+        if not 1 <= steps <= self.timesteps:
+            raise ValueError(f"steps must be in [1, {self.timesteps}], got {steps}")
+        stride = self.timesteps // steps
+        return list(range(0, stride * steps, stride))[::-1]
+
+    @torch.no_grad()
+    def ddim(self, predict: PredictFn, noise: Tensor, steps: int = 100, eta: float = 0.0,
+             progress: bool = False) -> Tensor:
+        """DDIM (eta = 0: deterministic) from the given initial noise to x_0."""
+        x = noise
+        times = self.sample_times(steps)
+        for i, t_now in enumerate(tqdm(times, desc="ddim", disable=not progress, leave=False)):
+            t_prev = times[i + 1] if i + 1 < len(times) else -1
+            t = torch.full((x.shape[0],), t_now, device=x.device, dtype=torch.long)
+            eps = predict(x, t).float()
+            ab = self.alphas_cumprod[t_now].item()
+            ab_prev = self.alphas_cumprod[t_prev].item() if t_prev >= 0 else 1.0
+            x0_pred = self._x0_from_eps(x, eps, ab)
+            sigma = eta * ((1 - ab_prev) / (1 - ab) * (1 - ab / ab_prev)) ** 0.5
+            direction = (max(1 - ab_prev - sigma**2, 0.0)) ** 0.5 * eps
+            x = ab_prev**0.5 * x0_pred + direction
+            if sigma > 0:
+                x = x + sigma * torch.randn_like(x)
+        return x
+
+    @torch.no_grad()
+    def ancestral(self, predict: PredictFn, noise: Tensor, progress: bool = False) -> Tensor:
+        """DDPM ancestral sampling over all T steps (posterior variance beta-tilde)."""
+        x = noise
+        for t_now in tqdm(range(self.timesteps - 1, -1, -1), desc="ddpm", disable=not progress, leave=False):
+            t = torch.full((x.shape[0],), t_now, device=x.device, dtype=torch.long)
+            eps = predict(x, t).float()
+            ab = self.alphas_cumprod[t_now].item()
+            ab_prev = self.alphas_cumprod[t_now - 1].item() if t_now > 0 else 1.0
+            beta = self.betas[t_now].item()
+            x0_pred = self._x0_from_eps(x, eps, ab)
+            # posterior mean of q(x_{t-1} | x_t, x0)
+            mean = (ab_prev**0.5 * beta / (1 - ab)) * x0_pred + ((1 - beta) ** 0.5 * (1 - ab_prev) / (1 - ab)) * x
+            if t_now > 0:
+                var = beta * (1 - ab_prev) / (1 - ab)
+                x = mean + var**0.5 * torch.randn_like(x)
+            else:
+                x = mean
+        return x
+
+    def _x0_from_eps(self, x: Tensor, eps: Tensor, alpha_bar: float) -> Tensor:
+        x0 = (x - (1 - alpha_bar) ** 0.5 * eps) / alpha_bar**0.5
+        return x0.clamp(-1, 1) if self.clip else x0
+
+    # Pixel-space data lives in [-1, 1]; latents do not, so clipping is a setting.
+    clip: bool = True

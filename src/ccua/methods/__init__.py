@@ -1,0 +1,88 @@
+"""Training methods added to the denoising loss. ``plain`` means none."""
+
+from __future__ import annotations
+
+from ccua.methods.base import Method, PassOutputs, StepContext
+from ccua.methods.cbdm import CBDM, cbdm_loss, class_prior
+from ccua.methods.ccua import CCUA, alignment_loss, ucl_loss
+from ccua.methods.dispersive import Dispersive, dispersive_loss
+from ccua.methods.oclt import OCLT
+from ccua.methods.supcon import SupCon, supcon_loss
+
+#: name -> class; its settings are the section of MethodConfig with the same name
+METHODS: dict[str, type[Method]] = {
+    "ccua": CCUA,
+    "cbdm": CBDM,
+    "oclt": OCLT,
+    "dispersive": Dispersive,
+    "supcon": SupCon,
+}
+
+#: methods that only work with one objective, and why
+_OBJECTIVE_ONLY: dict[str, tuple[str, str]] = {
+    "oclt": ("ddpm", "its transfer rule uses the DDPM sigma_t^2 = 1/alphabar_t - 1 and an epsilon target"),
+}
+
+# Passes the trainer provides itself; any other pass name is filled by exactly one method.
+_SHARED_PASSES = ("cond", "uncond")
+
+
+def build_methods(method_config) -> list[Method]:
+    """Instantiate the methods listed in ``method_config.names`` with their settings."""
+    methods = []
+    for name in method_config.names:
+        if name == "plain":
+            continue
+        cls = METHODS[name]
+        methods.append(cls(getattr(method_config, name)))
+    return methods
+
+
+def check_combination(names: list[str], objective_name: str) -> None:
+    """Raise ValueError, with the reason, for a list of methods that cannot work together.
+
+    Every pair of the registered methods combines (e.g. [ccua, supcon] shares one unconditional
+    pass: UCL spreads all samples apart, supcon then also draws same-class samples together).
+    What cannot work: unknown or repeated names, ``plain`` next to a method, a method on an
+    objective it does not support, and two methods filling the same extra pass.
+    """
+    unknown = [n for n in names if n != "plain" and n not in METHODS]
+    if unknown:
+        raise ValueError(f"unknown method(s) {unknown} (valid: plain, {', '.join(sorted(METHODS))})")
+    if len(set(names)) != len(names):
+        raise ValueError(f"a method is listed twice: {names}")
+    if "plain" in names and len(names) > 1:
+        raise ValueError(f"'plain' means no method and cannot be combined with others: {names}")
+    for name in names:
+        if name in _OBJECTIVE_ONLY:
+            needed, why = _OBJECTIVE_ONLY[name]
+            if objective_name != needed:
+                raise ValueError(f"{name} needs the {needed} objective, not {objective_name!r}: {why}")
+    owner: dict[str, str] = {}
+    for name in names:
+        if name == "plain":
+            continue
+        for pass_name in METHODS[name].passes:
+            if pass_name in _SHARED_PASSES:
+                continue
+            if pass_name in owner:
+                raise ValueError(f"{owner[pass_name]} and {name} both fill the extra pass {pass_name!r}")
+            owner[pass_name] = name
+
+
+def min_batch(names: list[str]) -> int:
+    """The smallest per-process batch for which every listed method is defined."""
+    return max([METHODS[n].min_batch for n in names if n != "plain"], default=1)
+
+
+def check_batch_size(names: list[str], batch_size: int) -> None:
+    """Raise ValueError naming each method that needs a larger per-process batch than ``batch_size``."""
+    short = [f"{n} needs {METHODS[n].min_batch}" for n in names
+             if n != "plain" and METHODS[n].min_batch > batch_size]
+    if short:
+        raise ValueError(f"per-process batch size {batch_size} is too small: {'; '.join(short)}")
+
+
+__all__ = ["CBDM", "CCUA", "Dispersive", "METHODS", "Method", "OCLT", "PassOutputs", "StepContext",
+           "SupCon", "alignment_loss", "build_methods", "cbdm_loss", "check_batch_size", "check_combination",
+           "class_prior", "dispersive_loss", "min_batch", "supcon_loss", "ucl_loss"]

@@ -1,0 +1,58 @@
+"""The interface every training method (regulariser) implements.
+
+A training step is: the objective noises the batch; each method may ``prepare`` it (choose
+labels for an extra pass, change the target); the trainer runs all requested passes through
+the network in one batched call; each method returns its named, already weighted loss terms.
+No method calls the network itself, so passes are shared and batched.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from torch import Tensor
+
+from ccua.diffusion.base import NoisedBatch, Objective
+
+
+@dataclass
+class StepContext:
+    """Everything a method may read (and, in ``prepare``, change) about the current step."""
+
+    batch: NoisedBatch
+    labels: Tensor  # the true class of each sample
+    cond_labels: Tensor  # labels of the conditional pass: the null class where dropped
+    dropped: Tensor  # bool [B]: the label was replaced by the null class
+    null_label: int
+    class_counts: Tensor  # training images per class, [C] (for priors and transfer rules)
+    objective: Objective
+    # labels of extra passes chosen by methods in prepare(), e.g. {"other": y'}
+    pass_labels: dict[str, Tensor] = field(default_factory=dict)
+
+
+@dataclass
+class PassOutputs:
+    """Predictions and encoder representations of each pass, keyed by pass name.
+
+    "cond" is always present; "uncond" (null labels) and method-defined passes when requested.
+    """
+
+    predictions: dict[str, Tensor]
+    representations: dict[str, Tensor]
+
+
+class Method:
+    """Base class: a method adds loss terms to the denoising loss, or changes its target."""
+
+    name: str = "method"
+    #: extra passes this method needs besides "cond": "uncond", or a name it fills in prepare()
+    passes: tuple[str, ...] = ()
+    #: the smallest per-process batch for which the method's loss is defined
+    min_batch: int = 1
+
+    def prepare(self, context: StepContext) -> None:
+        """Called after noising, before the forward pass. Default: nothing."""
+
+    def loss_terms(self, context: StepContext, outputs: PassOutputs) -> dict[str, Tensor]:
+        """Named scalar terms, already multiplied by their weights. Default: none."""
+        return {}

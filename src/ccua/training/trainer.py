@@ -1,0 +1,347 @@
+"""The trainer: one loop for every backbone, objective and method combination.
+
+Run folders are numbered (``runs/003-name``) and hold the resolved config, checkpoints, TensorBoard
+events, a JSON-lines log of every loss term, sample grids and the loss-curve plot.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import re
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from ccua.config import Config, ConfigError, config_from_dict, save_config
+from ccua.data import build_training_set
+from ccua.data.sampler import ResumableBatchSampler, batch_generator_seed, seed_everything
+from ccua.diffusion import build_objective
+from ccua.images import save_grid
+from ccua.methods import build_methods
+from ccua.models import build_model
+from ccua.data.dataset import to_uint8
+from ccua.sampling import generate, grid_labels
+from ccua.training.checkpoint import list_checkpoints, load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from ccua.training.distributed import (DistInfo, all_reduce_mean, barrier, cleanup, gather_objects,
+                                       init_distributed)
+from ccua.training.ema import EMA
+from ccua.training.step import PassRunner, training_losses
+
+log = logging.getLogger(__name__)
+
+# Sections that must match for a checkpoint to be resumed or loaded into a config.
+ARCHITECTURE_SECTIONS = ("model", "diffusion", "data")
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite; the last good checkpoint is kept."""
+
+
+def next_run_dir(out_dir: str | Path, name: str) -> Path:
+    """``out_dir/NNN-name`` with NNN one more than the highest number already there."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    numbers = [int(m.group(1)) for p in out.iterdir() if (m := re.match(r"^(\d{3,})-", p.name))]
+    safe_name = re.sub(r"[^A-Za-z0-9_.-]+", "-", name)
+    return out / f"{max(numbers, default=-1) + 1:03d}-{safe_name}"
+
+
+def find_resume_checkpoint(resume: str, out_dir: str | Path, name: str) -> Path:
+    """``latest``: the newest checkpoint of the newest run folder of this name; else a run folder or a file."""
+    if resume == "latest":
+        runs = sorted(p for p in Path(out_dir).glob(f"[0-9][0-9][0-9]*-{name}") if p.is_dir())
+        for run in reversed(runs):
+            found = list_checkpoints(run / "checkpoints")
+            if found:
+                return found[-1]
+        raise FileNotFoundError(f"--resume latest: no checkpoint of a run named {name!r} under {out_dir}")
+    path = Path(resume)
+    if path.is_dir():
+        found = list_checkpoints(path / "checkpoints")
+        if not found:
+            raise FileNotFoundError(f"--resume {resume}: the run folder has no checkpoint")
+        return found[-1]
+    if not path.is_file():
+        raise FileNotFoundError(f"--resume {resume}: no such run folder or checkpoint")
+    return path
+
+
+def config_differences(saved: dict, current: dict, sections=ARCHITECTURE_SECTIONS) -> list[str]:
+    """Dotted keys whose values differ between two config dicts, within ``sections``."""
+    diffs = []
+
+    def walk(a, b, prefix):
+        if isinstance(a, dict) and isinstance(b, dict):
+            for key in sorted(set(a) | set(b)):
+                walk(a.get(key), b.get(key), f"{prefix}.{key}" if prefix else key)
+        elif a != b:
+            diffs.append(f"{prefix}: checkpoint {a!r} vs config {b!r}")
+
+    for section in sections:
+        walk(saved.get(section), current.get(section), section)
+    return diffs
+
+
+class Trainer:
+    """Trains ``config`` in a new numbered run folder, or resumes a checkpoint exactly."""
+
+    def __init__(self, config: Config, resume: str | None = None, run_dir: str | Path | None = None,
+                 device: str | None = None):
+        self.config = config
+        self.dist: DistInfo = init_distributed(device)
+        self.device = self.dist.device
+        train = config.train
+        if train.batch_size % self.dist.world_size:
+            raise ConfigError(f"train.batch_size={train.batch_size} is not divisible by {self.dist.world_size} processes")
+        self.local_batch = train.batch_size // self.dist.world_size
+
+        seed_everything(train.seed)  # the same initial weights in every process
+        self.dataset = build_training_set(config.data)
+        self.class_counts = self.dataset.class_counts()
+        x_example, _ = self.dataset[0]
+        self.data_shape = tuple(x_example.shape)
+        self.model = build_model(config.model, self.data_shape[0], self.dataset.num_classes,
+                                 self.data_shape[1]).to(self.device)
+        self.objective = build_objective(config.diffusion)
+        self.latent = config.data.name == "latents"
+        if self.latent and hasattr(self.objective, "clip"):
+            self.objective.clip = False  # latents are not bounded to [-1, 1]
+        self.methods = build_methods(config.method)
+        self._check_methods()
+        self.ema = EMA(self.model, train.ema_decay)
+        optimizer_cls = torch.optim.AdamW if train.optimizer == "adamw" else torch.optim.Adam
+        self.optimizer = optimizer_cls(self.model.parameters(), lr=train.lr, weight_decay=train.weight_decay)
+        warmup = max(train.warmup_steps, 0)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda step: min(1.0, (step + 1) / warmup) if warmup else 1.0)
+        self.step = 0
+
+        resume_path = None
+        if resume:
+            resume_path = find_resume_checkpoint(resume, train.out_dir, config.name)
+            run_dir = resume_path.parent.parent
+        if run_dir is None:
+            run_dir = next_run_dir(train.out_dir, config.name) if self.dist.is_main else None
+            run_dir = gather_objects(run_dir, self.dist)[0]
+        self.run_dir = Path(run_dir)
+        self.checkpoint_dir = self.run_dir / "checkpoints"
+        if resume_path is not None:
+            self._restore(resume_path)
+        seed_rank = batch_generator_seed(train.seed, self.dist.rank)
+        if resume_path is None:
+            seed_everything(seed_rank)  # different noise, times and dropout in every process
+
+        runner = PassRunner(self.model)
+        self.runner = DistributedDataParallel(runner) if self.dist.enabled else runner
+        self.class_counts_tensor = torch.tensor(self.class_counts, dtype=torch.float32, device=self.device)
+        self.writer = None
+        self._grid_noise_seed = train.seed + 12345
+
+    # ------------------------------------------------------------------ set-up helpers
+    def _check_methods(self) -> None:
+        try:
+            from ccua.methods import check_combination
+        except ImportError:  # older registries have no combination rules
+            check_combination = None
+        if check_combination is not None:
+            try:
+                check_combination(list(self.config.method.names), self.config.diffusion.objective)
+            except ValueError as error:
+                raise ConfigError(str(error)) from None
+        for method in self.methods:
+            if self.local_batch < method.min_batch:
+                raise ConfigError(
+                    f"method {method.name!r} needs a per-process batch of at least {method.min_batch}; "
+                    f"train.batch_size={self.config.train.batch_size} over {self.dist.world_size} processes "
+                    f"gives {self.local_batch}")
+
+    def _restore(self, path: Path) -> None:
+        state = load_checkpoint(path)
+        diffs = config_differences(state["config"], self.config.to_dict())
+        if diffs:
+            raise ConfigError(f"checkpoint {path} was trained with another config: " + "; ".join(diffs[:5]))
+        self.model.load_state_dict(state["model"])
+        self.ema.load_state_dict(state["ema"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.step = int(state["step"])
+        states = state["rng"]
+        if len(states) != self.dist.world_size:
+            log.warning("checkpoint has RNG states of %d processes, this run has %d: noise will differ "
+                        "from an uninterrupted run", len(states), self.dist.world_size)
+            seed_everything(batch_generator_seed(self.config.train.seed + self.step, self.dist.rank))
+        else:
+            set_rng_state(states[self.dist.rank])
+        if self.dist.is_main:
+            log.info("resumed %s at step %d", path, self.step)
+
+    def _loader(self) -> DataLoader:
+        sampler = ResumableBatchSampler(
+            self.dataset.labels, self.dataset.num_classes, self.config.train.batch_size, seed=self.config.train.seed,
+            rank=self.dist.rank, world_size=self.dist.world_size, start_step=self.step,
+            balanced_rho=self.config.data.balanced_resampling)
+        # A private generator: DataLoader would otherwise draw its worker seed from the global RNG,
+        # which would make a resumed run diverge from an uninterrupted one.
+        return DataLoader(self.dataset, batch_sampler=sampler, num_workers=self.config.data.num_workers,
+                          generator=torch.Generator().manual_seed(self.config.train.seed),
+                          persistent_workers=self.config.data.num_workers > 0)
+
+    # ------------------------------------------------------------------ checkpoints and outputs
+    def checkpoint_state(self) -> dict:
+        rng_states = gather_objects(rng_state(), self.dist)
+        return {
+            "model": self.model.state_dict(), "ema": self.ema.state_dict(),
+            "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+            "step": self.step, "rng": rng_states, "config": self.config.to_dict(),
+            "class_counts": list(self.class_counts), "data_shape": list(self.data_shape),
+        }
+
+    def save(self) -> Path | None:
+        state = self.checkpoint_state()  # a collective: every process takes part
+        path = None
+        if self.dist.is_main:
+            path = save_checkpoint(state, self.checkpoint_dir, self.step, self.config.train.keep_checkpoints)
+        barrier(self.dist)
+        return path
+
+    @torch.no_grad()
+    def write_sample_grid(self) -> Path | None:
+        """Per-class grid (rows head to tail) from fixed noise and labels, with the EMA weights."""
+        if not self.dist.is_main:
+            return None
+        sample = self.config.sample
+        labels = grid_labels(self.class_counts, sample.grid_per_class)
+        decode = None
+        if self.latent:
+            from ccua.latent import decode_latents, load_vae
+
+            vae = load_vae(self.config.data.vae).to(self.device)
+            decode = lambda z: decode_latents(vae, z)  # noqa: E731
+        images = generate(self.ema.shadow, self.objective, labels, self.data_shape, sample,
+                          seed=self._grid_noise_seed, device=self.device, progress=False, decode=decode)
+        images = to_uint8(images).numpy()
+        rows = [images[i: i + sample.grid_per_class] for i in range(0, len(images), sample.grid_per_class)]
+        path = save_grid(rows, self.run_dir / "samples" / f"grid_{self.step:07d}.png",
+                         scale=max(1, 64 // self.data_shape[1]))
+        if self.writer is not None:
+            with Image.open(path) as grid:
+                self.writer.add_image("samples/grid", np.asarray(grid.convert("RGB")), self.step, dataformats="HWC")
+        return path
+
+    # ------------------------------------------------------------------ the loop
+    def train(self) -> Path:
+        """Train to ``train.steps``; returns the run folder."""
+        config, train = self.config, self.config.train
+        if self.dist.is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            save_config(config, self.run_dir / "config.yaml")
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.writer = SummaryWriter(str(self.run_dir / "tensorboard"), purge_step=self.step or None)
+            log.info("run folder %s; %d training images, %d classes, per-class counts %s",
+                     self.run_dir, len(self.dataset), self.dataset.num_classes, self.class_counts)
+        barrier(self.dist)
+        log_file = open(self.run_dir / "losses.jsonl", "a") if self.dist.is_main else None
+        progress = tqdm(total=train.steps, initial=self.step, disable=not (train.progress and self.dist.is_main),
+                        desc=config.name, dynamic_ncols=True)
+        data = iter(self._loader())
+        running: dict[str, float] = {}
+        interval_start, interval_steps = time.perf_counter(), 0
+        try:
+            while self.step < train.steps:
+                x0, labels = next(data)
+                terms = self.train_step(x0.to(self.device), labels.to(self.device))
+                for key, value in terms.items():
+                    running[key] = running.get(key, 0.0) + value
+                interval_steps += 1
+                progress.update(1)
+                if self.step % train.log_every == 0 or self.step == train.steps:
+                    elapsed = time.perf_counter() - interval_start
+                    record = {k: v / interval_steps for k, v in running.items()}
+                    record.update(step=self.step, lr=self.scheduler.get_last_lr()[0],
+                                  steps_per_sec=interval_steps / elapsed,
+                                  images_per_sec=interval_steps * train.batch_size / elapsed)
+                    if self.dist.is_main:
+                        self._log(record, log_file)
+                        progress.set_postfix(loss=f"{record['total']:.4f}")
+                    running, interval_start, interval_steps = {}, time.perf_counter(), 0
+                if train.ckpt_every and self.step % train.ckpt_every == 0 and self.step < train.steps:
+                    self.save()
+                if train.sample_every and self.step % train.sample_every == 0 and self.step < train.steps:
+                    self.write_sample_grid()
+                    barrier(self.dist)
+            self.save()
+            self.write_sample_grid()
+            if self.dist.is_main:
+                from ccua.training.curves import plot_loss_curves
+
+                plot_loss_curves(self.run_dir / "losses.jsonl", self.run_dir / "loss_curves.png")
+        finally:
+            progress.close()
+            if log_file:
+                log_file.close()
+            if self.writer is not None:
+                self.writer.close()
+            barrier(self.dist)
+        return self.run_dir
+
+    def train_step(self, x0: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
+        """One optimiser step; returns the loss terms averaged over processes."""
+        config, train = self.config, self.config.train
+        self.model.train()
+        if config.data.hflip and not self.latent:
+            flip = torch.rand(x0.shape[0], device=x0.device) < 0.5
+            x0 = torch.where(flip[:, None, None, None], x0.flip(-1), x0)
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=train.bf16):
+            terms = training_losses(self.runner, self.objective, self.methods, x0, labels, self.model.null_label,
+                                    self.class_counts_tensor, config.diffusion.label_drop_prob,
+                                    config.diffusion.label_drop_mode, config.method.batched_passes)
+        self.optimizer.zero_grad(set_to_none=True)
+        terms["total"].backward()
+        values = all_reduce_mean(torch.stack([v.detach().float() for v in terms.values()]), self.dist)
+        if not torch.isfinite(values).all():
+            kept = list_checkpoints(self.checkpoint_dir)
+            where = f"; last good checkpoint: {kept[-1]}" if kept else "; no checkpoint was written yet"
+            bad = [k for k, v in zip(terms, values.tolist()) if not math.isfinite(v)]
+            raise TrainingDiverged(f"non-finite loss ({', '.join(bad)}) at step {self.step + 1}{where}")
+        if train.grad_clip:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), train.grad_clip)
+        self.optimizer.step()
+        self.scheduler.step()
+        self.step += 1
+        self.ema.update(self.model, 0.0 if self.step <= train.ema_start else None)
+        return dict(zip(terms, values.tolist()))
+
+    def _log(self, record: dict, log_file) -> None:
+        step = record["step"]
+        for key, value in record.items():
+            if key == "step":
+                continue
+            tag = f"loss/{key}" if key not in ("lr", "steps_per_sec", "images_per_sec") else f"train/{key}"
+            self.writer.add_scalar(tag, value, step)
+        log_file.write(json.dumps(record) + "\n")
+        log_file.flush()
+
+
+def train(config: Config, resume: str | None = None, device: str | None = None) -> Path:
+    """Train ``config`` (resuming if asked) and return the run folder. Cleans up the process group."""
+    trainer = None
+    try:
+        trainer = Trainer(config, resume=resume, device=device)
+        return trainer.train()
+    finally:
+        cleanup(trainer.dist if trainer else init_distributed(device))
+
+
+def load_run_config(run_dir: str | Path) -> Config:
+    import yaml
+
+    return config_from_dict(yaml.safe_load((Path(run_dir) / "config.yaml").read_text()))

@@ -1,0 +1,78 @@
+"""The command line as a user runs it: train a few steps, sample, inspect data, bad input."""
+
+import subprocess
+import sys
+
+import numpy as np
+import yaml
+from PIL import Image
+
+from ccua.cli import main
+from tests.conftest import tiny_config_dict
+
+
+def _write_config(tmp_path, **sections):
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(tiny_config_dict(tmp_path / "runs", **sections)))
+    return path
+
+
+def test_train_then_sample(tmp_path, capsys):
+    config = _write_config(tmp_path)
+    assert main(["train", str(config), "train.steps=2", "train.ckpt_every=0"]) == 0
+    run = tmp_path / "runs" / "000-tiny"
+    assert (run / "checkpoints" / "0000002.pt").exists()
+    saved = yaml.safe_load((run / "config.yaml").read_text())
+    assert saved["train"]["steps"] == 2  # the resolved config, overrides included
+
+    out = tmp_path / "samples"
+    assert main(["sample", str(run), "--out", str(out), "--per-class", "2", "--steps", "2", "--guidance", "1.5",
+                 "--seed", "3"]) == 0
+    data = np.load(out / "images.npz")
+    assert data["images"].shape == (20, 8, 8, 1) and data["images"].dtype == np.uint8
+    assert data["labels"].tolist() == np.repeat(np.arange(10), 2).tolist()
+    assert len(list((out / "png").glob("*.png"))) == 20
+    with Image.open(out / "grid.png") as grid:
+        assert grid.size[0] > 8
+    info = yaml.safe_load((out / "sample_info.json").read_text())
+    assert info["step"] == 2 and info["sample_guidance"] == 1.5 and info["seed"] == 3 and info["ema"] is True
+
+    # the same seed gives the same images; the ancestral sampler also runs
+    again = tmp_path / "again"
+    main(["sample", str(run / "checkpoints" / "0000002.pt"), "--out", str(again), "--per-class", "2", "--steps", "2",
+          "--guidance", "1.5", "--seed", "3", "--no-png"])
+    assert np.array_equal(np.load(again / "images.npz")["images"], data["images"])
+    assert main(["sample", str(run), "--out", str(tmp_path / "anc"), "--labels", "2", "--per-class", "1",
+                 "--sampler", "ddpm", "--no-png"]) == 0
+    assert np.load(tmp_path / "anc" / "images.npz")["labels"].tolist() == [2]
+
+
+def test_resume_latest_from_the_cli(tmp_path):
+    config = _write_config(tmp_path)
+    main(["train", str(config), "train.steps=3"])
+    assert main(["train", str(config), "train.steps=4", "--resume", "latest"]) == 0
+    assert (tmp_path / "runs" / "000-tiny" / "checkpoints" / "0000004.pt").exists()
+    assert not (tmp_path / "runs" / "001-tiny").exists()
+
+
+def test_data_prints_counts_and_groups(capsys):
+    assert main(["data", "fashion_mnist_lt"]) == 0
+    out = capsys.readouterr().out
+    assert "14886 images" in out and "Ankle boot" in out and "tail: classes 7-9, 326 images" in out
+
+
+def test_dry_run_prints_the_resolved_config(capsys):
+    assert main(["train", "cifar10_lt", "model.ch=64", "--dry-run"]) == 0
+    assert yaml.safe_load(capsys.readouterr().out)["model"]["ch"] == 64
+
+
+def test_bad_input_gives_one_line_and_exit_code_2(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "ccua.cli", "train", "fashion_mnist_lt", "model.chh=3"],
+                            capture_output=True, text=True)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "ccua: error: unknown config key 'chh' in 'model' (valid keys: arch, ch, ch_mult, attn_resolutions, "
+        "num_res_blocks, dropout, dit_size, depth, hidden_size, num_heads, patch_size, mlp_ratio, encoder_depth)"]
+    missing = subprocess.run([sys.executable, "-m", "ccua.cli", "sample", str(tmp_path / "nothing")],
+                             capture_output=True, text=True)
+    assert missing.returncode == 2 and "neither a run folder nor a checkpoint" in missing.stderr

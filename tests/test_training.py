@@ -1,0 +1,130 @@
+"""The trainer: exact resume, bad input, and real two-process training."""
+
+import json
+import os
+import socket
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+
+from ccua.config import ConfigError, config_from_dict
+from ccua.methods import METHODS
+from ccua.methods.base import Method
+from ccua.training import Trainer, TrainingDiverged, train
+from ccua.training.checkpoint import list_checkpoints, load_checkpoint
+from ccua.training.distributed import cleanup
+from tests.conftest import tiny_config_dict
+
+
+def _final_weights(run_dir):
+    state = load_checkpoint(list_checkpoints(run_dir / "checkpoints")[-1])
+    return state
+
+
+def test_resume_gives_exactly_the_uninterrupted_weights(tmp_path):
+    full = config_from_dict(tiny_config_dict(tmp_path / "a", train={"steps": 6}))
+    full_run = train(full)
+    # The same run stopped at step 3 (its checkpoint), then resumed to step 6.
+    half = config_from_dict(tiny_config_dict(tmp_path / "b", train={"steps": 3}))
+    train(half)
+    resumed_config = config_from_dict(tiny_config_dict(tmp_path / "b", train={"steps": 6}))
+    resumed_run = train(resumed_config, resume="latest")
+    a, b = _final_weights(full_run), _final_weights(resumed_run)
+    assert a["step"] == b["step"] == 6
+    for key in ("model", "ema"):
+        for name in a[key]:
+            assert torch.equal(a[key][name], b[key][name]), f"{key}.{name} differs after resume"
+    assert a["optimizer"]["state"][0]["exp_avg"].equal(b["optimizer"]["state"][0]["exp_avg"])
+
+
+def test_run_folder_contents(tmp_path):
+    run = train(config_from_dict(tiny_config_dict(tmp_path / "runs")))
+    assert run.name == "000-tiny"
+    assert (run / "config.yaml").exists() and (run / "loss_curves.png").exists()
+    assert list((run / "tensorboard").glob("events.out.tfevents.*"))
+    assert (run / "samples" / "grid_0000006.png").exists()
+    records = [json.loads(line) for line in (run / "losses.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [2, 4, 6]
+    assert {"dm", "ucl", "al", "total", "steps_per_sec", "images_per_sec"} <= set(records[0])
+    assert records[0]["total"] == pytest.approx(records[0]["dm"] + records[0]["ucl"] + records[0]["al"], rel=1e-5)
+    # keep_checkpoints = 3, checkpoints at 3 and 6
+    assert [p.name for p in list_checkpoints(run / "checkpoints")] == ["0000003.pt", "0000006.pt"]
+    # the TensorBoard events hold every loss term
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(run / "tensorboard"))
+    events.Reload()
+    assert {"loss/dm", "loss/ucl", "loss/al", "loss/total", "train/steps_per_sec"} <= set(events.Tags()["scalars"])
+    assert train(config_from_dict(tiny_config_dict(tmp_path / "runs"))).name == "001-tiny"
+
+
+class _ExplodesAtStep3(Method):
+    name = "explodes"
+    calls = 0
+
+    def __init__(self, config=None):
+        pass
+
+    def loss_terms(self, context, outputs):
+        type(self).calls += 1
+        value = float("nan") if type(self).calls >= 3 else 0.0
+        return {"boom": outputs.predictions["cond"].sum() * 0 + value}
+
+
+def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
+    monkeypatch.setitem(METHODS, "explodes", _ExplodesAtStep3)
+    _ExplodesAtStep3.calls = 0
+    config = config_from_dict(tiny_config_dict(tmp_path / "runs", train={"ckpt_every": 2}))
+    config.method.names = ["explodes"]
+    monkeypatch.setattr(type(config.method), "explodes", None, raising=False)
+    with pytest.raises(TrainingDiverged, match=r"step 3; last good checkpoint: .*0000002\.pt"):
+        train(config)
+    assert [p.name for p in list_checkpoints(tmp_path / "runs" / "000-tiny" / "checkpoints")] == ["0000002.pt"]
+
+
+def test_checkpoint_from_another_config_is_refused(tmp_path):
+    run = train(config_from_dict(tiny_config_dict(tmp_path / "runs", train={"steps": 3})))
+    other = config_from_dict(tiny_config_dict(tmp_path / "runs", model={"ch": 16}, train={"steps": 6}))
+    with pytest.raises(ConfigError, match="model.ch: checkpoint 8 vs config 16"):
+        train(other, resume=str(run))
+
+
+def test_ucl_with_a_batch_of_one_is_refused_before_training(tmp_path):
+    config = config_from_dict(tiny_config_dict(tmp_path / "runs", train={"batch_size": 1}))
+    with pytest.raises(ConfigError, match="per-process batch of at least 2"):
+        train(config)
+    plain = config_from_dict(tiny_config_dict(tmp_path / "runs", train={"batch_size": 1, "steps": 1},
+                                              method={"names": ["plain"]}))
+    assert train(plain).exists()  # the plain objective is defined at batch size 1
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _worker(rank: int, world: int, port: int, config_dict: dict, out: str) -> None:
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    trainer = Trainer(config_from_dict(config_dict), device="cpu")
+    try:
+        trainer.train()
+        torch.save({"model": trainer.model.state_dict(), "run": str(trainer.run_dir)}, f"{out}/rank{rank}.pt")
+    finally:
+        cleanup(trainer.dist)
+
+
+def test_two_process_training_keeps_weights_identical(tmp_path):
+    config_dict = tiny_config_dict(tmp_path / "runs", train={"steps": 4, "batch_size": 8, "ckpt_every": 2})
+    mp.spawn(_worker, args=(2, _free_port(), config_dict, str(tmp_path)), nprocs=2, join=True)
+    rank0 = torch.load(tmp_path / "rank0.pt", weights_only=True)
+    rank1 = torch.load(tmp_path / "rank1.pt", weights_only=True)
+    assert rank0["run"] == rank1["run"]  # one run folder, chosen by rank 0
+    for name, value in rank0["model"].items():
+        assert torch.equal(value, rank1["model"][name]), name
+    initial = load_checkpoint(list_checkpoints(tmp_path / "runs" / "000-tiny" / "checkpoints")[0])
+    assert initial["step"] == 2 and len(initial["rng"]) == 2  # both processes' RNG states are saved
+    assert any(not torch.equal(v, initial["model"][k]) for k, v in rank0["model"].items())
