@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -44,7 +45,10 @@ def load_vae(name_or_path: str = DEFAULT_VAE, local_files_only: bool = True, sub
     if subfolder:
         kwargs["subfolder"] = subfolder
     try:
-        vae = AutoencoderKL.from_pretrained(name_or_path, **kwargs)
+        with warnings.catch_warnings():
+            # diffusers passes a deprecated argument to huggingface_hub: noise, not the user's concern
+            warnings.filterwarnings("ignore", message=".*local_dir_use_symlinks.*")
+            vae = AutoencoderKL.from_pretrained(name_or_path, **kwargs)
     except (OSError, ValueError) as err:
         if not local_files_only:
             raise
@@ -72,17 +76,21 @@ def to_unit_range(images: Tensor) -> Tensor:
 
 @torch.no_grad()
 def encode_images(vae, images: Tensor, batch_size: int = 32, scale: float = LATENT_SCALE) -> Tensor:
-    """Latents * scale of images [N, 3, H, W] (uint8 in [0, 255] or float in [-1, 1]).
+    """Latents * scale of images [N, C, H, W] (uint8 in [0, 255] or float in [-1, 1]; grey images
+    are repeated to RGB for an RGB VAE).
 
-    Uses the mean of the VAE's latent distribution rather than a draw from it: a cache then
-    holds one deterministic latent per image, and the posterior's standard deviation is tiny for
-    the SD VAE, so little is lost (DiT/SiT training draws a sample each step instead). The
-    result is float32 on the device of ``images``.
+    Uses the mean of the VAE's latent distribution, not a draw from it, so a cache holds one
+    deterministic latent per image. DiT/SiT training instead draws mean + std * noise afresh each
+    step; the posterior's (small) noise it adds is an augmentation a cache of means leaves out.
+    The result is float32 on the device of ``images``.
     """
     device, dtype = _vae_device_dtype(vae)
+    vae_channels = int(vae.config.in_channels)
     out = []
     for start in range(0, images.shape[0], batch_size):
         chunk = to_unit_range(images[start:start + batch_size]).to(device=device, dtype=dtype)
+        if chunk.shape[1] == 1 and vae_channels == 3:
+            chunk = chunk.expand(-1, 3, -1, -1)  # grey images as RGB
         out.append((vae.encode(chunk).latent_dist.mean * scale).float().to(images.device))
     return torch.cat(out)
 
@@ -112,20 +120,32 @@ def encode_dataset(dataset: Dataset, vae, path: str | os.PathLike, batch_size: i
     if dtype not in (torch.float16, torch.float32, torch.bfloat16):
         raise ValueError(f"latent dtype must be a float type, got {dtype}")
     path = Path(path)
+    n = len(dataset)
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers)
-    latents, flipped, labels = [], [], []
+    # Filled in place: a list of batches plus torch.cat would need twice the memory at the end.
+    latents: Tensor | None = None
+    flipped: Tensor | None = None
+    labels = torch.empty(n, dtype=torch.int64)
+    start = 0
     for images, batch_labels in tqdm(loader, desc="encoding", disable=not progress, leave=False):
-        latents.append(encode_images(vae, images, batch_size).to(dtype))
-        if hflip_copies:
-            flipped.append(encode_images(vae, images.flip(-1), batch_size).to(dtype))
-        labels.append(torch.as_tensor(batch_labels, dtype=torch.int64))
-    labels_t = torch.cat(labels)
+        z = encode_images(vae, images, batch_size).to("cpu", dtype)
+        if latents is None:
+            latents = torch.empty((n, *z.shape[1:]), dtype=dtype)
+            flipped = torch.empty_like(latents) if hflip_copies else None
+        end = start + z.shape[0]
+        latents[start:end] = z
+        if flipped is not None:
+            flipped[start:end] = encode_images(vae, images.flip(-1), batch_size).to("cpu", dtype)
+        labels[start:end] = torch.as_tensor(batch_labels, dtype=torch.int64)
+        start = end
+    if latents is None or start != n:
+        raise ValueError(f"the data set yielded {start} images, expected {n}")
     expected = np.asarray(dataset.labels, dtype=np.int64)
-    if not np.array_equal(labels_t.numpy(), expected):
+    if not np.array_equal(labels.numpy(), expected):
         raise ValueError("the labels the dataset returned differ from its .labels attribute")
     cache: dict[str, Any] = {
-        "latents": torch.cat(latents),
-        "labels": labels_t,
+        "latents": latents,
+        "labels": labels,
         "num_classes": int(dataset.num_classes),
         "scale": float(LATENT_SCALE),
         "format_version": _FORMAT_VERSION,
@@ -133,8 +153,8 @@ def encode_dataset(dataset: Dataset, vae, path: str | os.PathLike, batch_size: i
     names = getattr(dataset, "class_names", None)
     if names is not None and len(names) == cache["num_classes"]:
         cache["class_names"] = [str(n) for n in names]
-    if hflip_copies:
-        cache["latents_flipped"] = torch.cat(flipped)
+    if flipped is not None:
+        cache["latents_flipped"] = flipped
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
