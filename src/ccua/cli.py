@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import logging
 import os
 import sys
@@ -126,6 +125,77 @@ def cmd_data_encode(argv: list[str]) -> int:
     return 0
 
 
+# --------------------------------------------------------------------------- evaluation
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from ccua.evaluation import evaluate_target
+    from ccua.metrics import format_table
+
+    data = None
+    if args.data or args.overrides:
+        preset, overrides = _split_preset(([args.data] if args.data else []) + args.overrides)
+        data = load_config(preset, overrides).data
+    result, out = evaluate_target(
+        args.target, args.out, features=args.features, feature_path=args.feature_path,
+        reference_split=args.reference, per_class=args.per_class, sampler=args.sampler, steps=args.steps,
+        guidance=args.guidance, seed=args.seed, use_ema=not args.no_ema, group_mode=args.groups,
+        bf16=args.bf16, allow_download=args.allow_download, data=data, max_reference=args.max_reference,
+        device=args.device)
+    print(format_table(result, per_class=args.show_classes))
+    print(f"metrics: {out / 'metrics.json'}")
+    return 0
+
+
+def cmd_features(args: argparse.Namespace) -> int:
+    from ccua.evaluation import default_classifier_path
+    from ccua.metrics import train_classifier
+
+    preset, overrides = _split_preset(args.config)
+    config = load_config(preset, overrides)
+    out = Path(args.out) if args.out else default_classifier_path(config.data)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    meta = train_classifier(config.data, out, epochs=args.epochs, batch_size=args.batch_size, seed=args.seed,
+                            device=args.device)
+    print(f"classifier: {out}  test accuracy {meta['test_accuracy']:.4f}  "
+          f"({meta.get('train_seconds', float('nan')):.0f} s)")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from ccua.report import make_report
+
+    names = args.names.split(",") if args.names else None
+    paths = make_report(args.runs, args.out, names=names, seeds_grouping=args.group)
+    for kind, path in paths.items():
+        print(f"{kind}: {path}")
+    if "markdown" in paths:
+        print(Path(paths["markdown"]).read_text())
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from ccua.compare import CompareSettings, compare
+
+    settings = CompareSettings(
+        preset=args.preset, methods=[m for m in args.methods.split(",") if m],
+        seeds=[int(s) for s in args.seeds.split(",")], steps=args.steps, out_dir=Path(args.out),
+        overrides=args.overrides, per_class=args.per_class, features=args.features, feature_path=args.feature_path,
+        guidance_grid=[float(w) for w in args.guidance_grid.split(",")] if args.guidance_grid else None,
+        proxy_per_class=args.proxy_per_class, sampler_steps=args.sampler_steps, tail_seeds=args.tail_seeds,
+        max_reference=args.max_reference, device=args.device)
+    report = compare(settings)
+    print((report / "comparison.md").read_text())
+    print(f"report: {report}")
+    return 0
+
+
+def _add_eval_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--features", default="inception", help="inception | classifier | random (tests only)")
+    p.add_argument("--feature-path", default=None, help="weights file of the feature network")
+    p.add_argument("--per-class", type=int, default=100, help="generated images per class when sampling a run")
+    p.add_argument("--device", default=None)
+
+
 # --------------------------------------------------------------------------- entry point
 
 def build_parser() -> argparse.ArgumentParser:
@@ -159,6 +229,58 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("data", help="per-class counts after long-tail subsampling; `data encode` for latents")
     p.add_argument("config", nargs=argparse.REMAINDER, help="preset or YAML, then overrides")
     p.set_defaults(func=cmd_data)
+
+    p = sub.add_parser("evaluate", help="FID, KID, precision/recall, IS per group and class of a run or samples")
+    p.add_argument("target", help="run folder, checkpoint, sample folder or images.npz")
+    p.add_argument("overrides", nargs="*", help="data.* overrides naming the reference data set")
+    p.add_argument("--out", default=None, help="output folder (default: RUN/eval/<settings> or SAMPLES/eval)")
+    _add_eval_options(p)
+    p.add_argument("--data", default=None, help="preset or YAML whose data set is the reference (default: the run's)")
+    p.add_argument("--reference", default="train", choices=["train", "test"], help="balanced split to compare with")
+    p.add_argument("--groups", default="thirds", choices=["thirds", "counts"],
+                   help="head/body/tail thirds, or many/medium/few by training count")
+    p.add_argument("--sampler", default=None)
+    p.add_argument("--steps", type=int, default=None)
+    p.add_argument("--guidance", type=float, default=None)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-ema", action="store_true")
+    p.add_argument("--bf16", action="store_true", help="bf16 autocast for the feature network")
+    p.add_argument("--max-reference", type=int, default=None, help="cap the reference images (equal per class)")
+    p.add_argument("--allow-download", action="store_true", help="fetch the standard Inception weights if missing")
+    p.add_argument("--show-classes", action="store_true", help="also print the per-class table")
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("features", help="`features train`: the domain classifier used as a fast feature network")
+    p.add_argument("action", choices=["train"])
+    p.add_argument("config", nargs="*", help="preset or YAML (its data set and resolution), then overrides")
+    p.add_argument("--out", default=None, help="weights file (default: .cache/ccua/classifiers/<data>-<res>px.pt)")
+    p.add_argument("--epochs", type=int, default=3)
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default=None)
+    p.set_defaults(func=cmd_features)
+
+    p = sub.add_parser("report", help="one comparison of several evaluated runs: table, CSV, plots")
+    p.add_argument("runs", nargs="+", help="metrics.json files or folders holding them")
+    p.add_argument("--out", required=True)
+    p.add_argument("--names", default=None, help="comma-separated display names (equal names = seeds of one method)")
+    p.add_argument("--group", default="name", choices=["name", "strip_seed", "none"])
+    p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("compare", help="train, evaluate and report several methods under one protocol")
+    p.add_argument("preset")
+    p.add_argument("overrides", nargs="*", help="overrides shared by every run")
+    p.add_argument("--methods", default="plain,ccua", help="comma-separated; a+b combines methods")
+    p.add_argument("--seeds", default="0")
+    p.add_argument("--steps", type=int, default=None, help="training steps of every run")
+    p.add_argument("--out", default="runs/compare")
+    _add_eval_options(p)
+    p.add_argument("--guidance-grid", default=None, help="comma-separated w values to tune on a held-out proxy")
+    p.add_argument("--proxy-per-class", type=int, default=20)
+    p.add_argument("--sampler-steps", type=int, default=None)
+    p.add_argument("--tail-seeds", type=int, default=6, help="columns of the cross-run tail-class grid")
+    p.add_argument("--max-reference", type=int, default=None, help="cap the reference images (equal per class)")
+    p.set_defaults(func=cmd_compare)
     return parser
 
 

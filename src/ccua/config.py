@@ -153,6 +153,13 @@ class TrainConfig:
     ckpt_every: int = 500
     keep_checkpoints: int = 3
     progress: bool = True
+    # A cheap in-training FID (off by default): proxy_samples images, uniform over the classes,
+    # with the fast feature network, every proxy_every steps, logged to TensorBoard.
+    proxy_every: int = 0
+    proxy_samples: int = 500
+    proxy_features: str = "classifier"  # classifier | inception | random
+    proxy_feature_path: str | None = None  # default: the classifier `ccua features train` wrote
+    proxy_sampler_steps: int = 20
 
 
 @dataclass

@@ -174,7 +174,7 @@ def train_classifier(data_config: Any, out_path: str | Path, epochs: int = 3, ba
         "resolution": resolution, "channels": channels, "num_classes": num_classes, "width": width,
         "feature_dim": feature_dim, "epochs": epochs, "batch_size": batch_size, "lr": lr, "seed": seed,
         "num_train": len(train_x), "num_test": len(test_x), "test_accuracy": test_accuracy,
-        "train_seconds": train_seconds, "torch": torch.__version__,
+        "train_seconds": train_seconds, "torch": str(torch.__version__),
     }
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)

@@ -39,21 +39,21 @@ class ImageBatches(Protocol):
 def to_uint8_nchw(images: Any) -> Tensor:
     """A uint8 image array/tensor as [N, C, H, W].
 
-    Accepts [N, H, W] (grey), [N, C, H, W] and [N, H, W, C] with C in {1, 3, 4}; when both the
-    second and the last axis could be channels, NCHW is assumed.
+    Accepts [N, H, W] (grey), [N, C, H, W] and [N, H, W, C] with 1 to 4 channels (grey, grey +
+    alpha, RGB, RGBA); when both the second and the last axis could be channels, NCHW is assumed.
     """
-    tensor = torch.as_tensor(np.asarray(images) if not isinstance(images, Tensor) else images)
+    tensor = images if isinstance(images, Tensor) else torch.as_tensor(np.asarray(images))
     if tensor.dtype != torch.uint8:
         raise TypeError(f"images must be uint8 (0..255), got {tensor.dtype}; convert with ccua.data.to_uint8")
     if tensor.ndim == 3:
         return tensor[:, None]
     if tensor.ndim != 4:
         raise ValueError(f"images must have 3 or 4 dimensions, got shape {tuple(tensor.shape)}")
-    if tensor.shape[1] in (1, 3, 4):
+    if tensor.shape[1] <= 4:
         return tensor
-    if tensor.shape[-1] in (1, 3, 4):
+    if tensor.shape[-1] <= 4:
         return tensor.permute(0, 3, 1, 2)
-    raise ValueError(f"cannot tell the channel axis of images with shape {tuple(tensor.shape)}")
+    raise ValueError(f"cannot tell the channel axis of images with shape {tuple(tensor.shape)} (1 to 4 channels)")
 
 
 class TensorImages:
@@ -98,21 +98,21 @@ def as_batches(images: Any) -> ImageBatches:
 
 
 def convert_channels(images: Tensor, channels: int) -> Tensor:
-    """Grey -> colour by repeating the channel; colour -> grey by luma; RGBA drops alpha."""
+    """To 1 or 3 channels: alpha (2nd of 2, 4th of 4) is dropped, grey is repeated, RGB -> luma."""
     have = images.shape[1]
     if have == channels:
         return images
-    if have == 4:
-        images, have = images[:, :3], 3
-        if channels == 3:
+    if channels not in (1, 3) or have not in (1, 2, 3, 4):
+        raise ValueError(f"cannot turn {have} channels into {channels}")
+    if have in (2, 4):  # grey + alpha, RGBA
+        images, have = images[:, : have - 1], have - 1
+        if have == channels:
             return images
-    if have == 1 and channels == 3:
+    if have == 1:
         return images.expand(-1, 3, -1, -1)
-    if have == 3 and channels == 1:
-        weights = torch.tensor(LUMA, dtype=torch.float32, device=images.device).view(1, 3, 1, 1)
-        grey = (images.float() * weights).sum(1, keepdim=True)
-        return grey.round().clamp(0, 255).to(images.dtype) if images.dtype == torch.uint8 else grey
-    raise ValueError(f"cannot turn {have} channels into {channels}")
+    weights = torch.tensor(LUMA, dtype=torch.float32, device=images.device).view(1, 3, 1, 1)
+    grey = (images.float() * weights).sum(1, keepdim=True)
+    return grey.round().clamp(0, 255).to(images.dtype) if images.dtype == torch.uint8 else grey
 
 
 def resize_uint8(images: Tensor, height: int, width: int) -> Tensor:
@@ -162,6 +162,10 @@ class FeatureNet(abc.ABC):
         self.device = default_device(device)
         self.progress = progress
         self._warned: set[str] = set()
+        if self.bf16 and self.device.type == "cpu" and "AVX512" not in torch.backends.cpu.get_cpu_capability():
+            # Without AVX-512 (bf16) the CPU emulates bf16 convolutions: measured 10-20x slower than fp32.
+            logger.warning("bf16 autocast on a CPU without AVX-512 (%s) is much slower than fp32",
+                           torch.backends.cpu.get_cpu_capability())
 
     # ---------------------------------------------------------------- to implement
     @abc.abstractmethod

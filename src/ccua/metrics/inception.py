@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import warnings
 import zipfile
 from pathlib import Path
 
@@ -416,7 +417,10 @@ def find_inception_weights(path: str | Path | None = None, allow_download: bool 
 def load_inception(path: Path) -> tuple[nn.Module, str]:
     """Load the network from ``path``: (module, kind) with kind "torchscript" or "state_dict"."""
     if is_torchscript_file(path):
-        return torch.jit.load(str(path), map_location="cpu").eval(), "torchscript"
+        with warnings.catch_warnings():
+            # torch >= 2.9 marks torch.jit.load deprecated; the port exists only in this format
+            warnings.simplefilter("ignore", DeprecationWarning)
+            return torch.jit.load(str(path), map_location="cpu").eval(), "torchscript"
     state = torch.load(path, map_location="cpu", weights_only=True)
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]

@@ -11,6 +11,7 @@ import logging
 import math
 import re
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -143,6 +144,7 @@ class Trainer:
         self.runner = DistributedDataParallel(runner) if self.dist.enabled else runner
         self.class_counts_tensor = torch.tensor(self.class_counts, dtype=torch.float32, device=self.device)
         self.writer = None
+        self._proxy = None
         self._grid_noise_seed = train.seed + 12345
 
     # ------------------------------------------------------------------ set-up helpers
@@ -236,6 +238,34 @@ class Trainer:
                 self.writer.add_image("samples/grid", np.asarray(grid.convert("RGB")), self.step, dataformats="HWC")
         return path
 
+    @torch.no_grad()
+    def log_proxy_fid(self) -> float | None:
+        """FID of a few hundred EMA samples with the fast feature network (a trend, not a result)."""
+        if not self.dist.is_main:
+            return None
+        train = self.config.train
+        if self._proxy is None:
+            from ccua.evaluation import DEFAULT_CACHE, default_classifier_path
+            from ccua.metrics import ProxyFID, Reference, build_feature_net
+
+            path = train.proxy_feature_path
+            if train.proxy_features == "classifier" and path is None:
+                path = str(default_classifier_path(self.config.data))
+            net = build_feature_net(train.proxy_features, path=path, device=self.device, progress=False)
+            self._proxy = ProxyFID(Reference.from_config(self.config.data, "train"), net, num_samples=2000,
+                                   cache_dir=DEFAULT_CACHE / "features")
+        num_classes = len(self.class_counts)
+        labels = torch.arange(train.proxy_samples) % num_classes
+        sample = replace(self.config.sample, steps=train.proxy_sampler_steps)
+        images = generate(self.ema.shadow, self.objective, labels, self.data_shape, sample, seed=self._grid_noise_seed,
+                          device=self.device, progress=False)
+        value = self._proxy(to_uint8(images).numpy(), labels.numpy())
+        if self.writer is not None:
+            self.writer.add_scalar("eval/proxy_fid", value, self.step)
+        log.info("step %d: proxy FID %.3f (%d samples, %s features)", self.step, value, train.proxy_samples,
+                 train.proxy_features)
+        return value
+
     # ------------------------------------------------------------------ the loop
     def train(self) -> Path:
         """Train to ``train.steps``; returns the run folder."""
@@ -277,6 +307,9 @@ class Trainer:
                     self.save()
                 if train.sample_every and self.step % train.sample_every == 0 and self.step < train.steps:
                     self.write_sample_grid()
+                    barrier(self.dist)
+                if train.proxy_every and self.step % train.proxy_every == 0:
+                    self.log_proxy_fid()
                     barrier(self.dist)
             self.save()
             self.write_sample_grid()

@@ -1,0 +1,209 @@
+"""The reference (real) image set and its features, cached on disk.
+
+Reference features are the expensive half of every evaluation (the full balanced training set
+through Inception), and they do not change between runs, so they are written once per
+(data set, split, resolution, channels, subset, feature network, weights, preprocessing). The
+key is stored inside the file and compared on load: a file made with another network, other
+weights or other data is rebuilt, never reused.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ccua.metrics.features import DatasetImages, FeatureNet, TensorImages, to_uint8_nchw
+from ccua.metrics.scores import GaussianStats
+
+logger = logging.getLogger(__name__)
+
+CACHE_FORMAT = 1
+
+
+@dataclass
+class Reference:
+    """Real images with labels, and a key naming them for the feature cache (None: no caching).
+
+    ``images`` is a data set with ``uint8_image(i)`` (e.g. a LongTailDataset) or a uint8 array
+    [N, H, W, C] / [N, C, H, W].
+    """
+
+    images: Any
+    labels: np.ndarray
+    key: str | None = None
+    num_classes: int | None = None
+    class_names: list[str] = field(default_factory=list)
+
+    def __post_init__(self):
+        self.labels = np.asarray(self.labels, dtype=np.int64)
+        if self.labels.ndim != 1:
+            raise ValueError(f"reference labels must be 1-d, got shape {self.labels.shape}")
+        if self.num_classes is None:
+            self.num_classes = int(self.labels.max()) + 1 if len(self.labels) else 0
+        if len(self.batches()) != len(self.labels):
+            raise ValueError(f"reference has {len(self.batches())} images but {len(self.labels)} labels")
+
+    @classmethod
+    def from_config(cls, data_config: Any, split: str = "train") -> "Reference":
+        """The balanced ``split`` of the configured data set at the configured resolution."""
+        from ccua.data import build_reference_set
+
+        dataset = build_reference_set(data_config, split)
+        return cls(dataset, dataset.labels, reference_key(data_config, split, dataset), dataset.num_classes,
+                   list(getattr(dataset, "class_names", [])))
+
+    @classmethod
+    def wrap(cls, reference: Any, key: str | None = None, labels: Any = None,
+             num_classes: int | None = None) -> "Reference":
+        """Accept a Reference, a data set with ``labels``/``uint8_image``, or an array plus ``labels``."""
+        if isinstance(reference, Reference):
+            if key is not None and key != reference.key:
+                reference = Reference(reference.images, reference.labels, key, reference.num_classes,
+                                      reference.class_names)
+            return reference
+        if hasattr(reference, "uint8_image"):
+            labels = getattr(reference, "labels", None) if labels is None else labels
+            if labels is None:
+                raise ValueError("the reference data set has no labels")
+            return cls(reference, labels, key, num_classes or getattr(reference, "num_classes", None),
+                       list(getattr(reference, "class_names", [])))
+        if labels is None:
+            raise ValueError("a reference given as an image array needs reference_labels")
+        return cls(reference, labels, key, num_classes)
+
+    def batches(self, indices: np.ndarray | None = None):
+        if hasattr(self.images, "uint8_image"):
+            return DatasetImages(self.images, indices)
+        images = to_uint8_nchw(self.images)
+        return TensorImages(images if indices is None else images[torch.as_tensor(indices)])
+
+    def image_shape(self) -> tuple[int, int, int]:
+        """(C, H, W) of the reference images (of the first one)."""
+        return self.batches(np.arange(1)).get(0, 1).shape[1:]
+
+    def fingerprint(self, indices: np.ndarray) -> str:
+        """sha256 of the labels and of three images: catches a changed data set without reading all."""
+        digest = hashlib.sha256(self.labels[indices].tobytes())
+        batches = self.batches(indices)
+        for position in sorted({0, len(indices) // 2, len(indices) - 1}):
+            digest.update(batches.get(position, position + 1).contiguous().numpy().tobytes())
+        return digest.hexdigest()
+
+
+def reference_key(data_config: Any, split: str, dataset: Any = None) -> str:
+    """``<name>-<split>-<resolution>px-<channels>ch`` (+ split file) for a DataConfig."""
+    channels = getattr(dataset, "channels", None) or data_config.channels
+    key = f"{data_config.name}-{split}-{data_config.resolution}px-{channels}ch"
+    if getattr(data_config, "split_file", None):
+        key += f"-{Path(data_config.split_file).stem}"
+    return key
+
+
+def stratified_subset(labels: np.ndarray, max_total: int | None, seed: int = 0) -> np.ndarray:
+    """At most ``max_total`` indices, as equal a share per class as the classes allow (seeded)."""
+    if max_total is None or max_total >= len(labels):
+        return np.arange(len(labels))
+    rng = np.random.RandomState(seed)
+    classes = np.unique(labels)
+    members = {c: rng.permutation(np.flatnonzero(labels == c)) for c in classes}
+    chosen: list[np.ndarray] = []
+    budget, left = max_total, list(classes)
+    # Fill small classes completely, then share what is left equally among the others.
+    for c in sorted(left, key=lambda c: len(members[c])):
+        share = budget // len(left)
+        take = members[c][:share]
+        chosen.append(take)
+        budget -= len(take)
+        left.remove(c)
+    return np.sort(np.concatenate(chosen))
+
+
+@dataclass
+class ReferenceFeatures:
+    """Reference features [N, D] float32, their labels, overall statistics and where they came from."""
+
+    features: np.ndarray
+    labels: np.ndarray
+    indices: np.ndarray
+    stats: GaussianStats
+    key: dict[str, Any]
+    cache_status: str  # hit | written | rebuilt | disabled
+    path: Path | None = None
+
+
+def _cache_file(cache_dir: Path, key: dict[str, Any]) -> Path:
+    safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", str(key["reference"]))
+    # The data fingerprint stays out of the name: changed data under the same name overwrites
+    # (rebuilds) the stale file instead of leaving it behind.
+    named = {k: v for k, v in key.items() if k != "fingerprint"}
+    tag = hashlib.sha256(json.dumps(named, sort_keys=True).encode()).hexdigest()[:10]
+    return cache_dir / f"{safe}__{key['feature_net']}-{key['weights_hash'][:12]}-{tag}.npz"
+
+
+def _load_cache(path: Path, key: dict[str, Any]) -> dict[str, np.ndarray] | None:
+    """The arrays of a cache file if its stored key equals ``key``; None otherwise."""
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            stored = json.loads(str(data["key"]))
+            if stored != key:
+                differing = sorted(k for k in set(stored) | set(key) if stored.get(k) != key.get(k))
+                logger.warning("reference cache %s was made for other settings (%s differ); rebuilding", path,
+                               ", ".join(differing))
+                return None
+            return {name: data[name] for name in ("features", "labels", "indices", "mu", "sigma")}
+    except (OSError, ValueError, KeyError) as error:
+        logger.warning("reference cache %s cannot be read (%s); rebuilding", path, error)
+        return None
+
+
+def reference_features(reference: Reference, feature_net: FeatureNet, cache_dir: str | Path | None = None,
+                       max_reference: int | None = None, seed: int = 0) -> ReferenceFeatures:
+    """Features of the reference images, from the cache when a valid one exists.
+
+    ``max_reference`` caps the number of images (an equal share per class, seeded): the full
+    Fashion-MNIST training set takes over an hour through Inception on 2 CPU cores.
+    """
+    indices = stratified_subset(reference.labels, max_reference, seed)
+    key: dict[str, Any] | None = None
+    path: Path | None = None
+    status = "disabled"
+    if cache_dir is not None and reference.key is not None:
+        key = {
+            "format": CACHE_FORMAT, "reference": reference.key, "n": int(len(indices)),
+            "max_reference": max_reference, "subset_seed": seed, "fingerprint": reference.fingerprint(indices),
+            "feature_net": feature_net.name, "weights_hash": feature_net.weights_hash,
+            "feature_config": feature_net.config_tag(), "dim": feature_net.dim, "bf16": feature_net.bf16,
+        }
+        path = _cache_file(Path(cache_dir), key)
+        status = "written"
+        if path.exists():
+            cached = _load_cache(path, key)
+            if cached is not None:
+                logger.info("reference features from cache %s", path)
+                stats = GaussianStats(cached["mu"], cached["sigma"], int(len(cached["features"])))
+                return ReferenceFeatures(cached["features"], cached["labels"], cached["indices"], stats, key, "hit",
+                                         path)
+            status = "rebuilt"
+    elif cache_dir is not None:
+        logger.info("reference has no cache key: its features are not cached")
+    features, _ = feature_net.extract(reference.batches(indices), want_logits=False, desc="reference features")
+    features = features.numpy()
+    labels = reference.labels[indices]
+    stats = GaussianStats.from_features(features)
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + f".tmp{os.getpid()}.npz")
+        np.savez(tmp, features=features, labels=labels, indices=indices, mu=stats.mu, sigma=stats.sigma,
+                 key=np.array(json.dumps(key, sort_keys=True)))
+        os.replace(tmp, path)  # atomic: a crash never leaves a half-written cache behind
+        logger.info("reference features written to %s", path)
+    return ReferenceFeatures(features, labels, indices, stats, key or {}, status, path)

@@ -1,0 +1,71 @@
+"""Reports across runs: comparison tables (markdown + CSV), per-class plots, cross-run grids."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Callable
+
+from ccua.report.grids import tail_grid
+from ccua.report.plots import available_metric, plot_per_class
+from ccua.report.tables import (GROUP_METRICS, OVERALL_METRICS, Run, comparability_notes, find_metrics_file, group_key, group_names, load_runs,
+                                markdown_table, metric_columns, run_row, summary_markdown, summary_rows, write_csv)
+
+logger = logging.getLogger(__name__)
+
+
+def make_report(metric_files_or_run_dirs: list[str | Path], out_dir: str | Path, names: list[str] | None = None,
+                seeds_grouping: str | Callable[[str], str] = "name", title: str = "Comparison") -> dict[str, Path]:
+    """Compare several evaluated runs.
+
+    Each input is a metrics.json file or a folder (its newest ``**/metrics.json`` is used).
+    ``names``: display names (default: the run folder names). Runs whose names fall into one group
+    under ``seeds_grouping`` ("name": identical names; "strip_seed": names equal up to a trailing
+    -seed1/_s2; "none"; or a callable name -> group) are also summarised as mean ± std.
+
+    Writes into ``out_dir``: comparison.md, comparison.csv (one row per run), summary.csv (mean
+    and std per group, when some group has several runs) and per_class.png (per-class FID and
+    recall, or the per-class metric available, against the training count, log x). Returns the paths.
+    """
+    if not metric_files_or_run_dirs:
+        raise ValueError("no runs given")
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    runs = load_runs(list(metric_files_or_run_dirs), names)
+    groups = group_names(runs)
+    rows = [run_row(run, groups) for run in runs]
+    keys = [group_key(run.name, seeds_grouping) for run in runs]
+    columns = metric_columns(groups)
+    paths = {"csv": write_csv(rows, out_dir / "comparison.csv")}
+
+    shown = ["name", "seed", "guidance", "n_gen"] + [column for _, column in OVERALL_METRICS]
+    for group in groups:  # each group's image count beside its numbers
+        shown += [f"n_gen_{group}"] + [f"{column}_{group}" for _, column in GROUP_METRICS]
+    shown = [c for c in shown if c in ("name", "seed", "guidance") or any(r.get(c) is not None for r in rows)]
+    parts = [f"# {title}", "", markdown_table(rows, shown)]
+    repeated = any(keys.count(k) > 1 for k in keys if k is not None)
+    if repeated:
+        summary = summary_rows(rows, keys, columns)
+        paths["summary_csv"] = write_csv(summary, out_dir / "summary.csv")
+        summary_columns = [c for c in columns if any(s[f"{c}_mean"] is not None for s in summary)]
+        parts += ["", "## Mean ± std over runs of the same setting (sample std)", "",
+                  summary_markdown(summary, summary_columns)]
+    notes = comparability_notes(runs)
+    for note in notes:
+        logger.warning(note)
+    parts += ["", "## Sources", ""] + [f"- {run.name}: {run.path}" for run in runs]
+    if notes:
+        parts += ["", "## Warnings", ""] + [f"- {n}" for n in notes]
+
+    second = available_metric(runs, ("recall", "kid_mean", "precision"))
+    plot_metrics = tuple(m for m in ("fid", second) if m and available_metric(runs, (m,)))
+    if plot_metrics:
+        paths["plot"] = plot_per_class(runs, out_dir / "per_class.png", plot_metrics)
+        parts += ["", f"![per-class {' and '.join(plot_metrics)}](per_class.png)"]
+    paths["markdown"] = out_dir / "comparison.md"
+    paths["markdown"].write_text("\n".join(parts) + "\n")
+    return paths
+
+
+__all__ = ["Run", "find_metrics_file", "load_runs", "make_report", "plot_per_class", "run_row", "summary_rows",
+           "tail_grid"]

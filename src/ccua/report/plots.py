@@ -1,0 +1,61 @@
+"""Per-class metrics against the training-set count (matplotlib, Agg, no pyplot state)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from ccua.report.tables import Run
+
+MARKERS = "osD^v<>pXh*"
+DISPLAY = {"fid": "FID", "kid_mean": "KID", "precision": "precision", "recall": "recall", "class_accuracy": "class accuracy"}
+
+
+def _series(run: Run, metric: str) -> tuple[list[float], list[float], bool]:
+    """(x, y, x_is_count): per-class ``metric`` against the training count (or class index)."""
+    rows = [r for r in run.metrics.get("per_class", []) if r.get(metric) is not None]
+    have_counts = bool(rows) and all(r.get("train_count") for r in rows)
+    rows.sort(key=lambda r: r["train_count"] if have_counts else r["class"])
+    xs = [float(r["train_count"] if have_counts else r["class"]) for r in rows]
+    return xs, [float(r[metric]) for r in rows], have_counts
+
+
+def plot_per_class(runs: list[Run], path: str | Path, metrics: tuple[str, ...] = ("fid", "recall"),
+                   labels: list[str] | None = None) -> Path:
+    """One panel per metric, per-class values against the training count on a log x axis, one
+    line and marker set per run. Falls back to the class index when counts are missing."""
+    figure = Figure(figsize=(5.5 * len(metrics), 4.2), dpi=110)
+    FigureCanvasAgg(figure)
+    labels = labels or [run.name for run in runs]
+    for panel, metric in enumerate(metrics):
+        axes = figure.add_subplot(1, len(metrics), panel + 1)
+        log_x = True
+        for i, run in enumerate(runs):
+            xs, ys, have_counts = _series(run, metric)
+            log_x &= have_counts
+            if xs:
+                axes.plot(xs, ys, marker=MARKERS[i % len(MARKERS)], markersize=4, linewidth=1, alpha=0.85,
+                          label=labels[i])
+        if log_x:
+            axes.set_xscale("log")
+        axes.set_xlabel("training images of the class" if log_x else "class index")
+        shown = DISPLAY.get(metric, metric)
+        axes.set_ylabel(f"per-class {shown}")
+        axes.grid(True, which="both", alpha=0.3)
+        axes.set_title(f"per-class {shown}")
+        if panel == 0 and runs:
+            axes.legend(fontsize=7)
+    figure.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path)
+    return path
+
+
+def available_metric(runs: list[Run], preferred: tuple[str, ...]) -> str | None:
+    """The first of ``preferred`` that some run has per class."""
+    for metric in preferred:
+        if any(r.get(metric) is not None for run in runs for r in run.metrics.get("per_class", [])):
+            return metric
+    return None

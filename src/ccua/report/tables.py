@@ -1,0 +1,197 @@
+"""Comparison tables of several runs' metrics.json: one row per run, mean and std over seeds."""
+
+from __future__ import annotations
+
+import csv
+import logging
+import math
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from ccua.metrics.evaluate import load_metrics
+
+logger = logging.getLogger(__name__)
+
+PROVENANCE_COLUMNS = ("step", "ema", "sampler", "steps", "guidance", "seed", "feature_net", "reference")
+OVERALL_METRICS = (("fid", "fid"), ("kid_mean", "kid"), ("precision", "precision"), ("recall", "recall"),
+                   ("inception_score_mean", "is"), ("class_accuracy", "class_accuracy"))
+GROUP_METRICS = (("fid", "fid"), ("kid_mean", "kid"), ("precision", "precision"), ("recall", "recall"))
+_SEED_SUFFIX = re.compile(r"[-_.]?(seed|s)[-_]?\d+$", re.IGNORECASE)
+
+
+@dataclass
+class Run:
+    """One evaluated run: a display name, its metrics.json and the parsed contents."""
+
+    name: str
+    path: Path
+    metrics: dict[str, Any]
+
+
+def find_metrics_file(path: str | Path) -> Path:
+    """``path`` itself if it is a file; for a folder the newest ``**/metrics.json`` below it."""
+    path = Path(path)
+    if path.is_file():
+        return path
+    if not path.is_dir():
+        raise FileNotFoundError(f"{path} is neither a metrics.json file nor a folder")
+    found = sorted(path.glob("**/metrics.json"), key=lambda p: p.stat().st_mtime)
+    if not found:
+        raise FileNotFoundError(f"no metrics.json under {path} (run the evaluation first)")
+    return found[-1]
+
+
+def _default_name(path: Path, metrics_file: Path) -> str:
+    """The run folder's name: the folder given, or the file's grandparent (run/eval/metrics.json)."""
+    if path.is_dir():
+        return path.resolve().name
+    parent = metrics_file.resolve().parent
+    return parent.parent.name if parent.name in ("eval", "evaluation", "metrics") else parent.name
+
+
+def load_runs(inputs: list[str | Path], names: list[str] | None = None) -> list[Run]:
+    if names is not None and len(names) != len(inputs):
+        raise ValueError(f"{len(inputs)} runs but {len(names)} names")
+    runs = []
+    for i, item in enumerate(inputs):
+        file = find_metrics_file(item)
+        name = names[i] if names is not None else _default_name(Path(item), file)
+        runs.append(Run(name, file, load_metrics(file)))
+    return runs
+
+
+def group_key(name: str, seeds_grouping: str | Callable[[str], str]) -> str | None:
+    """Which runs are seeds of one setting: same name ("name"), same name without a trailing
+    seed tag such as -seed1 / _s2 ("strip_seed"), a callable name -> key, or never ("none")."""
+    if callable(seeds_grouping):
+        return seeds_grouping(name)
+    if seeds_grouping == "name":
+        return name
+    if seeds_grouping == "strip_seed":
+        return _SEED_SUFFIX.sub("", name) or name
+    if seeds_grouping == "none":
+        return None
+    raise ValueError(f"seeds_grouping must be 'name', 'strip_seed', 'none' or a callable, got {seeds_grouping!r}")
+
+
+def group_names(runs: list[Run]) -> list[str]:
+    """Union of the group names of all runs, in first-seen order."""
+    seen: list[str] = []
+    for run in runs:
+        for name in run.metrics.get("group_order", list(run.metrics.get("groups", {}))):
+            if name not in seen:
+                seen.append(name)
+    return seen
+
+
+def run_row(run: Run, groups: list[str]) -> dict[str, Any]:
+    """A flat row: name, source, provenance, overall metrics, and per group metrics and counts."""
+    m = run.metrics
+    provenance = m.get("provenance", {})
+    row: dict[str, Any] = {"name": run.name, "source": str(run.path)}
+    for key in PROVENANCE_COLUMNS:
+        row[key] = provenance.get(key)
+    overall = m.get("overall", {})
+    row["n_gen"], row["n_ref"] = overall.get("n_gen"), overall.get("n_ref")
+    for key, column in OVERALL_METRICS:
+        row[column] = overall.get(key)
+    for group in groups:
+        values = m.get("groups", {}).get(group, {})
+        for key, column in GROUP_METRICS:
+            row[f"{column}_{group}"] = values.get(key)
+        row[f"n_gen_{group}"], row[f"n_ref_{group}"] = values.get("n_gen"), values.get("n_ref")
+    return row
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def metric_columns(groups: list[str]) -> list[str]:
+    columns = [column for _, column in OVERALL_METRICS]
+    for group in groups:
+        columns += [f"{column}_{group}" for _, column in GROUP_METRICS]
+    return columns
+
+
+def summary_rows(rows: list[dict[str, Any]], keys: list[str | None], columns: list[str]) -> list[dict[str, Any]]:
+    """Mean and sample std (ddof 1) of each metric over the runs sharing a key (seeds)."""
+    order: list[str] = []
+    members: dict[str, list[dict[str, Any]]] = {}
+    for row, key in zip(rows, keys):
+        if key is None:
+            continue
+        if key not in members:
+            order.append(key)
+            members[key] = []
+        members[key].append(row)
+    out = []
+    for key in order:
+        group = members[key]
+        summary: dict[str, Any] = {"name": key, "n_runs": len(group)}
+        for column in columns:
+            values = [r[column] for r in group if _is_number(r.get(column))]
+            summary[f"{column}_mean"] = sum(values) / len(values) if values else None
+            if len(values) > 1:
+                mean = summary[f"{column}_mean"]
+                summary[f"{column}_std"] = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
+            else:
+                summary[f"{column}_std"] = None
+        out.append(summary)
+    return out
+
+
+def write_csv(rows: list[dict[str, Any]], path: Path) -> Path:
+    columns: list[str] = []
+    for row in rows:
+        columns += [c for c in row if c not in columns]
+    with open(path, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=columns)
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({k: ("" if v is None else v) for k, v in row.items()})
+    return path
+
+
+def _cell(value: Any, column: str) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        if column.startswith("kid"):
+            return f"{value:.2e}"
+        return f"{value:.3f}" if abs(value) < 10 else f"{value:.2f}"
+    return str(value)
+
+
+def markdown_table(rows: list[dict[str, Any]], columns: list[str]) -> str:
+    lines = ["| " + " | ".join(columns) + " |", "|" + "|".join("---" for _ in columns) + "|"]
+    for row in rows:
+        lines.append("| " + " | ".join(_cell(row.get(c), c) for c in columns) + " |")
+    return "\n".join(lines)
+
+
+def summary_markdown(summary: list[dict[str, Any]], columns: list[str]) -> str:
+    header = ["name", "n_runs"] + columns
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    for row in summary:
+        cells = [row["name"], str(row["n_runs"])]
+        for column in columns:
+            mean, std = row[f"{column}_mean"], row[f"{column}_std"]
+            cells.append("-" if mean is None else _cell(mean, column) + ("" if std is None else f" ± {_cell(std, column)}"))
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def comparability_notes(runs: list[Run]) -> list[str]:
+    """Differences that make numbers of these runs not comparable (feature net, reference, n)."""
+    notes = []
+    for key, label in (("feature_net_weights_hash", "feature networks"), ("reference", "reference sets"),
+                       ("reference_size", "reference sizes"), ("n_generated", "numbers of generated images"),
+                       ("group_mode", "group definitions")):
+        values = {str(run.metrics.get("provenance", {}).get(key)) for run in runs}
+        if len(values) > 1:
+            notes.append(f"the runs use different {label} ({', '.join(sorted(values))}): their numbers are not "
+                         "directly comparable")
+    return notes

@@ -1,0 +1,114 @@
+"""Cross-run reports: comparison tables, the per-class plot, tail grids."""
+
+from __future__ import annotations
+
+import csv
+import os
+import time
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from ccua.metrics import RandomFeatureNet, Reference, evaluate, write_metrics
+from ccua.report import find_metrics_file, make_report, tail_grid
+from ccua.report.tables import group_key
+
+
+@pytest.fixture(scope="module")
+def evaluated_runs(tmp_path_factory):
+    """Three run folders with eval/metrics.json: method A with seeds 0 and 1, method B."""
+    root = tmp_path_factory.mktemp("runs")
+    rng = np.random.default_rng(0)
+    ref_labels = np.repeat(np.arange(6), 10)
+    ref = Reference(rng.integers(0, 256, (60, 8, 8, 1), dtype=np.uint8), ref_labels, key="toy")
+    net = RandomFeatureNet(progress=False)
+    counts = [200, 120, 60, 30, 12, 5]
+    folders = []
+    for name, seed, brightness in (("A-seed0", 0, 0), ("A-seed1", 1, 0), ("B", 0, 60)):
+        gen_rng = np.random.default_rng(seed + 10)
+        images = np.clip(gen_rng.integers(0, 256, (36, 8, 8, 1)) + brightness, 0, 255).astype(np.uint8)
+        labels = np.repeat(np.arange(6), 6)
+        result = evaluate(images, labels, ref, counts, net, kid_subsets=3)
+        folder = root / name
+        write_metrics(result, folder / "eval", {"seed": seed, "guidance": 1.0, "step": 100})
+        folders.append(folder)
+    return folders
+
+
+def _read_csv(path):
+    with open(path, newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def test_make_report_writes_table_csv_summary_and_plot(evaluated_runs, tmp_path):
+    names = ["A", "A", "B"]
+    paths = make_report(evaluated_runs, tmp_path / "report", names=names)
+    for key in ("markdown", "csv", "summary_csv", "plot"):
+        assert paths[key].exists() and paths[key].stat().st_size > 0
+    rows = _read_csv(paths["csv"])
+    assert [r["name"] for r in rows] == names
+    assert {"fid", "kid", "precision", "recall", "fid_head", "fid_tail", "n_gen_tail", "seed"} <= set(rows[0])
+    assert rows[0]["n_gen_head"] == "12" and rows[0]["n_ref_head"] == "20"
+    summary = _read_csv(paths["summary_csv"])
+    assert [(r["name"], r["n_runs"]) for r in summary] == [("A", "2"), ("B", "1")]
+    fids = [float(r["fid"]) for r in rows[:2]]
+    assert float(summary[0]["fid_mean"]) == pytest.approx(np.mean(fids))
+    assert float(summary[0]["fid_std"]) == pytest.approx(np.std(fids, ddof=1))
+    assert summary[1]["fid_std"] == ""
+    text = paths["markdown"].read_text()
+    assert "Mean ± std" in text and "per_class.png" in text
+    with Image.open(paths["plot"]) as image:
+        assert image.format == "PNG" and image.width > 300
+
+
+def test_make_report_accepts_files_and_names_runs_by_folder(evaluated_runs, tmp_path):
+    files = [run / "eval" / "metrics.json" for run in evaluated_runs]
+    paths = make_report(files, tmp_path / "r", seeds_grouping="strip_seed")
+    rows = _read_csv(paths["csv"])
+    assert [r["name"] for r in rows] == ["A-seed0", "A-seed1", "B"]
+    assert [r["name"] for r in _read_csv(paths["summary_csv"])] == ["A", "B"]
+    single = make_report(files[:1], tmp_path / "single")
+    assert "summary_csv" not in single and len(_read_csv(single["csv"])) == 1
+
+
+def test_folder_search_takes_the_newest_metrics_file(tmp_path):
+    old, new = tmp_path / "eval_old" / "metrics.json", tmp_path / "eval_new" / "metrics.json"
+    for path in (old, new):
+        path.parent.mkdir()
+        path.write_text("{}")
+    past = time.time() - 100
+    os.utime(old, (past, past))
+    assert find_metrics_file(tmp_path) == new
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(FileNotFoundError, match="no metrics.json"):
+        find_metrics_file(empty)
+
+
+def test_seed_grouping_rules():
+    assert group_key("ccua-seed3", "strip_seed") == "ccua"
+    assert group_key("ccua_s12", "strip_seed") == "ccua"
+    assert group_key("ccua-seed3", "name") == "ccua-seed3"
+    assert group_key("x", "none") is None
+    assert group_key("x-1", lambda n: n.split("-")[0]) == "x"
+    with pytest.raises(ValueError):
+        group_key("x", "bogus")
+
+
+def test_tail_grid_rows_are_runs_and_columns_are_seeds(tmp_path):
+    rng = np.random.default_rng(0)
+    runs = {"ddpm": rng.integers(0, 256, (5, 16, 16, 1), dtype=np.uint8),
+            "ccua": rng.integers(0, 256, (5, 3, 16, 16), dtype=np.uint8),  # NCHW is accepted too
+            "cbdm": rng.integers(0, 256, (4, 16, 16), dtype=np.uint8)}
+    path = tail_grid(runs, tmp_path / "grids" / "tail.png", scale=4, pad=2)
+    with Image.open(path) as image:
+        assert image.mode == "RGB"
+        assert image.height == 2 + 3 * (64 + 2)  # three rows of 16 x 4 pixels
+        assert image.width > 5 * (64 + 2)
+        # the first image of the first row sits at the right place, upscaled by nearest neighbour
+        label_width = image.width - 5 * (64 + 2) - 2
+        pixel = image.getpixel((label_width + 1, 2 + 1))
+        assert pixel == (int(runs["ddpm"][0, 0, 0, 0]),) * 3
+    with pytest.raises(ValueError, match="same image size"):
+        tail_grid({"a": runs["ddpm"], "b": rng.integers(0, 256, (5, 8, 8, 1), dtype=np.uint8)}, tmp_path / "x.png")
