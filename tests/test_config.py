@@ -37,7 +37,8 @@ def test_yaml_file(tmp_path):
 @pytest.mark.parametrize("override, message", [
     ("model.chh=3", r"unknown config key 'chh' in 'model' \(valid keys: arch, ch,"),
     ("nope.x=1", r"unknown config key 'nope'"),
-    ("method.names=[ccua,magic]", r"unknown method 'magic' \(valid: plain,"),
+    ("method.names=[ccua,magic]", r"unknown method\(s\) \['magic'\] \(valid: plain,"),
+    ("method.names=[oclt] diffusion.objective=flow", r"oclt needs the ddpm objective"),
     ("model.ch=wide", r"model.ch must be an integer"),
     ("data.imbalance=2", r"imbalance must be in"),
     ("sample.sampler=euler", r"is for the flow objective"),
@@ -45,7 +46,7 @@ def test_yaml_file(tmp_path):
 ])
 def test_bad_settings_name_the_fix(override, message):
     with pytest.raises(ConfigError, match=message):
-        load_config("fashion_mnist_lt", [override])
+        load_config("fashion_mnist_lt", override.split())
 
 
 def test_unknown_preset_lists_the_presets():

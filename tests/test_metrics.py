@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-from itertools import product
 
 import numpy as np
 import pytest
@@ -263,6 +262,7 @@ def test_evaluate_end_to_end_writes_metrics_with_provenance(tmp_path):
     assert list(result["groups"]) == ["head", "body", "tail"]
     assert result["groups"]["head"]["classes"] == [0, 1, 2, 3]
     assert (result["groups"]["head"]["n_gen"], result["groups"]["head"]["n_ref"]) == (24, 48)
+    assert result["groups"]["head"]["n_ref_pr"] == 24  # precision/recall on equal-sized sets
     assert len(result["per_class"]) == 10 and result["per_class"][9]["train_count"] == 5
     assert all(row["rank_deficient"] for row in result["per_class"])  # 6 images, 32 dimensions
     assert result["skipped"] == []

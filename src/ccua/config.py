@@ -333,7 +333,7 @@ def save_config(config: Config, path: str | Path) -> None:
 
 def validate(config: Config) -> None:
     """Reject settings that cannot work, before anything is loaded or trained."""
-    from ccua.methods import METHODS  # local import: methods import config
+    from ccua.methods import check_combination  # local import: methods import config
 
     choices = {
         "data.name": (config.data.name, ("fashion_mnist", "mnist", "cifar10", "cifar100", "image_folder", "latents")),
@@ -344,15 +344,16 @@ def validate(config: Config) -> None:
         "sample.sampler": (config.sample.sampler, ("ddim", "ddpm", "euler", "heun", "dopri5", "sde")),
         "method.ccua.weighting": (config.method.ccua.weighting, ("noise_level", "flow_time", "none")),
         "method.cbdm.prior": (config.method.cbdm.prior, ("empirical", "uniform")),
+        "method.oclt.mode": (config.method.oclt.mode, ("t2h",)),
+        "method.supcon.weighting": (config.method.supcon.weighting, ("noise_level", "flow_time", "none")),
     }
     for key, (value, valid) in choices.items():
         if value not in valid:
             raise ConfigError(f"{key}={value!r} is not one of: {', '.join(valid)}")
-    for name in config.method.names:
-        if name != "plain" and name not in METHODS:
-            raise ConfigError(f"unknown method {name!r} (valid: plain, {', '.join(sorted(METHODS))})")
-    if len(set(config.method.names)) != len(config.method.names):
-        raise ConfigError(f"method.names lists a method twice: {config.method.names}")
+    try:
+        check_combination(list(config.method.names), config.diffusion.objective)
+    except ValueError as error:
+        raise ConfigError(f"method.names={config.method.names}: {error}") from None
     if config.diffusion.objective == "ddpm" and config.sample.sampler not in ("ddim", "ddpm"):
         raise ConfigError(f"sampler {config.sample.sampler!r} is for the flow objective; use ddim or ddpm")
     if config.diffusion.objective == "flow" and config.sample.sampler in ("ddim", "ddpm"):

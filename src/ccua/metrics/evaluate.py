@@ -65,8 +65,17 @@ def _subset_scores(gen_f: np.ndarray, ref_f: np.ndarray, gen_logits: torch.Tenso
     row["kid_mean"], row["kid_std"], row["kid_subset_size"] = kid(
         ref_f, gen_f, settings["kid_subsets"], settings["kid_subset_size"], settings["seed"])
     k = settings["pr_k"]
-    if len(gen_f) > k and len(ref_f) > k:
-        row["precision"], row["recall"] = precision_recall(ref_f, gen_f, k=k)
+    pr_ref = ref_f
+    cap = settings["pr_reference"]
+    cap = len(gen_f) if cap == "match" else cap
+    if cap is not None and len(ref_f) > cap:
+        # Equal-sized sets as in Kynkaanniemi et al.; recall depends on the set sizes, and all
+        # pairwise distances of a 60k reference would take hours on a CPU.
+        rng = np.random.RandomState(settings["seed"])
+        pr_ref = ref_f[np.sort(rng.choice(len(ref_f), cap, replace=False))]
+    row["n_ref_pr"] = int(len(pr_ref))
+    if len(gen_f) > k and len(pr_ref) > k:
+        row["precision"], row["recall"] = precision_recall(pr_ref, gen_f, k=k)
     else:
         row["precision"] = row["recall"] = None
         row["note"] = f"precision/recall need more than k={k} samples per set"
@@ -85,7 +94,7 @@ def evaluate(gen_images: Any, gen_labels: Any, reference: Any, train_class_count
              feature_net: FeatureNet | None = None, cache_dir: str | Path | None = None, group_mode: str = "thirds",
              per_class: bool = True, *, reference_key: str | None = None, reference_labels: Any = None,
              max_reference: int | None = None, kid_subsets: int = 100, kid_subset_size: int = 1000, pr_k: int = 3,
-             is_splits: int = 10, seed: int = 0) -> dict[str, Any]:
+             pr_reference: int | str | None = "match", is_splits: int = 10, seed: int = 0) -> dict[str, Any]:
     """Evaluate generated images against a balanced reference set.
 
     gen_images: uint8 [N, H, W, C] / [N, C, H, W] / [N, H, W]; gen_labels: their classes [N].
@@ -95,6 +104,8 @@ def evaluate(gen_images: Any, gen_labels: Any, reference: Any, train_class_count
     ``group_mode="counts"`` (many > 100, medium 20-100, few < 20) and recorded per class.
     group_mode "thirds": head / body / tail = the three thirds of the classes, class 0 = head.
     max_reference: cap on the reference images (equal share per class, seeded by ``seed``).
+    pr_reference: real images used for precision/recall of each subset: "match" (default) a
+    seeded random subset as large as the generated set, an int cap, or None (all).
 
     Returns a dict with ``overall``, ``groups``, ``per_class`` (each row with n_gen / n_ref and a
     ``rank_deficient`` flag), ``skipped`` (subsets with fewer than 2 images, with the reason),
@@ -112,7 +123,10 @@ def evaluate(gen_images: Any, gen_labels: Any, reference: Any, train_class_count
     notes: dict[str, str] = {}
     skipped: list[dict[str, Any]] = []
     settings = {"group_mode": group_mode, "kid_subsets": kid_subsets, "kid_subset_size": kid_subset_size,
-                "pr_k": pr_k, "is_splits": is_splits, "seed": seed, "max_reference": max_reference}
+                "pr_k": pr_k, "pr_reference": pr_reference, "is_splits": is_splits, "seed": seed,
+                "max_reference": max_reference}
+    if not (pr_reference is None or pr_reference == "match" or (isinstance(pr_reference, int) and pr_reference > 0)):
+        raise ValueError(f"pr_reference must be 'match', a positive int or None, got {pr_reference!r}")
 
     ref = Reference.wrap(reference, reference_key, reference_labels)
     num_classes = int(ref.num_classes)
@@ -140,9 +154,10 @@ def evaluate(gen_images: Any, gen_labels: Any, reference: Any, train_class_count
     ref_feats = reference_features(ref, feature_net, cache_dir, max_reference, seed)
     extract_start = time.perf_counter()
     gen_f, gen_logits = feature_net.extract(images, want_logits=True, desc="generated features")
-    gen_f = gen_f.numpy().astype(np.float64)
+    gen_f = gen_f.numpy()
     extract_seconds = time.perf_counter() - extract_start
-    ref_f, ref_labels = ref_feats.features.astype(np.float64), ref_feats.labels
+    # float32 in memory (a 50k x 2048 reference is 400 MB); each metric works in float64 on its subset
+    ref_f, ref_labels = ref_feats.features, ref_feats.labels
     if len(gen_f) <= feature_net.dim or len(ref_f) <= feature_net.dim:
         _warn(warnings, f"{len(gen_f)} generated / {len(ref_f)} reference images for {feature_net.dim}-d features: "
                         "the covariances are singular and FID is biased upwards; compare only numbers with the "

@@ -125,7 +125,7 @@ def fid_from_features(features1: Any, features2: Any, stats1: GaussianStats | No
     small, large = sorted((n1, n2))
     # Rough operation counts, an eigen-decomposition weighted ~10x a matmul of the same size.
     cost_low_rank = n1 * n2 * d + small * small * large + 10 * small ** 3
-    cost_eigh = (n1 + n2) * d * d * (stats1 is None or stats2 is None) + 24 * d ** 3
+    cost_eigh = (n1 * (stats1 is None) + n2 * (stats2 is None)) * d * d + 24 * d ** 3
     if cost_low_rank < cost_eigh:
         return _frechet_low_rank(x1, x2)
     s1 = stats1 or GaussianStats.from_features(x1)

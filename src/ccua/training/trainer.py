@@ -149,15 +149,7 @@ class Trainer:
 
     # ------------------------------------------------------------------ set-up helpers
     def _check_methods(self) -> None:
-        try:
-            from ccua.methods import check_combination
-        except ImportError:  # older registries have no combination rules
-            check_combination = None
-        if check_combination is not None:
-            try:
-                check_combination(list(self.config.method.names), self.config.diffusion.objective)
-            except ValueError as error:
-                raise ConfigError(str(error)) from None
+        # Names and combinations were checked with the config; the batch needs the process count.
         for method in self.methods:
             if self.local_batch < method.min_batch:
                 raise ConfigError(
