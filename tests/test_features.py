@@ -126,6 +126,19 @@ def test_tf_bilinear_resize_matches_the_grid_sample_formulation(size_in, size_ou
                                atol=1e-3, rtol=1e-5)
 
 
+def test_inception_input_conventions():
+    x = torch.tensor([[[[0.0, 255.0], [128.0, 64.0]]]]).expand(1, 3, 2, 2)
+    tf = inception_input(x, "tf")
+    assert tf.shape == (1, 3, 299, 299)
+    assert tf.min() == -1.0 and tf.max() == pytest.approx(127 / 128)  # (x - 128) / 128
+    pt = inception_input(x, "pytorch_fid")
+    assert pt.min() == pytest.approx(-1.0) and pt.max() == pytest.approx(1.0)  # x / 127.5 - 1
+    same = torch.full((1, 3, 299, 299), 64.0)
+    assert torch.equal(inception_input(same, "tf"), same / 128 - 1)  # no resize at 299
+    with pytest.raises(ValueError):
+        inception_input(x, "clean")
+
+
 def test_torchscript_name_map_covers_the_whole_architecture():
     model = FIDInceptionV3(with_fc=False)
     ours = model.state_dict()
