@@ -1,4 +1,8 @@
-"""The ``ccua`` command line: thin wrappers that parse, load the config and call the library."""
+"""The ``ccua`` command line: thin wrappers that parse, load the config and call the library.
+
+Known user errors (bad config, missing data, diverged training, ...) print one line and exit
+with status 2; set CCUA_DEBUG=1 to see their traceback.
+"""
 
 from __future__ import annotations
 
@@ -118,7 +122,9 @@ def cmd_data_encode(argv: list[str]) -> int:
 
     dataset = build_training_set(config.data)
     vae = load_vae(args.vae or config.data.vae, local_files_only=not args.allow_download)
-    device = args.device or ("cuda" if __import__("torch").cuda.is_available() else "cpu")
+    import torch
+
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     path = encode_dataset(dataset, vae.to(device), args.out, batch_size=args.batch_size,
                           hflip_copies=args.hflip_copies)
     print(f"latents: {path}")
@@ -294,7 +300,7 @@ def main(argv: list[str] | None = None) -> int:
         print("ccua: interrupted", file=sys.stderr)
         return 130
     except Exception as error:  # noqa: BLE001 - the known user errors get one line, the rest a traceback
-        if _is_user_error(error):
+        if _is_user_error(error) and not os.environ.get("CCUA_DEBUG"):
             print(f"ccua: error: {error}", file=sys.stderr)
             return 2
         raise

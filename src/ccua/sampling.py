@@ -65,6 +65,14 @@ def generate(model: nn.Module, objective, labels: Tensor, data_shape: tuple[int,
     return torch.cat(outputs).cpu()
 
 
+def vae_decoder(vae_name_or_path: str, device: torch.device | str = "cpu"):
+    """A function from latents to pixels in [-1, 1] through the AutoencoderKL ``vae_name_or_path``."""
+    from ccua.latent import decode_latents, load_vae
+
+    vae = load_vae(vae_name_or_path).to(device)
+    return lambda latents: decode_latents(vae, latents)
+
+
 def grid_labels(class_counts: list[int], per_class: int) -> Tensor:
     """Labels for a grid with one row per class ordered head to tail (most training images first)."""
     order = sorted(range(len(class_counts)), key=lambda c: (-class_counts[c], c))
@@ -113,12 +121,7 @@ class LoadedModel:
 
     def decoder(self):
         """Latent models: a function from latents to pixels through the configured VAE."""
-        if not self.latent:
-            return None
-        from ccua.latent import decode_latents, load_vae
-
-        vae = load_vae(self.config.data.vae).to(self.device)
-        return lambda z: decode_latents(vae, z)
+        return vae_decoder(self.config.data.vae, self.device) if self.latent else None
 
     def sample(self, labels: Tensor, sample: SampleConfig, seed: int = 0, progress: bool = True) -> Tensor:
         """Images in [-1, 1] for ``labels``."""

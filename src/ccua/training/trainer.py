@@ -29,7 +29,7 @@ from ccua.images import save_grid
 from ccua.methods import build_methods
 from ccua.models import build_model
 from ccua.data.dataset import to_uint8
-from ccua.sampling import generate, grid_labels
+from ccua.sampling import generate, grid_labels, vae_decoder
 from ccua.training.checkpoint import list_checkpoints, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from ccua.training.distributed import (DistInfo, all_reduce_mean, barrier, cleanup, gather_objects,
                                        init_distributed)
@@ -145,6 +145,7 @@ class Trainer:
         self.class_counts_tensor = torch.tensor(self.class_counts, dtype=torch.float32, device=self.device)
         self.writer = None
         self._proxy = None
+        self._decode = None
         self._grid_noise_seed = train.seed + 12345
 
     # ------------------------------------------------------------------ set-up helpers
@@ -206,6 +207,12 @@ class Trainer:
         barrier(self.dist)
         return path
 
+    def _decoder(self):
+        """Latent runs: the VAE decoder, loaded once; pixel runs: None."""
+        if self.latent and self._decode is None:
+            self._decode = vae_decoder(self.config.data.vae, self.device)
+        return self._decode
+
     @torch.no_grad()
     def write_sample_grid(self) -> Path | None:
         """Per-class grid (rows head to tail) from fixed noise and labels, with the EMA weights."""
@@ -213,14 +220,8 @@ class Trainer:
             return None
         sample = self.config.sample
         labels = grid_labels(self.class_counts, sample.grid_per_class)
-        decode = None
-        if self.latent:
-            from ccua.latent import decode_latents, load_vae
-
-            vae = load_vae(self.config.data.vae).to(self.device)
-            decode = lambda z: decode_latents(vae, z)  # noqa: E731
         images = generate(self.ema.shadow, self.objective, labels, self.data_shape, sample,
-                          seed=self._grid_noise_seed, device=self.device, progress=False, decode=decode)
+                          seed=self._grid_noise_seed, device=self.device, progress=False, decode=self._decoder())
         images = to_uint8(images).numpy()
         rows = [images[i: i + sample.grid_per_class] for i in range(0, len(images), sample.grid_per_class)]
         path = save_grid(rows, self.run_dir / "samples" / f"grid_{self.step:07d}.png",
@@ -250,7 +251,7 @@ class Trainer:
         labels = torch.arange(train.proxy_samples) % num_classes
         sample = replace(self.config.sample, steps=train.proxy_sampler_steps)
         images = generate(self.ema.shadow, self.objective, labels, self.data_shape, sample, seed=self._grid_noise_seed,
-                          device=self.device, progress=False)
+                          device=self.device, progress=False, decode=self._decoder())
         value = self._proxy(to_uint8(images).numpy(), labels.numpy())
         if self.writer is not None:
             self.writer.add_scalar("eval/proxy_fid", value, self.step)
