@@ -64,6 +64,10 @@ def test_data_prints_counts_and_groups(capsys):
 def test_dry_run_prints_the_resolved_config(capsys):
     assert main(["train", "cifar10_lt", "model.ch=64", "--dry-run"]) == 0
     assert yaml.safe_load(capsys.readouterr().out)["model"]["ch"] == 64
+    # overrides may also come after the options
+    assert main(["train", "cifar10_lt", "--dry-run", "model.ch=32", "train.lr=0.001"]) == 0
+    resolved = yaml.safe_load(capsys.readouterr().out)
+    assert resolved["model"]["ch"] == 32 and resolved["train"]["lr"] == 0.001
 
 
 def test_bad_input_gives_one_line_and_exit_code_2(tmp_path):

@@ -293,7 +293,14 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     _setup_logging()
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    # argparse stops filling a positional list at the first option: key=value overrides that come
+    # after options (`ccua compare P --steps 5 train.lr=1e-3`) arrive here and are added back.
+    target = "overrides" if hasattr(args, "overrides") else "config"
+    if extra:
+        if not hasattr(args, target) or any(item.startswith("-") or "=" not in item for item in extra):
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        setattr(args, target, list(getattr(args, target)) + extra)
     try:
         return args.func(args)
     except KeyboardInterrupt:
