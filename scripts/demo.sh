@@ -21,7 +21,7 @@ if [[ ! -f $CLASSIFIER ]]; then
 fi
 
 echo "== evaluation (ccua evaluate) =="
-$CCUA evaluate "$RUN" --features classifier --feature-path "$CLASSIFIER" --per-class 100 --steps 50
+$CCUA evaluate "$RUN" --features classifier --feature-path "$CLASSIFIER" --per-class 50 --steps 25
 
 echo
 echo "run folder:        $RUN"

@@ -128,3 +128,16 @@ def test_two_process_training_keeps_weights_identical(tmp_path):
     initial = load_checkpoint(list_checkpoints(tmp_path / "runs" / "000-tiny" / "checkpoints")[0])
     assert initial["step"] == 2 and len(initial["rng"]) == 2  # both processes' RNG states are saved
     assert any(not torch.equal(v, initial["model"][k]) for k, v in rank0["model"].items())
+
+
+def test_ema_decay_warms_up_then_holds():
+    from ccua.training.trainer import ema_decay
+
+    assert ema_decay(0.999, 0) == 0.0 and ema_decay(0.999, 5, start=5) == 0.0
+    assert ema_decay(0.999, 1) == pytest.approx(2 / 11)
+    assert ema_decay(0.999, 100_000) == 0.999
+    # after 1000 steps the initial weights' share is small, unlike a constant 0.999 (37%)
+    share = 1.0
+    for step in range(1, 1001):
+        share *= ema_decay(0.999, step)
+    assert share < 1e-3

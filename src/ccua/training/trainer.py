@@ -42,6 +42,19 @@ log = logging.getLogger(__name__)
 ARCHITECTURE_SECTIONS = ("model", "diffusion", "data")
 
 
+def ema_decay(decay: float, step: int, start: int = 0) -> float:
+    """The EMA decay after optimiser step ``step``: 0 (a copy) until ``start``, then warmed up.
+
+    min(decay, (1 + n) / (10 + n)) with n steps since ``start``: early on the average forgets the
+    random initial weights quickly, so a short run's EMA is not dominated by them
+    (0.999 ** 1000 would still leave 37% of the initialisation).
+    """
+    if step <= start:
+        return 0.0
+    n = step - start
+    return min(decay, (1 + n) / (10 + n))
+
+
 class TrainingDiverged(RuntimeError):
     """The loss became NaN or infinite; the last good checkpoint is kept."""
 
@@ -343,7 +356,7 @@ class Trainer:
         self.optimizer.step()
         self.scheduler.step()
         self.step += 1
-        self.ema.update(self.model, 0.0 if self.step <= train.ema_start else None)
+        self.ema.update(self.model, ema_decay(train.ema_decay, self.step, train.ema_start))
         return dict(zip(terms, values.tolist()))
 
     def _log(self, record: dict, log_file) -> None:
