@@ -73,7 +73,9 @@ def cmd_sample(args: argparse.Namespace) -> int:
 
 
 def _check_sampler(objective: str, sampler: str) -> None:
-    fits = {"ddpm": ("ddim", "ddpm"), "flow": ("euler", "heun", "dopri5", "sde")}[objective]
+    from ccua.diffusion.sampling import SAMPLERS
+
+    fits = SAMPLERS[objective]
     if sampler not in fits:
         raise ConfigError(f"sampler {sampler!r} does not fit the {objective} objective (use one of: {', '.join(fits)})")
 

@@ -73,10 +73,15 @@ def vae_decoder(vae_name_or_path: str, device: torch.device | str = "cpu"):
     return lambda latents: decode_latents(vae, latents)
 
 
+def classes_head_to_tail(class_counts: list[int]) -> list[int]:
+    """Class indices ordered by training count, most images first (ties by index)."""
+    return sorted(range(len(class_counts)), key=lambda c: (-class_counts[c], c))
+
+
 def grid_labels(class_counts: list[int], per_class: int) -> Tensor:
     """Labels for a grid with one row per class ordered head to tail (most training images first)."""
-    order = sorted(range(len(class_counts)), key=lambda c: (-class_counts[c], c))
-    return torch.tensor([c for c in order for _ in range(per_class)], dtype=torch.long)
+    return torch.tensor([c for c in classes_head_to_tail(class_counts) for _ in range(per_class)],
+                        dtype=torch.long)
 
 
 # --------------------------------------------------------------------------- runs and checkpoints
