@@ -26,6 +26,18 @@ def default_classifier_path(data: DataConfig, cache_dir: Path = DEFAULT_CACHE) -
     return cache_dir / "classifiers" / f"{data.name}-{data.resolution}px.pt"
 
 
+def feature_weights_path(features: str, path: str | None, data: DataConfig,
+                         cache_dir: Path = DEFAULT_CACHE) -> str | None:
+    """``path``, or for the classifier the file ``ccua features train`` writes (which must exist)."""
+    if features != "classifier" or path is not None:
+        return path
+    path = str(default_classifier_path(data, cache_dir))
+    if not Path(path).exists():
+        raise FileNotFoundError(f"no domain classifier at {path}: train it with "
+                                f"`ccua features train` for data.name={data.name} data.resolution={data.resolution}")
+    return path
+
+
 def _is_sample_folder(path: Path) -> bool:
     return path.suffix == ".npz" or (path.is_dir() and (path / "images.npz").exists())
 
@@ -85,11 +97,7 @@ def evaluate_target(target: str | Path, out_dir: str | Path | None = None, *, fe
     if data.name == "latents":
         raise ValueError("the run was trained on a latent cache: name the pixel data set for the reference "
                          "(--data PRESET or data.name=... overrides)")
-    if features == "classifier" and feature_path is None:
-        feature_path = str(default_classifier_path(data, cache_dir))
-        if not Path(feature_path).exists():
-            raise FileNotFoundError(f"no domain classifier at {feature_path}: train it with "
-                                    f"`ccua features train` for data.name={data.name} data.resolution={data.resolution}")
+    feature_path = feature_weights_path(features, feature_path, data, cache_dir)
     net = build_feature_net(features, path=feature_path, bf16=bf16, allow_download=allow_download, device=device)
     reference = Reference.from_config(data, reference_split)
     train_counts = info.get("train_class_counts")

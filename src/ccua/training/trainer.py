@@ -251,12 +251,10 @@ class Trainer:
             return None
         train = self.config.train
         if self._proxy is None:
-            from ccua.evaluation import DEFAULT_CACHE, default_classifier_path
+            from ccua.evaluation import DEFAULT_CACHE, feature_weights_path
             from ccua.metrics import ProxyFID, Reference, build_feature_net
 
-            path = train.proxy_feature_path
-            if train.proxy_features == "classifier" and path is None:
-                path = str(default_classifier_path(self.config.data))
+            path = feature_weights_path(train.proxy_features, train.proxy_feature_path, self.config.data)
             net = build_feature_net(train.proxy_features, path=path, device=self.device, progress=False)
             self._proxy = ProxyFID(Reference.from_config(self.config.data, "train"), net, num_samples=2000,
                                    cache_dir=DEFAULT_CACHE / "features")
