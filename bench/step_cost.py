@@ -1,85 +1,127 @@
 """Training step cost of each method relative to the plain objective, on the same model and batch.
 
-Prints a markdown table: steps/s, images/s and the ratio of the step time to plain's.
-Example: python bench/step_cost.py --preset fashion_mnist_lt --batch-size 64 --steps 20
+Every variant gets its own copy of the same initial model and optimizer; the timed steps
+alternate between the variants (plain, ccua, cheap ccua, plain, ccua, ...), so a change of the
+machine's load hits all of them alike, and the median step time of each is reported with its
+ratio to plain's. Prints a markdown table.
+
+Example: python bench/step_cost.py --threads 1 --steps 6
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
+import statistics
 import time
 
 import torch
 
 from ccua.config import load_config
+from ccua.data import DEFAULT_CHANNELS
 from ccua.diffusion import build_objective
 from ccua.methods import build_methods
 from ccua.models import build_model
 from ccua.training.step import PassRunner, training_losses
 
-DEFAULT_METHODS = ["plain", "ccua", "ccua:sequential", "cbdm", "oclt", "dispersive", "supcon"]
+#: label -> config overrides; "plain" must come first (the reference of the ratio)
+VARIANTS: dict[str, list[str]] = {
+    "plain": ["method.names=[plain]"],
+    "ccua": ["method.names=[ccua]"],
+    "ccua (separate calls)": ["method.names=[ccua]", "method.batched_passes=false"],
+    "ccua ucl=1 al=1/8": ["method.names=[ccua]", "method.ccua.ucl_fraction=1.0",
+                                  "method.ccua.uncond_fraction=0.125"],
+    "ccua ucl=1/2 al=1/8": ["method.names=[ccua]", "method.ccua.ucl_fraction=0.5",
+                                    "method.ccua.uncond_fraction=0.125"],
+    "ccua ucl=1/4 al=1/4": ["method.names=[ccua]", "method.ccua.ucl_fraction=0.25",
+                                    "method.ccua.uncond_fraction=0.25"],
+    "cbdm": ["method.names=[cbdm]"],
+    "oclt": ["method.names=[oclt]"],
+    "dispersive": ["method.names=[dispersive]"],
+}
 
 
-def time_method(preset: str, method: str, batch_size: int, steps: int, warmup: int, overrides: list[str]) -> float:
-    """Seconds per training step (forward, backward, AdamW) for one method."""
-    name, _, mode = method.partition(":")
-    config = load_config(preset, overrides + [f"method.names=[{name}]",
-                                              f"method.batched_passes={'false' if mode == 'sequential' else 'true'}"])
-    channels = 1 if config.data.name in ("fashion_mnist", "mnist") else (4 if config.data.name == "latents" else 3)
+class Variant:
+    """One method's model copy, optimizer and step function on the shared batch."""
+
+    def __init__(self, preset: str, overrides: list[str], model: torch.nn.Module, batch: tuple, num_classes: int):
+        self.config = load_config(preset, overrides)
+        self.model = copy.deepcopy(model)
+        self.runner = PassRunner(self.model)
+        self.objective = build_objective(self.config.diffusion)
+        self.methods = build_methods(self.config.method)
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=1e-4)
+        self.counts = torch.tensor([2.0**-c for c in range(num_classes)])
+        self.x0, self.labels = batch
+        self.times: list[float] = []
+
+    def step(self, timed: bool) -> None:
+        start = time.perf_counter()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.config.train.bf16):
+            terms = training_losses(self.runner, self.objective, self.methods, self.x0, self.labels,
+                                    self.model.null_label, self.counts, batched_passes=self.config.method.batched_passes)
+        self.optimizer.zero_grad(set_to_none=True)
+        terms["total"].backward()
+        self.optimizer.step()
+        if timed:
+            self.times.append(time.perf_counter() - start)
+
+
+def time_preset(preset: str, variants: dict[str, list[str]], batch_size: int, steps: int, warmup: int,
+                overrides: list[str]) -> dict[str, float | str]:
+    """Median seconds per step of each variant (or the reason it cannot run), timed in alternation."""
+    config = load_config(preset, overrides)
+    channels = 4 if config.data.name == "latents" else DEFAULT_CHANNELS.get(config.data.name, 3)
     num_classes, res = 10, config.data.resolution
     torch.manual_seed(0)
     model = build_model(config.model, channels, num_classes, res)
-    runner = PassRunner(model)
-    objective = build_objective(config.diffusion)
-    methods = build_methods(config.method)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
-    counts = torch.tensor([2.0**-c for c in range(num_classes)])
-    x0 = torch.randn(batch_size, channels, res, res).clamp(-1, 1)
-    labels = torch.randint(0, num_classes, (batch_size,))
-    elapsed = 0.0
-    for step in range(warmup + steps):
-        start = time.perf_counter()
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=config.train.bf16):
-            terms = training_losses(runner, objective, methods, x0, labels, model.null_label, counts,
-                                    batched_passes=config.method.batched_passes)
-        optimizer.zero_grad(set_to_none=True)
-        terms["total"].backward()
-        optimizer.step()
-        if step >= warmup:
-            elapsed += time.perf_counter() - start
-    return elapsed / steps
+    batch = (torch.randn(batch_size, channels, res, res).clamp(-1, 1), torch.randint(0, num_classes, (batch_size,)))
+    built: dict[str, Variant] = {}
+    results: dict[str, float | str] = {}
+    for label, extra in variants.items():
+        try:
+            built[label] = Variant(preset, overrides + extra, model, batch, num_classes)
+        except ValueError as error:  # e.g. OCLT with the flow objective
+            results[label] = f"n/a: {error}"
+    for round_index in range(warmup + steps):
+        for variant in built.values():
+            variant.step(timed=round_index >= warmup)
+    for label, variant in built.items():
+        results[label] = statistics.median(variant.times)
+    return {label: results[label] for label in variants}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--preset", action="append", help="preset(s) to time (default: the U-Net and tiny SiT ones)")
-    parser.add_argument("--methods", default=",".join(DEFAULT_METHODS),
-                        help="comma-separated; name:sequential runs the passes as separate calls")
+    parser.add_argument("--variants", default=None, help=f"comma-separated labels (default: all of {list(VARIANTS)})")
     parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--steps", type=int, default=10)
-    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--steps", type=int, default=6, help="timed steps per variant")
+    parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     parser.add_argument("overrides", nargs="*", help="config overrides applied to every row, e.g. train.bf16=true")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    labels = args.variants.split(",") if args.variants else list(VARIANTS)
+    unknown = [label for label in labels if label not in VARIANTS]
+    if unknown:
+        parser.error(f"unknown variant(s) {unknown}; valid: {list(VARIANTS)}")
+    variants = {label: VARIANTS[label] for label in ["plain"] + [x for x in labels if x != "plain"]}
     presets = args.preset or ["fashion_mnist_lt", "sit_tiny_fashion_mnist_lt"]
-    print(f"batch {args.batch_size}, {args.steps} timed steps after {args.warmup} warm-up, "
-          f"torch {torch.__version__}, {torch.get_num_threads()} threads")
-    print("| preset | method | s/step | steps/s | images/s | x plain |")
-    print("|---|---|---:|---:|---:|---:|")
+    print(f"batch {args.batch_size}, median of {args.steps} alternating steps after {args.warmup} warm-up, "
+          f"torch {torch.__version__}, {torch.get_num_threads()} threads, {torch.backends.cpu.get_cpu_capability()}")
+    print("| preset | method | s/step | images/s | x plain |")
+    print("|---|---|---:|---:|---:|")
     for preset in presets:
-        baseline = None
-        for method in args.methods.split(","):
-            try:
-                seconds = time_method(preset, method, args.batch_size, args.steps, args.warmup, args.overrides)
-            except ValueError as error:  # e.g. OCLT with the flow objective
-                print(f"| {preset} | {method} | n/a: {error} | | | |")
+        results = time_preset(preset, variants, args.batch_size, args.steps, args.warmup, args.overrides)
+        baseline = results["plain"]
+        for label, seconds in results.items():
+            if isinstance(seconds, str):
+                print(f"| {preset} | {label} | {seconds} | | |")
                 continue
-            baseline = seconds if method == "plain" else baseline
-            ratio = f"{seconds / baseline:.2f}" if baseline else "-"
-            print(f"| {preset} | {method} | {seconds:.3f} | {1 / seconds:.2f} | {args.batch_size / seconds:.0f} | "
-                  f"{ratio} |", flush=True)
+            print(f"| {preset} | {label} | {seconds:.3f} | {args.batch_size / seconds:.0f} | "
+                  f"{seconds / baseline:.2f} |", flush=True)
 
 
 if __name__ == "__main__":

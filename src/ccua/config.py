@@ -80,6 +80,11 @@ class CCUAConfig:
     # noise_level: weight s (1 = pure noise), the paper's intent; flow_time: the released SiT
     # code's weight by its own t, which up-weights low noise; none: weight 1.
     weighting: str = "noise_level"
+    # The unconditional pass on a sub-batch (docs/methods.md, "Cheaper CCUA"): the encoder runs on
+    # ucl_fraction of the rows (UCL), the decoder on uncond_fraction of them (AL), drawn in
+    # proportion to the weight above and re-weighted. 1.0 / 1.0 = the exact published method.
+    uncond_fraction: float = 1.0
+    ucl_fraction: float = 1.0
 
 
 @dataclass
@@ -364,5 +369,9 @@ def validate(config: Config) -> None:
         raise ConfigError(f"data.balanced_resampling must be in (0, 1], got {config.data.balanced_resampling}")
     if config.train.batch_size < 1 or config.train.steps < 0:
         raise ConfigError("train.batch_size must be >= 1 and train.steps >= 0")
+    ccua = config.method.ccua
+    if not 0 < ccua.uncond_fraction <= ccua.ucl_fraction <= 1:
+        raise ConfigError(f"method.ccua needs 0 < uncond_fraction <= ucl_fraction <= 1, got "
+                          f"uncond_fraction={ccua.uncond_fraction}, ucl_fraction={ccua.ucl_fraction}")
     if not 0 <= config.diffusion.label_drop_prob < 1:
         raise ConfigError("diffusion.label_drop_prob must be in [0, 1)")

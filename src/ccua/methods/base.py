@@ -9,6 +9,7 @@ No method calls the network itself, so passes are shared and batched.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from torch import Tensor
 
@@ -28,6 +29,13 @@ class StepContext:
     objective: Objective
     # labels of extra passes chosen by methods in prepare(), e.g. {"other": y'}
     pass_labels: dict[str, Tensor] = field(default_factory=dict)
+    # optional row subsets of an extra pass: which batch rows it runs on (indices into the batch,
+    # its labels then have one entry per row) and which of those rows are decoded (positions within
+    # the rows); rows not decoded only get the encoder, i.e. a representation h but no prediction
+    pass_rows: dict[str, Tensor] = field(default_factory=dict)
+    pass_decode: dict[str, Tensor] = field(default_factory=dict)
+    # values a method keeps between its prepare() and loss_terms() of the same step
+    state: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -35,6 +43,8 @@ class PassOutputs:
     """Predictions and encoder representations of each pass, keyed by pass name.
 
     "cond" is always present; "uncond" (null labels) and method-defined passes when requested.
+    A pass restricted to a row subset (``StepContext.pass_rows`` / ``pass_decode``) has one
+    representation per row and one prediction per decoded row, in that order.
     """
 
     predictions: dict[str, Tensor]

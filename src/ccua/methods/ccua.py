@@ -1,5 +1,11 @@
 """CCUA: unsupervised contrastive loss (UCL) on the unconditional representation plus an
 alignment loss (AL) between conditional and unconditional predictions, weighted by noise level.
+
+The unconditional pass is what makes CCUA cost about twice a plain step. With
+``ucl_fraction`` / ``uncond_fraction`` below 1 it runs on a sub-batch instead: the encoder on a
+share of the rows (enough for UCL) and the decoder on a smaller share (AL), both chosen with
+probability proportional to the term's noise weight and re-weighted by the inclusion
+probability, so AL stays an unbiased estimate of its full-batch value (docs/methods.md).
 """
 
 from __future__ import annotations
@@ -41,6 +47,64 @@ def alignment_loss(pred_cond: Tensor, pred_uncond: Tensor, weight: Tensor | None
     return per_sample.mean()
 
 
+def inclusion_probabilities(weights: Tensor, size: int) -> Tensor:
+    """Inclusion probabilities pi_i proportional to ``weights`` for a sample of ``size`` rows.
+
+    Probabilities that would exceed 1 are set to 1 and the rest of the size is shared among the
+    other rows in proportion to their weights (the usual capping of probability-proportional-
+    to-size sampling). Rows of weight 0 are never drawn; if fewer than ``size`` rows have a
+    positive weight, all of them are taken. The result sums to min(size, #positive).
+    """
+    w = weights.detach().double().clamp(min=0)
+    positive = w > 0
+    if int(positive.sum()) <= size:
+        return positive.double()
+    certain = torch.zeros_like(positive)
+    while True:
+        free = positive & ~certain
+        share = (size - int(certain.sum())) * w / w[free].sum()
+        over = free & (share > 1)
+        if not bool(over.any()):
+            return torch.where(certain, torch.ones_like(w), torch.where(free, share, torch.zeros_like(w)))
+        certain |= over
+
+
+def systematic_sample(probabilities: Tensor) -> Tensor:
+    """Row indices drawn with exactly the inclusion ``probabilities`` (each <= 1, summing to an
+    integer m): systematic sampling over a random order, which draws m distinct rows.
+
+    Uses torch's global generator, so the choice is part of the step's reproducible randomness.
+    """
+    order = torch.randperm(len(probabilities), device=probabilities.device)
+    cumulative = torch.cumsum(probabilities[order], dim=0)
+    start = torch.rand((), device=probabilities.device, dtype=cumulative.dtype)
+    # row k is drawn when one of the points start, start + 1, ... falls in (C_{k-1}, C_k]
+    hits = torch.floor(cumulative - start) - torch.floor(torch.cat([cumulative.new_zeros(1), cumulative[:-1]]) - start)
+    return order[hits > 0.5].sort().values
+
+
+def subset_ucl_loss(h: Tensor, temperature: float, weight: Tensor, probabilities: Tensor, batch_size: int) -> Tensor:
+    """UCL of a full batch of ``batch_size`` estimated from the rows ``h`` drawn with ``probabilities``.
+
+    Anchors: sum_i w_i L_i / pi_i / B (Horvitz-Thompson, unbiased in the anchor average).
+    Negatives: each anchor's sum over the B - 1 others is estimated as (B - 1) times the 1/pi-
+    weighted mean over the drawn ones (self-normalised, so rare rows cannot blow it up), which
+    keeps the loss on the scale of the full batch's log(1 + sum of B - 1 negatives). With every
+    row drawn (pi = 1) this is exactly :func:`ucl_loss`.
+    """
+    if h.shape[0] < 2:
+        raise ValueError(f"UCL needs at least 2 rows, got {h.shape[0]}")
+    z = h.flatten(1)
+    z = F.normalize(z.to(torch.promote_types(z.dtype, torch.float32)), dim=1)
+    inverse = (1.0 / probabilities).to(z.dtype)
+    eye = torch.eye(z.shape[0], dtype=torch.bool, device=z.device)
+    negatives = ((z @ z.T - 1.0) / temperature).exp().masked_fill(eye, 0.0)
+    other_weight = (inverse[None, :] * (~eye).to(z.dtype)).sum(dim=1)
+    estimated_sum = (batch_size - 1) * (negatives * inverse[None, :]).sum(dim=1) / other_weight
+    per_anchor = torch.log1p(estimated_sum) * weight.to(z.dtype) * inverse
+    return per_anchor.sum() / batch_size
+
+
 def noise_weight(s: Tensor, weighting: str) -> Tensor:
     """Per-sample weight from the noise level s (1 = pure noise).
 
@@ -57,7 +121,13 @@ def noise_weight(s: Tensor, weighting: str) -> Tensor:
 
 
 class CCUA(Method):
-    """L_dm + alpha * L_ucl + gamma * L_al (SPEC section 5)."""
+    """L_dm + alpha * L_ucl + gamma * L_al (SPEC section 5).
+
+    With ``ucl_fraction = uncond_fraction = 1`` (the default) the unconditional pass covers the
+    whole batch: the exact published method. Below 1 the method runs its own pass
+    ("ccua_uncond") on rows E drawn with probability proportional to the noise weight (encoder
+    only), of which rows S (again proportional to the weight) are decoded for AL.
+    """
 
     name = "ccua"
     passes = ("uncond",)
@@ -65,11 +135,47 @@ class CCUA(Method):
 
     def __init__(self, config: CCUAConfig):
         self.config = config
+        self.subsampled = config.ucl_fraction < 1 or config.uncond_fraction < 1
+        if self.subsampled:
+            self.passes = ("ccua_uncond",)
+
+    def prepare(self, context: StepContext) -> None:
+        """Draw the rows of the sub-batch pass (nothing to do for the full method)."""
+        if not self.subsampled:
+            return
+        weight = noise_weight(context.batch.s, self.config.weighting)
+        batch_size = weight.shape[0]
+        encoder_size = min(batch_size, max(2, round(self.config.ucl_fraction * batch_size)))
+        decoder_size = min(encoder_size, max(1, round(self.config.uncond_fraction * batch_size)))
+        encoder_prob = inclusion_probabilities(weight, encoder_size)
+        rows = systematic_sample(encoder_prob)
+        if len(rows) < 2:  # (almost) every weight is zero: any two rows, their terms are zero anyway
+            rows = torch.arange(2, device=weight.device)
+            encoder_prob = torch.ones_like(encoder_prob)
+        decoder_prob = inclusion_probabilities(weight[rows], decoder_size)
+        decoded = systematic_sample(decoder_prob) if decoder_prob.sum() > 0 else torch.arange(1, device=rows.device)
+        context.pass_labels["ccua_uncond"] = torch.full_like(context.labels[rows], context.null_label)
+        context.pass_rows["ccua_uncond"] = rows
+        context.pass_decode["ccua_uncond"] = decoded
+        # P(row decoded) = P(in E) * P(decoded | in E): the two-phase inclusion probability of AL
+        context.state["ccua"] = {"rows": rows, "decoded": decoded, "encoder_prob": encoder_prob[rows],
+                                 "decoder_prob": encoder_prob[rows][decoded] * decoder_prob[decoded].clamp(min=1e-12)}
 
     def loss_terms(self, context: StepContext, outputs: PassOutputs) -> dict[str, Tensor]:
         weight = noise_weight(context.batch.s, self.config.weighting)
-        ucl = ucl_loss(outputs.representations["uncond"], self.config.temperature, weight)
         # A sample whose label was dropped has two identical passes (up to dropout): no signal.
         align_weight = weight * (~context.dropped).float()
-        al = alignment_loss(outputs.predictions["cond"], outputs.predictions["uncond"], align_weight)
+        if not self.subsampled:
+            ucl = ucl_loss(outputs.representations["uncond"], self.config.temperature, weight)
+            al = alignment_loss(outputs.predictions["cond"], outputs.predictions["uncond"], align_weight)
+            return {"ucl": self.config.alpha * ucl, "al": self.config.gamma * al}
+        picked = context.state["ccua"]
+        rows, decoded_rows = picked["rows"], picked["rows"][picked["decoded"]]
+        batch_size = weight.shape[0]
+        ucl = subset_ucl_loss(outputs.representations["ccua_uncond"], self.config.temperature, weight[rows],
+                              picked["encoder_prob"], batch_size)
+        # Horvitz-Thompson: sum over the decoded rows of w_i d_i / pi_i, over the full batch size
+        al_weight = align_weight[decoded_rows] / picked["decoder_prob"].float()
+        al = alignment_loss(outputs.predictions["cond"][decoded_rows], outputs.predictions["ccua_uncond"], al_weight)
+        al = al * len(decoded_rows) / batch_size
         return {"ucl": self.config.alpha * ucl, "al": self.config.gamma * al}
