@@ -44,3 +44,35 @@ def test_evaluate_a_sample_folder(tmp_path, capsys):
     metrics = json.loads((tmp_path / "s" / "eval" / "metrics.json").read_text())
     assert metrics["provenance"]["sampler"] == "ddim" and metrics["provenance"]["steps"] == 2
     assert metrics["groups"]["tail"]["n_gen"] == 9
+
+
+def test_a_study_file_runs_variants_side_by_side_with_paired_differences(tmp_path, capsys):
+    """Variants with their own overrides and seeds, two jobs at once, two references, the paired
+    difference table and the near-copy share in every evaluation."""
+    config = tmp_path / "tiny.yaml"
+    config.write_text(yaml.safe_dump(tiny_config_dict(tmp_path / "unused")))
+    study = tmp_path / "study.yaml"
+    study.write_text(yaml.safe_dump({
+        "preset": str(config), "steps": 2, "seeds": [0, 1], "baseline": "plain", "jobs": 2,
+        "variants": {"plain": ["method.names=[plain]"],
+                     "cheap": ["method.names=[ccua]", "method.ccua.uncond_fraction=0.25",
+                               "method.ccua.ucl_fraction=0.5"],
+                     "strong": {"overrides": ["method.names=[ccua]", "method.ccua.alpha=10"], "seeds": [0]}},
+        "evaluation": {"features": "random", "per_class": 3, "sampler_steps": 2, "tail_seeds": 1,
+                       "max_reference": 200, "guidance": 1.0, "references": ["train", "test"]},
+    }))
+    out = tmp_path / "study_out"
+    assert main(["compare", str(study), "--out", str(out)]) == 0
+    runs = sorted(p.name for p in (out / "runs").iterdir())
+    assert runs == ["cheap-s0", "cheap-s1", "plain-s0", "plain-s1", "strong-s0"]
+    trained = yaml.safe_load((out / "runs" / "cheap-s1" / "config.yaml").read_text())
+    assert trained["method"]["ccua"]["uncond_fraction"] == 0.25 and trained["train"]["seed"] == 1
+    test_ref = json.loads((out / "runs" / "plain-s0" / "eval" / "w1_n3_test" / "metrics.json").read_text())
+    assert test_ref["provenance"]["reference_split"] == "test"
+    assert test_ref["memorisation"]["overall"]["n"] == 30  # 3 images x 10 classes, each checked
+    assert (out / "report" / "fixed_test" / "comparison.md").exists()
+    differences = list(csv.DictReader((out / "report" / "differences.csv").open()))
+    fid_rows = {r["name"]: r for r in differences if r["metric"] == "fid"}
+    assert fid_rows["cheap"]["n_seeds"] == "2" and fid_rows["strong"]["n_seeds"] == "1"
+    assert fid_rows["strong"]["low"] == ""  # one seed: no interval
+    assert "Difference to plain" in (out / "report" / "comparison.md").read_text()

@@ -138,6 +138,7 @@ def cmd_data_encode(argv: list[str]) -> int:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from ccua.evaluation import evaluate_target
     from ccua.metrics import format_table
+    from ccua.metrics.evaluate import copies_table
 
     data = None
     if args.data or args.overrides:
@@ -148,8 +149,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         reference_split=args.reference, per_class=args.per_class, sampler=args.sampler, steps=args.steps,
         guidance=args.guidance, seed=args.seed, use_ema=not args.no_ema, group_mode=args.groups,
         bf16=args.bf16, allow_download=args.allow_download, data=data, max_reference=args.max_reference,
-        device=args.device)
+        memorisation=not args.no_memorisation, device=args.device)
     print(format_table(result, per_class=args.show_classes))
+    print("\n".join(copies_table(result.get("memorisation"))))
     print(f"metrics: {out / 'metrics.json'}")
     return 0
 
@@ -182,15 +184,26 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from ccua.compare import CompareSettings, compare
+    from ccua.compare import CompareSettings, compare, is_study_file, load_study
 
-    settings = CompareSettings(
-        preset=args.preset, methods=[m for m in args.methods.split(",") if m],
-        seeds=[int(s) for s in args.seeds.split(",")], steps=args.steps, out_dir=Path(args.out),
-        overrides=args.overrides, per_class=args.per_class, features=args.features, feature_path=args.feature_path,
-        guidance_grid=[float(w) for w in args.guidance_grid.split(",")] if args.guidance_grid else None,
-        proxy_per_class=args.proxy_per_class, sampler_steps=args.sampler_steps, tail_seeds=args.tail_seeds,
-        max_reference=args.max_reference, device=args.device)
+    given = {
+        "seeds": [int(s) for s in args.seeds.split(",")] if args.seeds else None, "steps": args.steps,
+        "out_dir": Path(args.out) if args.out else None, "per_class": args.per_class, "features": args.features,
+        "feature_path": args.feature_path, "guidance": args.guidance,
+        "guidance_grid": [float(w) for w in args.guidance_grid.split(",")] if args.guidance_grid else None,
+        "proxy_per_class": args.proxy_per_class, "sampler_steps": args.sampler_steps, "tail_seeds": args.tail_seeds,
+        "max_reference": args.max_reference, "references": args.references.split(",") if args.references else None,
+        "baseline": args.baseline, "jobs": args.jobs, "device": args.device,
+    }
+    if is_study_file(args.preset):
+        if args.methods or args.overrides:
+            raise ConfigError(f"{args.preset} is a study file: its variants and overrides are set in the file")
+        given["out_dir"] = given["out_dir"] or Path("runs") / Path(args.preset).stem
+        settings = load_study(args.preset, **given)
+    else:
+        given = {k: v for k, v in given.items() if v is not None}
+        settings = CompareSettings(preset=args.preset, methods=[m for m in (args.methods or "plain,ccua").split(",")
+                                                                if m], overrides=args.overrides, **given)
     report = compare(settings)
     print((report / "comparison.md").read_text())
     print(f"report: {report}")
@@ -256,6 +269,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-reference", type=int, default=None, help="cap the reference images (equal per class)")
     p.add_argument("--allow-download", action="store_true", help="fetch the standard Inception weights if missing")
     p.add_argument("--show-classes", action="store_true", help="also print the per-class table")
+    p.add_argument("--no-memorisation", action="store_true",
+                   help="skip the near-copy test against the training images (it reads the whole training set)")
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("features", help="`features train`: the domain classifier used as a fast feature network")
@@ -276,18 +291,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("compare", help="train, evaluate and report several methods under one protocol")
-    p.add_argument("preset")
+    p.add_argument("preset", help="preset or YAML config shared by every run, or a study file (studies/*.yaml)")
     p.add_argument("overrides", nargs="*", help="overrides shared by every run")
-    p.add_argument("--methods", default="plain,ccua", help="comma-separated; a+b combines methods")
-    p.add_argument("--seeds", default="0")
+    p.add_argument("--methods", default=None, help="comma-separated (default plain,ccua); a+b combines methods")
+    p.add_argument("--seeds", default=None, help="comma-separated (default 0)")
     p.add_argument("--steps", type=int, default=None, help="training steps of every run")
-    p.add_argument("--out", default="runs/compare")
-    _add_eval_options(p)
+    p.add_argument("--out", default=None, help="output folder (default runs/compare, or runs/<study name>)")
+    p.add_argument("--features", default=None, help="inception (default) | classifier | random (tests only)")
+    p.add_argument("--feature-path", default=None, help="weights file of the feature network")
+    p.add_argument("--per-class", type=int, default=None, help="generated images per class (default 100)")
+    p.add_argument("--device", default=None)
+    p.add_argument("--guidance", type=float, default=None, help="one w for every method (default: each preset's)")
     p.add_argument("--guidance-grid", default=None, help="comma-separated w values to tune on a held-out proxy")
-    p.add_argument("--proxy-per-class", type=int, default=20)
+    p.add_argument("--proxy-per-class", type=int, default=None)
     p.add_argument("--sampler-steps", type=int, default=None)
-    p.add_argument("--tail-seeds", type=int, default=6, help="columns of the cross-run tail-class grid")
+    p.add_argument("--tail-seeds", type=int, default=None, help="columns of the cross-run tail-class grid")
     p.add_argument("--max-reference", type=int, default=None, help="cap the reference images (equal per class)")
+    p.add_argument("--references", default=None, help="balanced reference splits, e.g. train,test (default train)")
+    p.add_argument("--baseline", default=None, help="method the others are compared with (default: the first)")
+    p.add_argument("--jobs", type=int, default=None,
+                   help="runs side by side, each with cores/jobs threads or its own GPU (default 1)")
     p.set_defaults(func=cmd_compare)
     return parser
 
@@ -317,9 +340,10 @@ def main(argv: list[str] | None = None) -> int:
 
 def _is_user_error(error: Exception) -> bool:
     from ccua.data.sources import DataError
+    from ccua.jobs import JobsFailed
     from ccua.training.trainer import TrainingDiverged
 
-    return isinstance(error, (ConfigError, DataError, TrainingDiverged, FileNotFoundError, ValueError))
+    return isinstance(error, (ConfigError, DataError, JobsFailed, TrainingDiverged, FileNotFoundError, ValueError))
 
 
 if __name__ == "__main__":

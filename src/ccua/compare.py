@@ -1,12 +1,18 @@
 """``ccua compare``: train several methods under one data set, budget and seeds, evaluate each with
-the same protocol, and write one report.
+the same protocol, and write one report with paired differences to a baseline.
 
-Layout under the output folder::
+A comparison is given on the command line (``--methods plain,ccua``) or as a study file (YAML,
+``studies/*.yaml``) whose variants may carry their own overrides and seeds, e.g. a cheaper CCUA
+or a sensitivity sweep. Layout under the output folder::
 
-    runs/<method>-s<seed>/      one training run each (resumed if unfinished, skipped if finished)
-    runs/<method>-s<seed>/eval/ its samples and metrics.json
-    guidance.json               the guidance used per method (and the proxy sweep, if asked)
-    report/                     the comparison table, plots and tail-class grids
+    runs/<variant>-s<seed>/                   one training run each (resumed if unfinished, skipped if finished)
+    runs/<variant>-s<seed>/eval/w<w>_n<k>/    its samples and metrics.json (one folder per guidance)
+    runs/<variant>-s<seed>/eval/w<w>_n<k>_test/   the same samples against another reference split
+    guidance.json                             the guidance per variant (and the proxy sweep, if asked)
+    report/                                   fixed guidance, first reference: tables, plots, tail grid
+    report/<guidance>_<reference>/            the other combinations
+
+Every phase skips what is already on disk, so an interrupted comparison resumes where it stopped.
 """
 
 from __future__ import annotations
@@ -15,24 +21,38 @@ import json
 import logging
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 import torch
+import yaml
 
-from ccua.config import Config, load_config
+from ccua.config import Config, ConfigError, load_config
+from ccua.jobs import Job, JobsFailed, run_jobs
 from ccua.training.checkpoint import list_checkpoints, load_checkpoint
 
 log = logging.getLogger(__name__)
 
 #: published sampling guidance (eps_c + w (eps_c - eps_u)) where the preset does not set its own
 PUBLISHED_GUIDANCE = {"cbdm": 1.6, "oclt": 1.5}
+REFERENCES = ("train", "test")
+
+
+@dataclass
+class Variant:
+    """One compared setting: a display name, its config overrides, and seeds (None: the study's)."""
+
+    name: str
+    overrides: list[str]
+    seeds: list[int] | None = None
 
 
 @dataclass
 class CompareSettings:
-    """What ``ccua compare`` runs; every method gets the same data, steps, seeds and evaluation."""
+    """What ``ccua compare`` runs; every variant gets the same data, steps, seeds and evaluation."""
 
     preset: str
-    methods: list[str]
+    methods: list[str] = field(default_factory=list)  # "a+b" combines methods; each becomes a variant
+    variants: list[Variant] = field(default_factory=list)  # explicit variants (study files)
     seeds: list[int] = field(default_factory=lambda: [0])
     steps: int | None = None
     out_dir: Path = Path("runs/compare")
@@ -40,47 +60,177 @@ class CompareSettings:
     per_class: int = 100  # generated images per class for the evaluation
     features: str = "inception"
     feature_path: str | None = None
-    guidance_grid: list[float] | None = None  # tune w per method on a held-out proxy
+    guidance: float | None = None  # one w for every variant (default: each preset's / published w)
+    guidance_grid: list[float] | None = None  # also tune w per variant on a held-out proxy
     proxy_per_class: int = 20
     sampler_steps: int | None = None
     tail_seeds: int = 6  # columns of the cross-run tail grid
     max_reference: int | None = None  # cap on reference images (equal share per class)
+    references: list[str] = field(default_factory=lambda: ["train"])
+    baseline: str | None = None  # variant the others are compared with (default: the first)
+    jobs: int = 1  # runs trained / evaluated side by side
     device: str | None = None
 
+    def __post_init__(self):
+        if not self.variants:
+            self.variants = [Variant(m, [f"method.names=[{','.join(m.split('+'))}]"]) for m in self.methods]
+        if not self.variants:
+            raise ConfigError("nothing to compare: give --methods or a study file with variants")
+        names = [v.name for v in self.variants]
+        if len(set(names)) != len(names):
+            raise ConfigError(f"variant names must be unique, got {names}")
+        bad = [r for r in self.references if r not in REFERENCES]
+        if bad or not self.references:
+            raise ConfigError(f"references must be a non-empty list of {REFERENCES}, got {self.references}")
+        if self.baseline is not None and self.baseline not in names:
+            raise ConfigError(f"baseline {self.baseline!r} is not one of the variants {names}")
+        if self.jobs < 1 or self.per_class < 1 or self.proxy_per_class < 1:
+            raise ConfigError("jobs, per_class and proxy_per_class must be positive")
+        self.out_dir = Path(self.out_dir)
 
-def method_config(settings: CompareSettings, method: str, seed: int) -> Config:
-    """The run config of one (method, seed): the preset, the shared overrides, then the method."""
-    names = method.split("+")
-    overrides = list(settings.overrides) + [f"method.names=[{','.join(names)}]", f"train.seed={seed}",
-                                            f"name={method}-s{seed}", f"train.out_dir={settings.out_dir / 'runs'}"]
+
+# --------------------------------------------------------------------------- study files
+
+_STUDY_KEYS = {"preset", "variants", "seeds", "steps", "overrides", "evaluation", "baseline", "jobs"}
+_EVALUATION_KEYS = {"per_class", "features", "feature_path", "guidance", "guidance_grid", "proxy_per_class",
+                    "sampler_steps", "tail_seeds", "max_reference", "references"}
+
+
+def is_study_file(path: str) -> bool:
+    """A YAML file with a top-level ``variants`` mapping (a preset or run config has none)."""
+    file = Path(path)
+    if file.suffix not in (".yaml", ".yml") or not file.is_file():
+        return False
+    try:
+        data = yaml.safe_load(file.read_text())
+    except yaml.YAMLError:
+        return False
+    return isinstance(data, dict) and "variants" in data
+
+
+def load_study(path: str | Path, **changes: Any) -> CompareSettings:
+    """Settings from a study file; ``changes`` (e.g. out_dir, jobs, device from the command line) win."""
+    path = Path(path)
+    data = yaml.safe_load(path.read_text()) or {}
+    unknown = set(data) - _STUDY_KEYS
+    if unknown:
+        raise ConfigError(f"{path}: unknown study key(s) {sorted(unknown)} (valid: {sorted(_STUDY_KEYS)})")
+    evaluation = data.get("evaluation") or {}
+    unknown = set(evaluation) - _EVALUATION_KEYS
+    if unknown:
+        raise ConfigError(f"{path}: unknown evaluation key(s) {sorted(unknown)} (valid: {sorted(_EVALUATION_KEYS)})")
+    variants = []
+    for name, spec in (data.get("variants") or {}).items():
+        spec = {"overrides": spec} if isinstance(spec, list) else dict(spec or {})
+        if set(spec) - {"overrides", "seeds"} or not isinstance(spec.get("overrides", []), list):
+            raise ConfigError(f"{path}: variant {name!r} must be a list of overrides or "
+                              "{overrides: [...], seeds: [...]}")
+        variants.append(Variant(str(name), [str(o) for o in spec.get("overrides", [])], spec.get("seeds")))
+    settings = {"preset": data.get("preset"), "variants": variants, "seeds": data.get("seeds", [0]),
+                "steps": data.get("steps"), "overrides": [str(o) for o in data.get("overrides", [])],
+                "baseline": data.get("baseline"), "jobs": data.get("jobs", 1), **evaluation}
+    if not settings["preset"]:
+        raise ConfigError(f"{path}: a study needs `preset:` (a preset name or YAML config)")
+    settings.update({k: v for k, v in changes.items() if v is not None})
+    return CompareSettings(**settings)
+
+
+# --------------------------------------------------------------------------- runs
+
+@dataclass
+class PlannedRun:
+    variant: str
+    seed: int
+    config: Config
+    run_dir: Path
+
+    @property
+    def name(self) -> str:
+        return f"{self.variant}-s{self.seed}"
+
+
+def variant_config(settings: CompareSettings, variant: Variant, seed: int) -> Config:
+    """The run config of one (variant, seed): the preset, the shared overrides, then the variant's."""
+    overrides = list(settings.overrides) + list(variant.overrides) + [
+        f"train.seed={seed}", f"name={variant.name}-s{seed}", f"train.out_dir={settings.out_dir / 'runs'}"]
     if settings.steps is not None:
         overrides.append(f"train.steps={settings.steps}")
+    if settings.jobs > 1:
+        overrides.append("train.progress=false")  # side-by-side bars would interleave
     config = load_config(settings.preset, overrides)
-    published = [PUBLISHED_GUIDANCE[n] for n in names if n in PUBLISHED_GUIDANCE]
-    if published and not any(o.startswith("sample.guidance=") for o in settings.overrides):
+    chose_guidance = any(o.startswith("sample.guidance=") for o in settings.overrides + variant.overrides)
+    published = [PUBLISHED_GUIDANCE[n] for n in config.method.names if n in PUBLISHED_GUIDANCE]
+    if settings.guidance is not None:
+        config.sample.guidance = settings.guidance
+    elif published and not chose_guidance:
         config.sample.guidance = published[0]
     return config
 
 
-def run_dir_of(settings: CompareSettings, method: str, seed: int) -> Path:
-    return settings.out_dir / "runs" / f"{method}-s{seed}"
+def method_config(settings: CompareSettings, method: str, seed: int) -> Config:
+    """The run config of a method given by name (``a+b`` combines methods)."""
+    variant = next((v for v in settings.variants if v.name == method), None)
+    return variant_config(settings, variant or Variant(method, [f"method.names=[{','.join(method.split('+'))}]"]),
+                          seed)
 
 
-def train_one(settings: CompareSettings, config: Config, run_dir: Path) -> Path:
+def planned_runs(settings: CompareSettings) -> list[PlannedRun]:
+    runs = []
+    for variant in settings.variants:
+        for seed in variant.seeds or settings.seeds:
+            config = variant_config(settings, variant, seed)
+            runs.append(PlannedRun(variant.name, seed, config, settings.out_dir / "runs" / f"{variant.name}-s{seed}"))
+    return runs
+
+
+def is_finished(run_dir: Path, steps: int) -> bool:
+    found = list_checkpoints(run_dir / "checkpoints")
+    return bool(found) and int(load_checkpoint(found[-1])["step"]) >= steps
+
+
+def train_one(config: Config, run_dir: Path, device: str | None = None) -> Path:
     """Train a run to its step budget: skipped when finished, resumed when a checkpoint exists."""
     from ccua.training.distributed import cleanup
     from ccua.training.trainer import Trainer
 
-    found = list_checkpoints(run_dir / "checkpoints")
-    if found and int(load_checkpoint(found[-1])["step"]) >= config.train.steps:
+    if is_finished(run_dir, config.train.steps):
         log.info("%s: finished, skipped", run_dir.name)
         return run_dir
-    trainer = Trainer(config, resume=str(run_dir) if found else None, run_dir=run_dir, device=settings.device)
+    found = list_checkpoints(run_dir / "checkpoints")
+    trainer = Trainer(config, resume=str(run_dir) if found else None, run_dir=run_dir, device=device)
     try:
         trainer.train()
     finally:
         cleanup(trainer.dist)
     return run_dir
+
+
+# --------------------------------------------------------------------------- evaluation
+
+def eval_dir_of(run_dir: Path, guidance: float, per_class: int, reference: str) -> Path:
+    suffix = "" if reference == "train" else f"_{reference}"
+    return run_dir / "eval" / f"w{guidance:g}_n{per_class}{suffix}"
+
+
+def evaluate_one(settings: CompareSettings, run: PlannedRun, guidance: float) -> list[Path]:
+    """Sample the run once at ``guidance`` and score the samples against every reference split."""
+    from ccua.evaluation import evaluate_target
+
+    files = []
+    first = eval_dir_of(run.run_dir, guidance, settings.per_class, settings.references[0])
+    for reference in settings.references:
+        out = eval_dir_of(run.run_dir, guidance, settings.per_class, reference)
+        if (out / "metrics.json").exists():
+            files.append(out / "metrics.json")
+            continue
+        # the first reference samples the run; the others reuse those samples
+        target = run.run_dir if reference == settings.references[0] else first / "samples"
+        evaluate_target(target, out_dir=out, features=settings.features, feature_path=settings.feature_path,
+                        per_class=settings.per_class, guidance=guidance, steps=settings.sampler_steps,
+                        seed=run.seed, reference_split=reference, max_reference=settings.max_reference,
+                        device=settings.device)
+        files.append(out / "metrics.json")
+    return files
 
 
 def tune_guidance(settings: CompareSettings, run_dir: Path, grid: list[float]) -> tuple[float, dict[str, float]]:
@@ -90,17 +240,21 @@ def tune_guidance(settings: CompareSettings, run_dir: Path, grid: list[float]) -
 
     scores = {}
     for w in grid:
-        result, _ = evaluate_target(run_dir, out_dir=run_dir / "eval_guidance" / f"w{w:g}", features=settings.features,
-                                    feature_path=settings.feature_path, per_class=settings.proxy_per_class,
-                                    guidance=w, steps=settings.sampler_steps, seed=10_000, per_class_metrics=False,
-                                    reference_split="test", max_reference=settings.max_reference,
-                                    device=settings.device)
+        out = run_dir / "eval_guidance" / f"w{w:g}"
+        if (out / "metrics.json").exists():
+            result = json.loads((out / "metrics.json").read_text())
+        else:
+            result, _ = evaluate_target(run_dir, out_dir=out, features=settings.features,
+                                        feature_path=settings.feature_path, per_class=settings.proxy_per_class,
+                                        guidance=w, steps=settings.sampler_steps, seed=10_000,
+                                        per_class_metrics=False, reference_split="test",
+                                        max_reference=settings.max_reference, device=settings.device)
         scores[f"{w:g}"] = result["overall"]["fid"]
     best = min(scores, key=scores.get)
     return float(best), scores
 
 
-def tail_samples(run_dir: Path, num_seeds: int, guidance: float, device: str | None) -> tuple["torch.Tensor", list[str]]:
+def tail_samples(run_dir: Path, num_seeds: int, guidance: float, device: str | None) -> tuple[torch.Tensor, list[str]]:
     """uint8 [tail classes * num_seeds, H, W, C] and column labels: every run's tail classes, drawn
     from the same initial noise (sample i of the stream) in every run."""
     from ccua.data import class_groups, to_uint8
@@ -115,45 +269,81 @@ def tail_samples(run_dir: Path, num_seeds: int, guidance: float, device: str | N
     return to_uint8(images), [f"c{c} s{s}" for c in tail for s in range(num_seeds)]
 
 
+# --------------------------------------------------------------------------- the phases
+
+def _check(results, what: str) -> list[str]:
+    failed = [f"{r.name}: {r.error}" for r in results if r.error]
+    for line in failed:
+        log.error("%s failed for %s", what, line)
+    return failed
+
+
+def _guidance_phase(settings: CompareSettings, runs: list[PlannedRun]) -> tuple[dict[str, dict[str, Any]], list[str]]:
+    """w per variant: 'fixed' (the config's) and, with a grid, 'tuned' on the variant's first seed."""
+    path = settings.out_dir / "guidance.json"
+    record = json.loads(path.read_text()) if path.exists() else {}
+    firsts: dict[str, PlannedRun] = {}
+    for run in runs:
+        firsts.setdefault(run.variant, run)
+    for variant, run in firsts.items():
+        record.setdefault(variant, {})["fixed"] = run.config.sample.guidance
+    failed: list[str] = []
+    if settings.guidance_grid:
+        todo = [run for variant, run in firsts.items() if "tuned" not in record[variant]]
+        results = run_jobs([Job(run.name, tune_guidance, (settings, run.run_dir, settings.guidance_grid))
+                            for run in todo], settings.jobs)
+        for run, result in zip(todo, results):
+            if result.error is None:
+                best, scores = result.value
+                record[run.variant].update(tuned=best, proxy_fid=scores, grid=settings.guidance_grid)
+        failed = _check(results, "guidance tuning")
+    path.write_text(json.dumps(record, indent=2))
+    return record, failed
+
+
 def compare(settings: CompareSettings) -> Path:
-    """Train, evaluate and report every (method, seed); returns the report folder."""
-    from ccua.evaluation import evaluate_target
+    """Train, evaluate and report every (variant, seed); returns the main report folder."""
     from ccua.report import make_report, tail_grid
 
     settings.out_dir.mkdir(parents=True, exist_ok=True)
-    guidance_path = settings.out_dir / "guidance.json"
-    guidance_record = json.loads(guidance_path.read_text()) if guidance_path.exists() else {}
-    metric_files, names = [], []
-    tails: dict[str, "torch.Tensor"] = {}
-    tail_columns: list[str] = []
-    for method in settings.methods:
-        for seed in settings.seeds:
-            config = method_config(settings, method, seed)
-            run_dir = run_dir_of(settings, method, seed)
-            train_one(settings, config, run_dir)
-            if settings.guidance_grid and method not in guidance_record:
-                best, scores = tune_guidance(settings, run_dir, settings.guidance_grid)
-                guidance_record[method] = {"guidance": best, "proxy_fid": scores}
-                guidance_path.write_text(json.dumps(guidance_record, indent=2))
-            w = guidance_record.get(method, {}).get("guidance", config.sample.guidance)
-            guidance_record.setdefault(method, {"guidance": w})
-            eval_dir = run_dir / "eval" / f"w{w:g}_n{settings.per_class}"
-            if not (eval_dir / "metrics.json").exists():
-                evaluate_target(run_dir, out_dir=eval_dir, features=settings.features,
-                                feature_path=settings.feature_path, per_class=settings.per_class, guidance=w,
-                                steps=settings.sampler_steps, seed=seed, max_reference=settings.max_reference,
-                                device=settings.device)
-            metric_files.append(eval_dir / "metrics.json")
-            names.append(method)
-            if seed == settings.seeds[0] and settings.tail_seeds:
-                images, tail_columns = tail_samples(run_dir, settings.tail_seeds, w, settings.device)
-                tails[method] = images.numpy()
-    guidance_path.write_text(json.dumps(guidance_record, indent=2))
-    report_dir = settings.out_dir / "report"
-    make_report(metric_files, report_dir, names=names)
-    if tails:
-        tail_grid(tails, report_dir / "tail_grid.png", column_labels=tail_columns)
-    return report_dir
+    runs = planned_runs(settings)
+    failed = _check(run_jobs([Job(run.name, train_one, (run.config, run.run_dir, settings.device)) for run in runs],
+                             settings.jobs), "training")
+    trained = [run for run in runs if not any(line.startswith(f"{run.name}:") for line in failed)]
+    guidance, tuning_failed = _guidance_phase(settings, trained)
+    failed += tuning_failed
+    modes = ["fixed"] + (["tuned"] if settings.guidance_grid else [])
+    evaluations = [(run, mode, guidance[run.variant][mode]) for run in trained for mode in modes
+                   if mode in guidance[run.variant]]
+    unique = {(run.name, w): run for run, _, w in evaluations}
+    results = run_jobs([Job(f"{name} w={w:g}", evaluate_one, (settings, run, w)) for (name, w), run in unique.items()],
+                       settings.jobs)
+    failed += _check(results, "evaluation")
+    files = {job_key: result.value for job_key, result in zip(unique, results) if result.error is None}
+
+    baseline = settings.baseline or settings.variants[0].name
+    main_report = settings.out_dir / "report"
+    for mode in modes:
+        for index, reference in enumerate(settings.references):
+            chosen = [(run, files[(run.name, w)][index]) for run, m, w in evaluations
+                      if m == mode and (run.name, w) in files]
+            if not chosen:
+                continue
+            folder = main_report if (mode, index) == ("fixed", 0) else main_report / f"{mode}_{reference}"
+            make_report([path for _, path in chosen], folder, names=[run.variant for run, _ in chosen],
+                        baseline=baseline, title=f"Comparison ({mode} guidance, reference: balanced {reference} split)")
+    if settings.tail_seeds and trained:
+        tails, columns = {}, []
+        for run in trained:
+            if run.variant not in tails:
+                images, columns = tail_samples(run.run_dir, settings.tail_seeds, guidance[run.variant]["fixed"],
+                                               settings.device)
+                tails[run.variant] = images.numpy()
+        tail_grid(tails, main_report / "tail_grid.png", column_labels=columns)
+    if failed:
+        raise JobsFailed(f"{len(failed)} job(s) failed (the report covers the others): " + "; ".join(failed))
+    return main_report
 
 
-__all__ = ["CompareSettings", "compare", "method_config"]
+__all__ = ["CompareSettings", "Variant", "compare", "is_study_file", "load_study", "method_config",
+           "planned_runs", "variant_config"]

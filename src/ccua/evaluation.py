@@ -56,17 +56,36 @@ def load_samples(path: str | Path) -> tuple[np.ndarray, np.ndarray, dict[str, An
     return images, labels, info
 
 
+def training_copies(images: np.ndarray, labels: np.ndarray, data: DataConfig, result: dict[str, Any]) -> dict | None:
+    """Near-copies of the training images the model saw (the long-tailed subset of ``data``), per
+    group of ``result``; None (with a warning in ``result``) when the images' shape differs."""
+    from ccua.data import build_training_set
+    from ccua.metrics.features import to_uint8_nchw
+    from ccua.metrics.memorisation import memorisation
+
+    train = build_training_set(data)
+    train_images = np.stack([np.asarray(train.uint8_image(i)) for i in range(len(train))])
+    generated = to_uint8_nchw(images).numpy()
+    if generated.shape[1:] != train_images.shape[1:]:
+        result["warnings"].append(f"near-copies not measured: generated images {generated.shape[1:]} and training "
+                                  f"images {train_images.shape[1:]} differ in shape")
+        return None
+    groups = {name: row["classes"] for name, row in result["groups"].items()}
+    return memorisation(generated, labels, train_images, train.labels, groups, hflip=data.hflip)
+
+
 def evaluate_target(target: str | Path, out_dir: str | Path | None = None, *, features: str = "inception",
                     feature_path: str | None = None, reference_split: str = "train", per_class: int = 100,
                     sampler: str | None = None, steps: int | None = None, guidance: float | None = None,
                     seed: int = 0, use_ema: bool = True, group_mode: str = "thirds", per_class_metrics: bool = True,
                     bf16: bool = False, allow_download: bool = False, data: DataConfig | None = None,
                     cache_dir: str | Path = DEFAULT_CACHE, max_reference: int | None = None,
-                    device: str | None = None) -> tuple[dict[str, Any], Path]:
+                    memorisation: bool = True, device: str | None = None) -> tuple[dict[str, Any], Path]:
     """Evaluate a run folder / checkpoint (sampling it first) or a sample folder / .npz.
 
     ``data``: the data set whose balanced ``reference_split`` is the reference (default: the one
     the run was trained on, read from the checkpoint or sample_info.json).
+    ``memorisation``: also measure near-copies of the (long-tailed) training images per group.
     Returns the metrics and the folder holding metrics.json and metrics.md.
     """
     from ccua.metrics import Reference, build_feature_net, evaluate, write_metrics
@@ -103,6 +122,8 @@ def evaluate_target(target: str | Path, out_dir: str | Path | None = None, *, fe
     train_counts = info.get("train_class_counts")
     result = evaluate(images, labels, reference, train_counts, net, cache_dir=cache_dir / "features",
                       group_mode=group_mode, per_class=per_class_metrics, max_reference=max_reference, seed=seed)
+    if memorisation:
+        result["memorisation"] = training_copies(images, labels, data, result)
     provenance = {key: info.get(key) for key in ("checkpoint", "step", "ema", "seed", "num_samples",
                                                  "samples_per_class")}
     provenance.update({k: v for k, v in info.items() if k.startswith("sample_")})

@@ -325,6 +325,19 @@ def format_table(result: dict[str, Any], per_class: bool = True) -> str:
     return "\n\n".join(parts)
 
 
+def copies_table(copies: dict[str, Any] | None) -> list[str]:
+    """Markdown lines: the share of near-copies of training images overall and per group."""
+    if not copies:
+        return []
+    lines = ["", f"Near-copies of training images (nearest / second-nearest training image of the class < "
+                 f"{copies['threshold']:.3g}, {copies['space']}):", "",
+             "| subset | n | copies | share | median ratio |", "|---|---|---|---|---|"]
+    for name, row in [("overall", copies["overall"]), *copies["groups"].items()]:
+        lines.append(f"| {name} | {row['n']} | {row['copies']} | {_fmt(row['copy_share'], 3)} | "
+                     f"{_fmt(row['median_ratio'], 3)} |")
+    return lines
+
+
 def write_metrics(result: dict[str, Any], out_dir: str | Path, provenance: dict[str, Any] | None = None) -> dict[str, Path]:
     """Write ``metrics.json`` (numbers + provenance) and ``metrics.md`` (tables) into ``out_dir``.
 
@@ -354,6 +367,7 @@ def write_metrics(result: dict[str, Any], out_dir: str | Path, provenance: dict[
               f"- reference: {result['reference']['key']} ({result['reference']['n']} images), "
               f"generated: {result['generated']['n']} images, groups: {result['group_mode']}", ""]
     lines.append(format_table(result))
+    lines += copies_table(result.get("memorisation"))
     if result["notes"] or result["warnings"]:
         lines += ["", "## Notes", ""]
         lines += [f"- {k}: {v}" for k, v in result["notes"].items()]

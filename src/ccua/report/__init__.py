@@ -8,14 +8,16 @@ from typing import Callable
 
 from ccua.report.grids import tail_grid
 from ccua.report.plots import available_metric, plot_per_class
-from ccua.report.tables import (GROUP_METRICS, OVERALL_METRICS, Run, comparability_notes, find_metrics_file, group_key, group_names, load_runs,
-                                markdown_table, metric_columns, run_row, summary_markdown, summary_rows, write_csv)
+from ccua.report.tables import (COPY_COLUMN, GROUP_METRICS, OVERALL_METRICS, Run, comparability_notes,
+                                find_metrics_file, group_key, group_names, load_runs, markdown_table, metric_columns,
+                                paired_markdown, paired_rows, run_row, summary_markdown, summary_rows, write_csv)
 
 logger = logging.getLogger(__name__)
 
 
 def make_report(metric_files_or_run_dirs: list[str | Path], out_dir: str | Path, names: list[str] | None = None,
-                seeds_grouping: str | Callable[[str], str] = "name", title: str = "Comparison") -> dict[str, Path]:
+                seeds_grouping: str | Callable[[str], str] = "name", title: str = "Comparison",
+                baseline: str | None = None) -> dict[str, Path]:
     """Compare several evaluated runs.
 
     Each input is a metrics.json file or a folder (its newest ``**/metrics.json`` is used).
@@ -25,7 +27,9 @@ def make_report(metric_files_or_run_dirs: list[str | Path], out_dir: str | Path,
 
     Writes into ``out_dir``: comparison.md, comparison.csv (one row per run), summary.csv (mean
     and std per group, when some group has several runs) and per_class.png (per-class FID and
-    recall, or the per-class metric available, against the training count, log x). Returns the paths.
+    recall, or the per-class metric available, against the training count, log x). With
+    ``baseline`` (a group name) the report adds each other group's paired difference to it over
+    the seeds both share, with a 95% t interval (differences.csv). Returns the paths.
     """
     if not metric_files_or_run_dirs:
         raise ValueError("no runs given")
@@ -38,9 +42,9 @@ def make_report(metric_files_or_run_dirs: list[str | Path], out_dir: str | Path,
     columns = metric_columns(groups)
     paths = {"csv": write_csv(rows, out_dir / "comparison.csv")}
 
-    shown = ["name", "seed", "guidance", "n_gen"] + [column for _, column in OVERALL_METRICS]
+    shown = ["name", "seed", "guidance", "n_gen"] + [column for _, column in OVERALL_METRICS] + [COPY_COLUMN]
     for group in groups:  # each group's image count beside its numbers
-        shown += [f"n_gen_{group}"] + [f"{column}_{group}" for _, column in GROUP_METRICS]
+        shown += [f"n_gen_{group}"] + [f"{column}_{group}" for _, column in GROUP_METRICS] + [f"{COPY_COLUMN}_{group}"]
     shown = [c for c in shown if c in ("name", "seed", "guidance") or any(r.get(c) is not None for r in rows)]
     parts = [f"# {title}", "", markdown_table(rows, shown)]
     repeated = any(keys.count(k) > 1 for k in keys if k is not None)
@@ -50,6 +54,18 @@ def make_report(metric_files_or_run_dirs: list[str | Path], out_dir: str | Path,
         summary_columns = [c for c in columns if any(s[f"{c}_mean"] is not None for s in summary)]
         parts += ["", "## Mean ± std over runs of the same setting (sample std)", "",
                   summary_markdown(summary, summary_columns)]
+    if baseline is not None and baseline in keys:
+        differences = paired_rows(rows, keys, baseline, columns)
+        if differences:
+            paths["differences_csv"] = write_csv(
+                [{"name": name, "metric": column, "mean": d.mean, "low": d.low, "high": d.high, "n_seeds": d.n,
+                  "detectable": d.detectable}
+                 for name, per_column in differences.items() for column, d in per_column.items() if d is not None],
+                out_dir / "differences.csv")
+            parts += ["", f"## Difference to {baseline}, paired over seeds (mean [95% t interval])", "",
+                      "Lower is better for fid, kid and copies; higher for precision, recall, is and "
+                      "class_accuracy. \"no detectable difference\": the interval covers 0.", "",
+                      paired_markdown(differences, columns)]
     notes = comparability_notes(runs)
     for note in notes:
         logger.warning(note)

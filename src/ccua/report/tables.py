@@ -11,13 +11,17 @@ from pathlib import Path
 from typing import Any, Callable
 
 from ccua.metrics.evaluate import load_metrics
+from ccua.report.stats import PairedDifference, paired_difference
 
 logger = logging.getLogger(__name__)
 
 PROVENANCE_COLUMNS = ("step", "ema", "sampler", "steps", "guidance", "seed", "feature_net", "reference")
 OVERALL_METRICS = (("fid", "fid"), ("kid_mean", "kid"), ("precision", "precision"), ("recall", "recall"),
                    ("inception_score_mean", "is"), ("class_accuracy", "class_accuracy"))
-GROUP_METRICS = (("fid", "fid"), ("kid_mean", "kid"), ("precision", "precision"), ("recall", "recall"))
+GROUP_METRICS = (("fid", "fid"), ("kid_mean", "kid"), ("precision", "precision"), ("recall", "recall"),
+                 ("class_accuracy", "class_accuracy"))
+#: the share of generated images that are near-copies of a training image (metrics.json "memorisation")
+COPY_COLUMN = "copies"
 _SEED_SUFFIX = re.compile(r"[-_.]?(seed|s)[-_]?\d+$", re.IGNORECASE)
 
 
@@ -97,10 +101,13 @@ def run_row(run: Run, groups: list[str]) -> dict[str, Any]:
     row["n_gen"], row["n_ref"] = overall.get("n_gen"), overall.get("n_ref")
     for key, column in OVERALL_METRICS:
         row[column] = overall.get(key)
+    copies = m.get("memorisation") or {}
+    row[COPY_COLUMN] = (copies.get("overall") or {}).get("copy_share")
     for group in groups:
         values = m.get("groups", {}).get(group, {})
         for key, column in GROUP_METRICS:
             row[f"{column}_{group}"] = values.get(key)
+        row[f"{COPY_COLUMN}_{group}"] = (copies.get("groups", {}).get(group) or {}).get("copy_share")
         row[f"n_gen_{group}"], row[f"n_ref_{group}"] = values.get("n_gen"), values.get("n_ref")
     return row
 
@@ -110,10 +117,47 @@ def _is_number(value: Any) -> bool:
 
 
 def metric_columns(groups: list[str]) -> list[str]:
-    columns = [column for _, column in OVERALL_METRICS]
+    columns = [column for _, column in OVERALL_METRICS] + [COPY_COLUMN]
     for group in groups:
-        columns += [f"{column}_{group}" for _, column in GROUP_METRICS]
+        columns += [f"{column}_{group}" for _, column in GROUP_METRICS] + [f"{COPY_COLUMN}_{group}"]
     return columns
+
+
+def paired_rows(rows: list[dict[str, Any]], keys: list[str | None], baseline: str, columns: list[str],
+                confidence: float = 0.95) -> dict[str, dict[str, PairedDifference | None]]:
+    """For every setting but ``baseline``: per column, the paired difference to the baseline over
+    the seeds both have (rows matched by their ``seed``), or None where no pair has the value."""
+    by_key: dict[str, dict[Any, dict[str, Any]]] = {}
+    for row, key in zip(rows, keys):
+        if key is not None:
+            by_key.setdefault(key, {})[row.get("seed")] = row
+    base = by_key.get(baseline, {})
+    out: dict[str, dict[str, PairedDifference | None]] = {}
+    for key, runs in by_key.items():
+        if key == baseline:
+            continue
+        out[key] = {}
+        for column in columns:
+            pairs = [(row[column], base[seed][column]) for seed, row in runs.items()
+                     if seed in base and _is_number(row.get(column)) and _is_number(base[seed].get(column))]
+            out[key][column] = (paired_difference([a for a, _ in pairs], [b for _, b in pairs], confidence)
+                                if pairs else None)
+    return out
+
+
+def paired_markdown(differences: dict[str, dict[str, PairedDifference | None]], columns: list[str]) -> str:
+    """One row per metric, one column per setting: mean difference [interval], or the verdict."""
+    names = list(differences)
+    lines = ["| metric | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
+    for column in columns:
+        cells = []
+        for name in names:
+            diff = differences[name].get(column)
+            digits = 5 if column.startswith("kid") else 3 if abs(diff.mean if diff else 0) < 10 else 2
+            cells.append("-" if diff is None else diff.describe(digits))
+        if any(cell != "-" for cell in cells):
+            lines.append(f"| {column} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
 
 
 def summary_rows(rows: list[dict[str, Any]], keys: list[str | None], columns: list[str]) -> list[dict[str, Any]]:
