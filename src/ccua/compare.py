@@ -125,7 +125,11 @@ def load_study(path: str | Path, **changes: Any) -> CompareSettings:
         if set(spec) - {"overrides", "seeds"} or not isinstance(spec.get("overrides", []), list):
             raise ConfigError(f"{path}: variant {name!r} must be a list of overrides or "
                               "{overrides: [...], seeds: [...]}")
-        variants.append(Variant(str(name), [str(o) for o in spec.get("overrides", [])], spec.get("seeds")))
+        seeds = spec.get("seeds")
+        if seeds is not None and (not isinstance(seeds, list) or not seeds
+                                  or not all(isinstance(x, int) and not isinstance(x, bool) for x in seeds)):
+            raise ConfigError(f"{path}: variant {name!r}: seeds must be a non-empty list of integers, got {seeds!r}")
+        variants.append(Variant(str(name), [str(o) for o in spec.get("overrides", [])], seeds))
     settings = {"preset": data.get("preset"), "variants": variants, "seeds": data.get("seeds", [0]),
                 "steps": data.get("steps"), "overrides": [str(o) for o in data.get("overrides", [])],
                 "baseline": data.get("baseline"), "jobs": data.get("jobs", 1), **evaluation}
