@@ -22,6 +22,7 @@ from ccua.data import DEFAULT_CHANNELS
 from ccua.diffusion import build_objective
 from ccua.methods import build_methods
 from ccua.models import build_model
+from ccua.training.performance import build_optimizer, configure_backends, maybe_compile, to_memory_format
 from ccua.training.step import PassRunner, training_losses
 
 #: label -> config overrides; "plain" must come first (the reference of the ratio)
@@ -42,37 +43,54 @@ VARIANTS: dict[str, list[str]] = {
 
 
 class Variant:
-    """One method's model copy, optimizer and step function on the shared batch."""
+    """One method's model copy, optimizer and step function on the shared batch.
 
-    def __init__(self, preset: str, overrides: list[str], model: torch.nn.Module, batch: tuple, num_classes: int):
+    The train.* speed settings of its config apply as in training: bf16 autocast, channels-last,
+    torch.compile, TF32, fused AdamW on CUDA.
+    """
+
+    def __init__(self, preset: str, overrides: list[str], model: torch.nn.Module, batch: tuple, num_classes: int,
+                 device: torch.device):
         self.config = load_config(preset, overrides)
-        self.model = copy.deepcopy(model)
-        self.runner = PassRunner(self.model)
+        train = self.config.train
+        self.device = device
+        configure_backends(train.tf32)
+        self.model = to_memory_format(copy.deepcopy(model).to(device), train.channels_last)
+        self.runner = maybe_compile(PassRunner(self.model), train.compile)
         self.objective = build_objective(self.config.diffusion)
         self.methods = build_methods(self.config.method)
-        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=1e-4)
-        self.counts = torch.tensor([2.0**-c for c in range(num_classes)])
-        self.x0, self.labels = batch
+        self.optimizer = build_optimizer(self.model.parameters(), "adamw", 1e-4, 0.0, device)
+        self.counts = torch.tensor([2.0**-c for c in range(num_classes)], device=device)
+        self.x0, self.labels = (tensor.to(device) for tensor in batch)
+        if train.channels_last and self.x0.dim() == 4:
+            self.x0 = self.x0.contiguous(memory_format=torch.channels_last)
         self.times: list[float] = []
 
     def step(self, timed: bool) -> None:
         start = time.perf_counter()
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.config.train.bf16):
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.config.train.bf16):
             terms = training_losses(self.runner, self.objective, self.methods, self.x0, self.labels,
                                     self.model.null_label, self.counts, batched_passes=self.config.method.batched_passes)
         self.optimizer.zero_grad(set_to_none=True)
         terms["total"].backward()
         self.optimizer.step()
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
         if timed:
             self.times.append(time.perf_counter() - start)
 
 
-def time_preset(preset: str, variants: dict[str, list[str]], batch_size: int, steps: int, warmup: int,
-                overrides: list[str]) -> dict[str, float | str]:
-    """Median seconds per step of each variant (or the reason it cannot run), timed in alternation."""
+def time_preset(preset: str, variants: dict[str, list[str]], batch_size: int | None, steps: int, warmup: int,
+                overrides: list[str], device: str = "cpu") -> dict[str, float | str]:
+    """Median seconds per step of each variant (or the reason it cannot run), timed in alternation.
+
+    ``batch_size``: None = the preset's train.batch_size.
+    """
     config = load_config(preset, overrides)
     channels = 4 if config.data.name == "latents" else DEFAULT_CHANNELS.get(config.data.name, 3)
-    num_classes, res = 10, config.data.resolution
+    num_classes = 1000 if config.data.name == "latents" else 10
+    res = config.data.resolution // 8 if config.data.name == "latents" else config.data.resolution
+    batch_size = batch_size or config.train.batch_size
     torch.manual_seed(0)
     model = build_model(config.model, channels, num_classes, res)
     batch = (torch.randn(batch_size, channels, res, res).clamp(-1, 1), torch.randint(0, num_classes, (batch_size,)))
@@ -80,7 +98,7 @@ def time_preset(preset: str, variants: dict[str, list[str]], batch_size: int, st
     results: dict[str, float | str] = {}
     for label, extra in variants.items():
         try:
-            built[label] = Variant(preset, overrides + extra, model, batch, num_classes)
+            built[label] = Variant(preset, overrides + extra, model, batch, num_classes, torch.device(device))
         except ValueError as error:  # e.g. OCLT with the flow objective
             results[label] = f"n/a: {error}"
     for round_index in range(warmup + steps):
@@ -89,6 +107,16 @@ def time_preset(preset: str, variants: dict[str, list[str]], batch_size: int, st
     for label, variant in built.items():
         results[label] = statistics.median(variant.times)
     return {label: results[label] for label in variants}
+
+
+def print_rows(preset: str, results: dict[str, float | str], batch_size: int, setting: str = "") -> None:
+    baseline = results["plain"]
+    for label, seconds in results.items():
+        if isinstance(seconds, str):
+            print(f"| {preset} | {setting} | {label} | {seconds} | | |")
+            continue
+        ratio = f"{seconds / baseline:.2f}" if isinstance(baseline, float) else "-"
+        print(f"| {preset} | {setting} | {label} | {seconds:.3f} | {batch_size / seconds:.0f} | {ratio} |", flush=True)
 
 
 def main() -> None:
@@ -111,17 +139,11 @@ def main() -> None:
     presets = args.preset or ["fashion_mnist_lt", "sit_tiny_fashion_mnist_lt"]
     print(f"batch {args.batch_size}, median of {args.steps} alternating steps after {args.warmup} warm-up, "
           f"torch {torch.__version__}, {torch.get_num_threads()} threads, {torch.backends.cpu.get_cpu_capability()}")
-    print("| preset | method | s/step | images/s | x plain |")
-    print("|---|---|---:|---:|---:|")
+    print("| preset | settings | method | s/step | images/s | x plain |")
+    print("|---|---|---|---:|---:|---:|")
     for preset in presets:
         results = time_preset(preset, variants, args.batch_size, args.steps, args.warmup, args.overrides)
-        baseline = results["plain"]
-        for label, seconds in results.items():
-            if isinstance(seconds, str):
-                print(f"| {preset} | {label} | {seconds} | | |")
-                continue
-            print(f"| {preset} | {label} | {seconds:.3f} | {args.batch_size / seconds:.0f} | "
-                  f"{seconds / baseline:.2f} |", flush=True)
+        print_rows(preset, results, args.batch_size, " ".join(args.overrides) or "default")
 
 
 if __name__ == "__main__":

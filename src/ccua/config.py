@@ -151,6 +151,10 @@ class TrainConfig:
     ema_decay: float = 0.9999
     ema_start: int = 0
     bf16: bool = False
+    # speed settings (training/performance.py): TF32 on CUDA, channels-last memory, torch.compile
+    tf32: bool = True
+    channels_last: bool = False
+    compile: bool = False
     seed: int = 0
     out_dir: str = "runs"
     log_every: int = 10
