@@ -109,7 +109,8 @@ def verify_images(config: DataConfig, progress: bool = True) -> tuple[int, list[
     """Open every image file of the data set once (train split, and the test split file if set).
 
     Returns the number of files checked and ``(path, reason)`` of the unreadable ones. In-memory
-    sources (Fashion-MNIST, MNIST, CIFAR) are decoded whole when loaded: loading them is the check.
+    sources (Fashion-MNIST, MNIST, CIFAR) are decoded whole when loaded: loading them is the check,
+    and they count no files.
     """
     if config.name == "latents":
         raise DataError("a latent cache holds no image files to verify; verify the pixel data set it was "
@@ -120,7 +121,7 @@ def verify_images(config: DataConfig, progress: bool = True) -> tuple[int, list[
         source = _load(config, split)
         if isinstance(source, FolderSource):
             bad += source.unreadable(progress=progress)
-        checked += len(source)
+            checked += len(source)
     return checked, bad
 
 
