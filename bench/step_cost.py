@@ -18,7 +18,6 @@ import time
 import torch
 
 from ccua.config import load_config
-from ccua.data import DEFAULT_CHANNELS
 from ccua.diffusion import build_objective
 from ccua.methods import build_methods
 from ccua.models import build_model
@@ -87,7 +86,9 @@ def time_preset(preset: str, variants: dict[str, list[str]], batch_size: int | N
     ``batch_size``: None = the preset's train.batch_size.
     """
     config = load_config(preset, overrides)
-    channels = 4 if config.data.name == "latents" else DEFAULT_CHANNELS.get(config.data.name, 3)
+    # the shape of the data without loading it (the cost does not depend on the pixels)
+    grey = config.data.name in ("fashion_mnist", "mnist")
+    channels = config.data.channels or (4 if config.data.name == "latents" else 1 if grey else 3)
     num_classes = 1000 if config.data.name == "latents" else 10
     res = config.data.resolution // 8 if config.data.name == "latents" else config.data.resolution
     batch_size = batch_size or config.train.batch_size

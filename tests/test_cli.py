@@ -29,8 +29,8 @@ def test_train_then_sample(tmp_path, capsys):
     assert main(["sample", str(run), "--out", str(out), "--per-class", "2", "--steps", "2", "--guidance", "1.5",
                  "--seed", "3"]) == 0
     data = np.load(out / "images.npz")
-    assert data["images"].shape == (20, 8, 8, 1) and data["images"].dtype == np.uint8
-    assert data["labels"].tolist() == np.repeat(np.arange(10), 2).tolist()
+    assert data["arr_0"].shape == (20, 8, 8, 1) and data["arr_0"].dtype == np.uint8  # the ADM/DiT layout
+    assert data["arr_1"].tolist() == np.repeat(np.arange(10), 2).tolist()
     assert len(list((out / "png").glob("*.png"))) == 20
     with Image.open(out / "grid.png") as grid:
         assert grid.size[0] > 8
@@ -41,10 +41,10 @@ def test_train_then_sample(tmp_path, capsys):
     again = tmp_path / "again"
     main(["sample", str(run / "checkpoints" / "0000002.pt"), "--out", str(again), "--per-class", "2", "--steps", "2",
           "--guidance", "1.5", "--seed", "3", "--no-png"])
-    assert np.array_equal(np.load(again / "images.npz")["images"], data["images"])
+    assert np.array_equal(np.load(again / "images.npz")["arr_0"], data["arr_0"])
     assert main(["sample", str(run), "--out", str(tmp_path / "some"), "--labels", "2,5", "--per-class", "2",
                  "--steps", "1", "--no-png"]) == 0
-    assert np.load(tmp_path / "some" / "images.npz")["labels"].tolist() == [2, 2, 5, 5]
+    assert np.load(tmp_path / "some" / "images.npz")["arr_1"].tolist() == [2, 2, 5, 5]
 
 
 def test_resume_latest_from_the_cli(tmp_path):

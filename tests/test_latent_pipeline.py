@@ -46,5 +46,5 @@ def test_encode_train_sample_in_latent_space(tmp_path, image_folder, vae_folder)
     assert (run / "samples" / "grid_0000002.png").exists()
     out = tmp_path / "samples"
     assert main(["sample", str(run), "--out", str(out), "--per-class", "1", "--sampler", "heun", "--steps", "2"]) == 0
-    images = np.load(out / "images.npz")["images"]
+    images = np.load(out / "images.npz")["arr_0"]
     assert images.shape == (3, 16, 16, 3)  # decoded by the VAE back to pixels

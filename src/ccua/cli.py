@@ -63,11 +63,14 @@ def cmd_sample(args: argparse.Namespace) -> int:
     _check_sampler(loaded.config.diffusion.objective, sample.sampler)
     labels = None
     if args.labels:
-        labels = torch.tensor([int(v) for v in args.labels.split(",")], dtype=torch.long)
+        try:
+            labels = torch.tensor([int(v) for v in args.labels.split(",") if v.strip()], dtype=torch.long)
+        except ValueError:
+            raise ConfigError(f"--labels must be comma-separated class indices, got {args.labels!r}") from None
         labels = labels.repeat_interleave(args.per_class)
     out = args.out or loaded.run_dir / "samples" / f"step{loaded.step:07d}_{sample.sampler}{sample.steps}_w{sample.guidance:g}_seed{args.seed}"
     folder = sample_to_folder(loaded, out, sample, labels=labels, per_class=args.per_class, seed=args.seed,
-                              write_pngs=not args.no_png)
+                              write_pngs=not args.no_png, overwrite=args.overwrite)
     print(f"samples: {folder}")
     return 0
 
@@ -85,25 +88,54 @@ def _check_sampler(objective: str, sampler: str) -> None:
 def cmd_data(args: argparse.Namespace) -> int:
     if args.config and args.config[0] == "encode":
         return cmd_data_encode(args.config[1:])
-    preset, overrides = _split_preset(args.config)
+    # The config list is argparse.REMAINDER (for `data encode`): options after the preset land in it.
+    parser = argparse.ArgumentParser(prog="ccua data")
+    parser.add_argument("config", nargs="*")
+    parser.add_argument("--verify", action="store_true")
+    rest = parser.parse_args(args.config)
+    preset, overrides = _split_preset(rest.config)
     config = load_config(preset, overrides)
     from ccua.data import build_training_set, class_groups, count_groups
 
+    if args.verify or rest.verify:
+        _verify_data(config.data)
     dataset = build_training_set(config.data)
     counts = dataset.class_counts()
     print(f"{config.data.name}: {len(dataset)} images, {dataset.num_classes} classes, "
           f"imbalance {config.data.imbalance}, resolution {config.data.resolution}")
-    groups = class_groups(dataset.num_classes)
+    groups = class_groups(dataset.num_classes, counts)  # thirds of the classes ranked by training count
     group_of = {c: g for g, members in groups.items() for c in members}
     names = getattr(dataset, "class_names", [str(c) for c in range(dataset.num_classes)])
     print(f"{'class':>5}  {'name':<16} {'count':>7}  group")
     for c, n in enumerate(counts):
         print(f"{c:>5}  {names[c][:16]:<16} {n:>7}  {group_of[c]}")
     for name, members in groups.items():
-        print(f"{name}: classes {members[0]}-{members[-1]}, {sum(counts[c] for c in members)} images")
+        print(f"{name}: classes {_class_list(members)}, {sum(counts[c] for c in members)} images")
     for name, members in count_groups(counts).items():
         print(f"{name} (by count): {len(members)} classes")
     return 0
+
+
+def _class_list(members: list[int], shown: int = 12) -> str:
+    """"7-9" for a run of consecutive classes, else the classes (head to tail), shortened."""
+    if members and members == list(range(members[0], members[-1] + 1)):
+        return f"{members[0]}-{members[-1]}" if len(members) > 1 else str(members[0])
+    text = ", ".join(str(c) for c in members[:shown])
+    return text + (f", ... ({len(members)} classes)" if len(members) > shown else "")
+
+
+def _verify_data(data) -> None:
+    from ccua.data import DataError, verify_images
+
+    checked, bad = verify_images(data)
+    for path, reason in bad:
+        print(f"unreadable: {path}: {reason}")
+    if bad:
+        raise DataError(f"{len(bad)} of {checked} image files cannot be read (listed above): delete or replace them")
+    if checked:
+        print(f"verified: all {checked} image files can be read")
+    else:
+        print(f"verified: {data.name} is decoded whole into memory when loaded, and it loaded")
 
 
 def cmd_data_encode(argv: list[str]) -> int:
@@ -149,7 +181,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         reference_split=args.reference, per_class=args.per_class, sampler=args.sampler, steps=args.steps,
         guidance=args.guidance, seed=args.seed, use_ema=not args.no_ema, group_mode=args.groups,
         bf16=args.bf16, allow_download=args.allow_download, data=data, max_reference=args.max_reference,
-        memorisation=not args.no_memorisation, device=args.device)
+        device=args.device, reference_stats=args.reference_stats, memorisation=not args.no_memorisation)
     print(format_table(result, per_class=args.show_classes))
     print("\n".join(copies_table(result.get("memorisation"))))
     print(f"metrics: {out / 'metrics.json'}")
@@ -244,20 +276,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=None)
     p.add_argument("--no-ema", action="store_true", help="use the raw weights instead of the EMA")
     p.add_argument("--no-png", action="store_true", help="only the .npz and the grid")
+    p.add_argument("--overwrite", action="store_true", help="replace the samples in a non-empty --out folder")
     p.add_argument("--device", default=None)
     p.set_defaults(func=cmd_sample)
 
     p = sub.add_parser("data", help="per-class counts after long-tail subsampling; `data encode` for latents")
     p.add_argument("config", nargs=argparse.REMAINDER, help="preset or YAML, then overrides")
+    p.add_argument("--verify", action="store_true", help="open every image file once and list the unreadable ones")
     p.set_defaults(func=cmd_data)
 
     p = sub.add_parser("evaluate", help="FID, KID, precision/recall, IS per group and class of a run or samples")
-    p.add_argument("target", help="run folder, checkpoint, sample folder or images.npz")
+    p.add_argument("target", help="run folder, checkpoint, sample folder or a sample .npz (arr_0/arr_1 or "
+                                  "images/labels)")
     p.add_argument("overrides", nargs="*", help="data.* overrides naming the reference data set")
     p.add_argument("--out", default=None, help="output folder (default: RUN/eval/<settings> or SAMPLES/eval)")
     _add_eval_options(p)
     p.add_argument("--data", default=None, help="preset or YAML whose data set is the reference (default: the run's)")
     p.add_argument("--reference", default="train", choices=["train", "test"], help="balanced split to compare with")
+    p.add_argument("--reference-stats", default=None,
+                   help="published FID statistics (.npz with mu, sigma) as the reference: overall FID only")
     p.add_argument("--groups", default="thirds", choices=["thirds", "counts"],
                    help="head/body/tail thirds, or many/medium/few by training count")
     p.add_argument("--sampler", default=None)

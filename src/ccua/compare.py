@@ -262,11 +262,10 @@ def tail_samples(run_dir: Path, num_seeds: int, guidance: float, device: str | N
     """uint8 [tail classes * num_seeds, H, W, C] and column labels: every run's tail classes, drawn
     from the same initial noise (sample i of the stream) in every run."""
     from ccua.data import class_groups, to_uint8
-    from ccua.sampling import LoadedModel, classes_head_to_tail
+    from ccua.sampling import LoadedModel
 
     loaded = LoadedModel(run_dir, device=device or "cpu")
-    order = classes_head_to_tail(loaded.class_counts)
-    tail = [order[i] for i in class_groups(len(order))["tail"]]
+    tail = class_groups(len(loaded.class_counts), loaded.class_counts)["tail"]
     labels = torch.tensor([c for c in tail for _ in range(num_seeds)])
     sample = replace(loaded.config.sample, guidance=guidance)
     images = loaded.sample(labels, sample, seed=777, progress=False)

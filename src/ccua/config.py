@@ -26,6 +26,8 @@ class DataConfig:
     name: str = "fashion_mnist"  # fashion_mnist | mnist | cifar10 | cifar100 | image_folder | latents
     root: str | None = None  # where the source files are; None = the source's default place
     split_file: str | None = None  # image_folder: "relative/path label" lines (ImageNet-LT format)
+    # image_folder: the test split in the same format (ImageNet_LT_test.txt): the balanced reference
+    test_split_file: str | None = None
     download: bool = False  # fetch CIFAR from the internet when it is not at root
     resolution: int = 16
     channels: int | None = None  # None = the source's own (1 for digits, 3 for colour)

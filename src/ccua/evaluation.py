@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ccua.config import DataConfig
+from ccua.config import DataConfig, config_from_dict
 
 log = logging.getLogger(__name__)
 
@@ -38,22 +38,169 @@ def feature_weights_path(features: str, path: str | None, data: DataConfig,
     return path
 
 
-def _is_sample_folder(path: Path) -> bool:
-    return path.suffix == ".npz" or (path.is_dir() and (path / "images.npz").exists())
+def _sample_file(path: Path) -> Path | None:
+    """The sample .npz a target names: the file itself, or a sample folder's images.npz."""
+    from ccua.sampling import SAMPLE_FILE
+
+    if path.suffix.lower() == ".npz":
+        return path
+    if path.is_dir() and (path / SAMPLE_FILE).exists():
+        return path / SAMPLE_FILE
+    return None
 
 
-def load_samples(path: str | Path) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
-    """Images (uint8 NHWC), labels and sample_info.json of a sample folder or .npz file."""
+def load_samples(path: str | Path) -> tuple[np.ndarray, np.ndarray | None, dict[str, Any]]:
+    """Images (uint8), labels (None if the file has none) and provenance of exactly the .npz named,
+    or of a sample folder's images.npz.
+
+    The provenance is the folder's sample_info.json when it describes this file (it names the
+    file it was written with), else empty.
+    """
+    from ccua.sampling import SAMPLE_FILE, load_sample_file
+
     path = Path(path)
-    npz = path if path.suffix == ".npz" else path / "images.npz"
-    with np.load(npz) as data:
-        if "labels" not in data:
-            raise ValueError(f"{npz} has no 'labels' array: per-group and per-class metrics need the class "
-                             "of every image (save it as labels=...)")
-        images, labels = data["images"], data["labels"]
+    npz = _sample_file(path) or path / SAMPLE_FILE
+    images, labels = load_sample_file(npz)
     info_path = npz.parent / "sample_info.json"
-    info = json.loads(info_path.read_text()) if info_path.exists() else {}
+    info: dict[str, Any] = {}
+    if info_path.exists():
+        try:
+            info = json.loads(info_path.read_text())
+        except ValueError as error:
+            raise ValueError(f"{info_path} is not valid JSON ({error}): delete or repair it") from None
+        if info.get("images_file", SAMPLE_FILE) != npz.name:
+            info = {}  # it describes another file of this folder
     return images, labels, info
+
+
+def _training_counts(info: dict[str, Any], data: DataConfig) -> tuple[list[int] | None, str | None]:
+    """The training images per class, and where they come from: the samples' provenance, else the
+    long-tail profile of the data config (what a run of that config trains on)."""
+    from ccua.data import training_class_counts
+
+    if info.get("train_class_counts") is not None:
+        return [int(c) for c in info["train_class_counts"]], "sample_info.json (the checkpoint's training set)"
+    counts = training_class_counts(data)
+    log.info("training class counts taken from the data config (%s): no sample_info.json beside the samples",
+             data.name)
+    return counts, f"data config ({data.name}, imbalance {data.imbalance}): no sample_info.json beside the samples"
+
+
+def _sample_run(target: Path, out_dir: str | Path | None, per_class: int, seed: int, use_ema: bool,
+                device: str | None, overrides: dict[str, Any]) -> tuple[Path, Path]:
+    """Sample a run folder or checkpoint into ``out/samples``; returns (the .npz, out)."""
+    from ccua.sampling import SAMPLE_FILE, LoadedModel, sample_to_folder
+
+    loaded = LoadedModel(target, use_ema=use_ema, device=device or "cpu")
+    changes = {k: v for k, v in overrides.items() if v is not None}
+    sample = replace(loaded.config.sample, **changes, use_ema=loaded.use_ema)
+    tag = f"step{loaded.step:07d}_{sample.sampler}{sample.steps}_w{sample.guidance:g}_n{per_class}_seed{seed}"
+    out = Path(out_dir) if out_dir else loaded.run_dir / "eval" / tag
+    # This folder belongs to the evaluation: new samples replace the ones of an earlier evaluation.
+    sample_dir = sample_to_folder(loaded, out / "samples", sample, per_class=per_class, seed=seed, write_pngs=False,
+                                  overwrite=True)
+    return sample_dir / SAMPLE_FILE, out
+
+
+@dataclass
+class _Options:
+    """How to evaluate: the feature network and the reference (what evaluate_target was asked)."""
+
+    features: str
+    feature_path: str | None
+    bf16: bool
+    allow_download: bool
+    device: str | None
+    cache_dir: Path
+    reference_split: str
+    group_mode: str
+    per_class_metrics: bool
+    max_reference: int | None
+    seed: int
+    memorisation: bool = True
+
+    def feature_net(self, data: DataConfig | None):
+        from ccua.metrics import build_feature_net
+
+        path = self.feature_path
+        if data is not None:
+            path = feature_weights_path(self.features, path, data, self.cache_dir)
+        elif self.features == "classifier" and path is None:
+            raise ValueError("--features classifier needs --feature-path (or the data set) to find its weights")
+        return build_feature_net(self.features, path=path, bf16=self.bf16, allow_download=self.allow_download,
+                                 device=self.device)
+
+
+def evaluate_target(target: str | Path, out_dir: str | Path | None = None, *, features: str = "inception",
+                    feature_path: str | None = None, reference_split: str = "train", per_class: int = 100,
+                    sampler: str | None = None, steps: int | None = None, guidance: float | None = None,
+                    seed: int = 0, use_ema: bool = True, group_mode: str = "thirds", per_class_metrics: bool = True,
+                    bf16: bool = False, allow_download: bool = False, data: DataConfig | None = None,
+                    cache_dir: str | Path = DEFAULT_CACHE, max_reference: int | None = None,
+                    device: str | None = None, reference_stats: str | Path | None = None,
+                    memorisation: bool = True) -> tuple[dict[str, Any], Path]:
+    """Evaluate a run folder / checkpoint (sampling it first), a sample folder, or exactly the .npz named.
+
+    ``data``: the data set whose balanced ``reference_split`` is the reference (default: the one
+    the run was trained on, read from the checkpoint or sample_info.json).
+    ``reference_stats``: a published statistics file (``mu``, ``sigma``) as the FID reference
+    instead; then only the overall FID (and IS) can be computed.
+    ``memorisation``: also measure near-copies of the (long-tailed) training images per group.
+    Returns the metrics and the folder holding metrics.json and metrics.md.
+    """
+    from ccua.metrics import write_metrics
+
+    options = _Options(features, feature_path, bf16, allow_download, device, Path(cache_dir), reference_split,
+                       group_mode, per_class_metrics, max_reference, seed, memorisation)
+    target = Path(target)
+    npz = _sample_file(target)
+    if npz is not None:
+        from ccua.sampling import SAMPLE_FILE
+
+        # Each sample file gets its own metrics folder, so two files of one folder never share one.
+        out = Path(out_dir) if out_dir else npz.parent / ("eval" if npz.name == SAMPLE_FILE else f"eval_{npz.stem}")
+    else:
+        npz, out = _sample_run(target, out_dir, per_class, seed, use_ema, device,
+                               {"sampler": sampler, "steps": steps, "guidance": guidance})
+    images, labels, info = load_samples(npz)
+    if data is None and "data" in info:
+        data = config_from_dict({"data": info["data"]}).data  # validated: a stale key is one clear error
+    if reference_stats is not None:
+        from ccua.metrics import evaluate_against_stats, load_reference_stats
+
+        stats = load_reference_stats(reference_stats)
+        result = evaluate_against_stats(images, labels, stats, options.feature_net(data), stats_name=str(reference_stats))
+    else:
+        result = _evaluate_against_data(images, labels, info, npz, data, options)
+    write_metrics(result, out, _provenance(info, npz, reference_split, reference_stats, result))
+    log.info("metrics written to %s", out)
+    return result, out
+
+
+def _evaluate_against_data(images: np.ndarray, labels: np.ndarray | None, info: dict[str, Any], npz: Path,
+                           data: DataConfig | None, options: _Options) -> dict[str, Any]:
+    """The full evaluation against the reference images of ``data``, per group and class."""
+    from ccua.metrics import Reference, evaluate
+
+    if labels is None:
+        raise ValueError(f"{npz} has no labels (arr_1 or labels): per-group and per-class metrics need the class "
+                         "of every image; save them as arr_1, or give --reference-stats for the overall FID only")
+    if data is None:
+        raise ValueError(f"{npz} has no sample_info.json naming its data set: pass the data set "
+                         "(--data PRESET or data.* overrides)")
+    if data.name == "latents":
+        raise ValueError("the run was trained on a latent cache: name the pixel data set for the reference "
+                         "(--data PRESET or data.name=... overrides)")
+    net = options.feature_net(data)
+    reference = Reference.from_config(data, options.reference_split)
+    train_counts, counts_source = _training_counts(info, data)
+    result = evaluate(images, labels, reference, train_counts, net, cache_dir=options.cache_dir / "features",
+                      group_mode=options.group_mode, per_class=options.per_class_metrics,
+                      max_reference=options.max_reference, seed=options.seed)
+    result["train_class_counts_source"] = counts_source
+    if options.memorisation:
+        result["memorisation"] = training_copies(images, labels, data, result)
+    return result
 
 
 def training_copies(images: np.ndarray, labels: np.ndarray, data: DataConfig, result: dict[str, Any]) -> dict | None:
@@ -74,61 +221,13 @@ def training_copies(images: np.ndarray, labels: np.ndarray, data: DataConfig, re
     return memorisation(generated, labels, train_images, train.labels, groups, hflip=data.hflip)
 
 
-def evaluate_target(target: str | Path, out_dir: str | Path | None = None, *, features: str = "inception",
-                    feature_path: str | None = None, reference_split: str = "train", per_class: int = 100,
-                    sampler: str | None = None, steps: int | None = None, guidance: float | None = None,
-                    seed: int = 0, use_ema: bool = True, group_mode: str = "thirds", per_class_metrics: bool = True,
-                    bf16: bool = False, allow_download: bool = False, data: DataConfig | None = None,
-                    cache_dir: str | Path = DEFAULT_CACHE, max_reference: int | None = None,
-                    memorisation: bool = True, device: str | None = None) -> tuple[dict[str, Any], Path]:
-    """Evaluate a run folder / checkpoint (sampling it first) or a sample folder / .npz.
-
-    ``data``: the data set whose balanced ``reference_split`` is the reference (default: the one
-    the run was trained on, read from the checkpoint or sample_info.json).
-    ``memorisation``: also measure near-copies of the (long-tailed) training images per group.
-    Returns the metrics and the folder holding metrics.json and metrics.md.
-    """
-    from ccua.metrics import Reference, build_feature_net, evaluate, write_metrics
-
-    target = Path(target)
-    cache_dir = Path(cache_dir)
-    if _is_sample_folder(target):
-        sample_dir = target if target.is_dir() else target.parent
-        out = Path(out_dir) if out_dir else sample_dir / "eval"
-    else:
-        from ccua.sampling import LoadedModel, sample_to_folder
-
-        loaded = LoadedModel(target, use_ema=use_ema, device=device or "cpu")
-        sample = loaded.config.sample
-        changes = {k: v for k, v in {"sampler": sampler, "steps": steps, "guidance": guidance}.items()
-                   if v is not None}
-        sample = replace(sample, **changes, use_ema=loaded.use_ema)
-        tag = f"step{loaded.step:07d}_{sample.sampler}{sample.steps}_w{sample.guidance:g}_n{per_class}_seed{seed}"
-        out = Path(out_dir) if out_dir else loaded.run_dir / "eval" / tag
-        sample_dir = sample_to_folder(loaded, out / "samples", sample, per_class=per_class, seed=seed,
-                                      write_pngs=False)
-    images, labels, info = load_samples(sample_dir)
-    if data is None:
-        if "data" not in info:
-            raise ValueError(f"{sample_dir} has no sample_info.json naming its data set: pass the data set "
-                             "(--data PRESET or data.* overrides)")
-        data = DataConfig(**info["data"])
-    if data.name == "latents":
-        raise ValueError("the run was trained on a latent cache: name the pixel data set for the reference "
-                         "(--data PRESET or data.name=... overrides)")
-    feature_path = feature_weights_path(features, feature_path, data, cache_dir)
-    net = build_feature_net(features, path=feature_path, bf16=bf16, allow_download=allow_download, device=device)
-    reference = Reference.from_config(data, reference_split)
-    train_counts = info.get("train_class_counts")
-    result = evaluate(images, labels, reference, train_counts, net, cache_dir=cache_dir / "features",
-                      group_mode=group_mode, per_class=per_class_metrics, max_reference=max_reference, seed=seed)
-    if memorisation:
-        result["memorisation"] = training_copies(images, labels, data, result)
+def _provenance(info: dict[str, Any], npz: Path, reference_split: str, reference_stats, result) -> dict[str, Any]:
     provenance = {key: info.get(key) for key in ("checkpoint", "step", "ema", "seed", "num_samples",
                                                  "samples_per_class")}
     provenance.update({k: v for k, v in info.items() if k.startswith("sample_")})
     provenance.update({short: info.get(f"sample_{short}") for short in ("sampler", "steps", "eta", "guidance")})
-    provenance.update(samples=str(sample_dir), reference_split=reference_split, train_class_counts=train_counts)
-    write_metrics(result, out, provenance)
-    log.info("metrics written to %s", out)
-    return result, out
+    provenance.update(samples=str(npz), train_class_counts=result.get("train_class_counts"),
+                      train_class_counts_source=result.get("train_class_counts_source"),
+                      reference_split=None if reference_stats is not None else reference_split,
+                      reference_stats=None if reference_stats is None else str(reference_stats))
+    return provenance

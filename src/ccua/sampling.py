@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
+import zipfile
 from dataclasses import asdict
 from pathlib import Path
 
@@ -14,6 +16,8 @@ from tqdm.auto import tqdm
 
 from ccua.config import Config, SampleConfig, config_from_dict
 from ccua.data.dataset import to_uint8
+from ccua.data.longtail import classes_head_to_tail
+from ccua.data.sources import open_npz
 from ccua.diffusion import build_objective, guided_prediction
 from ccua.images import save_grid
 from ccua.models import build_model
@@ -25,15 +29,16 @@ log = logging.getLogger(__name__)
 def initial_noise(shape: tuple[int, ...], seed: int, start: int = 0) -> Tensor:
     """Noise for samples start .. start + shape[0] - 1 of a seeded stream.
 
-    Sample i always gets the same noise for a given seed, whatever the batch size, so runs can
-    be compared image by image from the same initial noise.
+    Sample i's noise comes from its own generator keyed by (seed, i) (numpy's PCG64 through a
+    SeedSequence, so nearby keys give independent streams), so it is the same whatever the batch
+    size or start, and the cost is linear in the samples drawn, not in ``start``. (torch's CPU
+    generator keeps only 32 bits of a seed: keys built from (seed, i) would collide.)
     """
-    generator = torch.Generator().manual_seed(seed)
-    per_sample = int(np.prod(shape[1:]))
-    # Skip ahead by drawing and discarding: simple and exact for the sizes sampling uses.
-    if start:
-        torch.randn(start * per_sample, generator=generator)
-    return torch.randn(shape[0] * per_sample, generator=generator).reshape(shape)
+    per_sample = shape[1:]
+    key = seed % 2**64  # SeedSequence takes non-negative integers; negative seeds stay distinct
+    noise = [np.random.Generator(np.random.PCG64([key, start + i])).standard_normal(per_sample, dtype=np.float32)
+             for i in range(shape[0])]
+    return torch.from_numpy(np.stack(noise) if noise else np.zeros(shape, dtype=np.float32))
 
 
 @torch.no_grad()
@@ -71,11 +76,6 @@ def vae_decoder(vae_name_or_path: str, device: torch.device | str = "cpu"):
 
     vae = load_vae(vae_name_or_path).to(device)
     return lambda latents: decode_latents(vae, latents)
-
-
-def classes_head_to_tail(class_counts: list[int]) -> list[int]:
-    """Class indices ordered by training count, most images first (ties by index)."""
-    return sorted(range(len(class_counts)), key=lambda c: (-class_counts[c], c))
 
 
 def grid_labels(class_counts: list[int], per_class: int) -> Tensor:
@@ -134,18 +134,106 @@ class LoadedModel:
                         decode=self.decoder())
 
 
-def sample_to_folder(loaded: LoadedModel, out_dir: str | Path, sample: SampleConfig, labels: Tensor | None = None,
-                     per_class: int = 10, seed: int = 0, write_pngs: bool = True, progress: bool = True) -> Path:
-    """Sample and write ``images.npz`` (uint8 NHWC + labels), PNGs, a per-class grid and sample_info.json."""
-    out = Path(out_dir)
+# --------------------------------------------------------------------------- sample files
+
+SAMPLE_FILE = "images.npz"
+# What a sampling run writes into its folder (and --overwrite removes); "eval" holds the metrics
+# of the samples it replaces.
+SAMPLE_OUTPUTS = (SAMPLE_FILE, "png", "grid.png", "sample_info.json", "eval")
+# Array names: DiT/ADM's evaluation suite reads arr_0 (uint8 NHWC images) and arr_1 (labels);
+# files that name them images/labels are read too.
+IMAGE_KEYS = ("arr_0", "images")
+LABEL_KEYS = ("arr_1", "labels")
+
+
+def save_samples(path: str | Path, images: np.ndarray, labels: np.ndarray) -> Path:
+    """Write uint8 NHWC ``images`` as ``arr_0`` and their ``labels`` as ``arr_1`` (the ADM/DiT layout)."""
+    path = Path(path)
+    np.savez_compressed(path, arr_0=np.asarray(images, dtype=np.uint8), arr_1=np.asarray(labels, dtype=np.int64))
+    return path
+
+
+def _first_key(data, keys: tuple[str, ...]) -> str | None:
+    return next((k for k in keys if k in data.files), None)
+
+
+def load_sample_file(path: str | Path) -> tuple[np.ndarray, np.ndarray | None]:
+    """uint8 images and int64 labels (None if the file has none) of a sample ``.npz``.
+
+    Images are ``arr_0`` or ``images`` (uint8, [N, H, W, C] or grey [N, H, W]); labels ``arr_1``
+    or ``labels`` (integers, one per image). Anything else is a ValueError naming the file.
+    """
+    path = Path(path)
+    with open_npz(path, "arr_0 (uint8 images, NHWC) and arr_1 (labels)") as data:
+        image_key, label_key = _first_key(data, IMAGE_KEYS), _first_key(data, LABEL_KEYS)
+        if image_key is None:
+            raise ValueError(f"{path} has no image array: expected arr_0 (as DiT/ADM write it) or images; it holds "
+                             f"{', '.join(data.files) or 'nothing'}")
+        try:
+            images = data[image_key]
+            labels = data[label_key] if label_key else None
+        except (ValueError, OSError, EOFError, zipfile.BadZipFile) as error:
+            raise ValueError(f"{path}: cannot read its arrays ({error})") from None
+    return _checked_images(path, image_key, images), _checked_labels(path, label_key, labels, len(images))
+
+
+def _checked_images(path: Path, key: str, images: np.ndarray) -> np.ndarray:
+    if images.dtype != np.uint8:
+        raise ValueError(f"{path}: {key} is {images.dtype}, expected uint8 pixels 0..255: convert the images "
+                         "first (from [-1, 1]: ((x + 1) * 127.5).round().clip(0, 255).astype(np.uint8))")
+    if images.ndim not in (3, 4) or len(images) == 0:
+        raise ValueError(f"{path}: {key} has shape {images.shape}, expected [N, H, W, C] or grey [N, H, W]")
+    return images
+
+
+def _checked_labels(path: Path, key: str | None, labels: np.ndarray | None, n: int) -> np.ndarray | None:
+    if labels is None:
+        return None
+    if labels.ndim != 1 or len(labels) != n:
+        raise ValueError(f"{path}: {key} has shape {labels.shape}, expected one label per image ({n})")
+    if labels.dtype.kind in "iu":
+        return labels.astype(np.int64)
+    if labels.dtype.kind == "f":
+        bad = labels[~(np.isfinite(labels) & (labels == np.round(labels)))]
+        if not len(bad):  # 3.0 is class 3
+            return labels.astype(np.int64)
+        raise ValueError(f"{path}: {key} must hold integer class indices, got {labels.dtype} values such as "
+                         f"{bad[0]:g}")
+    raise ValueError(f"{path}: {key} must hold integer class indices, got {labels.dtype}")
+
+
+def prepare_output_folder(out: Path, overwrite: bool = False) -> None:
+    """Refuse a non-empty output folder unless ``overwrite``, which first removes what an earlier
+    sampling run wrote there (stale PNGs beside new ones would be mixed up with them)."""
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"output folder {out} is a file")
+    if out.is_dir() and any(out.iterdir()):
+        if not overwrite:
+            raise ValueError(f"output folder {out} is not empty: choose another --out, or pass --overwrite to "
+                             "replace the samples in it")
+        for name in SAMPLE_OUTPUTS:
+            old = out / name
+            if old.is_dir() and not old.is_symlink():
+                shutil.rmtree(old)
+            elif old.exists() or old.is_symlink():
+                old.unlink()
     out.mkdir(parents=True, exist_ok=True)
+
+
+def sample_to_folder(loaded: LoadedModel, out_dir: str | Path, sample: SampleConfig, labels: Tensor | None = None,
+                     per_class: int = 10, seed: int = 0, write_pngs: bool = True, progress: bool = True,
+                     overwrite: bool = False) -> Path:
+    """Sample and write ``images.npz`` (arr_0: uint8 NHWC, arr_1: labels), PNGs, a per-class grid and
+    sample_info.json. A non-empty ``out_dir`` is refused unless ``overwrite``."""
+    out = Path(out_dir)
     num_classes = len(loaded.class_counts)
     if labels is None:
         labels = torch.arange(num_classes).repeat_interleave(per_class)
     if labels.numel() and (labels.min() < 0 or labels.max() >= num_classes):
         raise ValueError(f"labels must be in [0, {num_classes - 1}]")
+    prepare_output_folder(out, overwrite)
     images = to_uint8(loaded.sample(labels, sample, seed, progress)).numpy()
-    np.savez_compressed(out / "images.npz", images=images, labels=labels.numpy())
+    save_samples(out / SAMPLE_FILE, images, labels.numpy())
     if write_pngs:
         png_dir = out / "png"
         png_dir.mkdir(exist_ok=True)
@@ -159,8 +247,8 @@ def sample_to_folder(loaded: LoadedModel, out_dir: str | Path, sample: SampleCon
     if rows:
         save_grid(rows, out / "grid.png")
     info = {
-        "checkpoint": str(loaded.checkpoint_path), "step": loaded.step, "ema": loaded.use_ema,
-        "seed": seed, "num_samples": int(len(labels)),
+        "images_file": SAMPLE_FILE, "checkpoint": str(loaded.checkpoint_path), "step": loaded.step,
+        "ema": loaded.use_ema, "seed": seed, "num_samples": int(len(labels)),
         "samples_per_class": np.bincount(labels.numpy(), minlength=num_classes).tolist(),
         "train_class_counts": loaded.class_counts, "data": asdict(loaded.config.data),
         **{f"sample_{k}": v for k, v in asdict(sample).items()},

@@ -2,34 +2,46 @@
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 
 from ccua.config import DataConfig
 from ccua.data.dataset import LongTailDataset, to_model_range, to_uint8
-from ccua.data.longtail import (balanced_class_probabilities, class_groups, count_groups, longtail_counts,
-                                longtail_indices)
+from ccua.data.longtail import (balanced_class_probabilities, class_groups, class_label, classes_head_to_tail,
+                                count_groups, longtail_counts, longtail_indices)
 from ccua.data.sampler import ResumableBatchSampler
 from ccua.data.sources import ArraySource, DataError, FolderSource, ImageSource, load_source
 
-DEFAULT_CHANNELS = {"fashion_mnist": 1, "mnist": 1}
+log = logging.getLogger(__name__)
+
+# A reference whose largest class has more than this many times the images of its smallest is
+# called imbalanced in evaluation results.
+BALANCE_TOLERANCE = 2.0
 
 
-def source_channels(config: DataConfig) -> int:
-    return config.channels or DEFAULT_CHANNELS.get(config.name, 3)
+def source_channels(config: DataConfig, source: ImageSource) -> int:
+    """``data.channels``, else the source's own: 1 for grey images, 3 for colour ones."""
+    return config.channels or source.native_channels()
 
 
-def longtail_subset(labels: np.ndarray, num_classes: int, config: DataConfig) -> np.ndarray:
+def _load(config: DataConfig, split: str) -> ImageSource:
+    return load_source(config.name, config.root, split, config.split_file, config.download, config.test_split_file)
+
+
+def longtail_subset(labels: np.ndarray, num_classes: int, config: DataConfig,
+                    class_names: list[str] | None = None) -> np.ndarray:
     """Indices of the long-tailed training subset described by ``config`` (all if imbalance is None)."""
     available = np.bincount(labels, minlength=num_classes)
     empty = np.flatnonzero(available == 0)
     if len(empty):
-        raise DataError(f"class {int(empty[0])} has no image in the source data")
+        raise DataError(f"{class_label(int(empty[0]), class_names)} has no image in the source data")
     if config.imbalance is None:
         return np.arange(len(labels))
     n_max = config.n_max or int(available.max())
     counts = longtail_counts(n_max, num_classes, config.imbalance)
     try:
-        return longtail_indices(labels, counts, config.longtail_seed)
+        return longtail_indices(labels, counts, config.longtail_seed, class_names)
     except ValueError as error:
         raise DataError(str(error)) from None
 
@@ -42,22 +54,80 @@ def build_training_set(config: DataConfig):
         if not config.root:
             raise DataError("data.root must point to a latent cache written by `ccua data encode`")
         return LatentDataset(config.root, hflip=config.hflip)
-    source = load_source(config.name, config.root, "train", config.split_file, config.download)
-    indices = longtail_subset(source.labels, source.num_classes, config)
-    return LongTailDataset(source, indices, config.resolution, source_channels(config))
+    source = _load(config, "train")
+    indices = longtail_subset(source.labels, source.num_classes, config, source.class_names)
+    return LongTailDataset(source, indices, config.resolution, source_channels(config, source))
+
+
+def training_class_counts(config: DataConfig) -> list[int]:
+    """Images per class of the training set ``config`` describes, without decoding any image."""
+    source = _load(config, "train")
+    indices = longtail_subset(source.labels, source.num_classes, config, source.class_names)
+    return np.bincount(source.labels[indices], minlength=source.num_classes).tolist()
 
 
 def build_reference_set(config: DataConfig, split: str = "train") -> LongTailDataset:
-    """The balanced reference: the whole source split (no long-tail subsampling), same resolution."""
+    """The reference: the whole source split (no long-tail subsampling), same resolution.
+
+    For a split-file data set the train split is the long-tailed split file itself and the test
+    split is ``data.test_split_file``; :func:`describe_reference` says which it is.
+    """
     if config.name == "latents":
         raise DataError("a latent cache has no pixel reference set; evaluate against the image source")
-    source = load_source(config.name, config.root, split, config.split_file, config.download)
-    return LongTailDataset(source, np.arange(len(source)), config.resolution, source_channels(config))
+    source = _load(config, split)
+    return LongTailDataset(source, np.arange(len(source)), config.resolution, source_channels(config, source))
+
+
+def describe_reference(labels: np.ndarray, num_classes: int, split: str = "train",
+                       config: DataConfig | None = None) -> dict:
+    """What a reference set is: its source and split, per-class image counts, whether it is balanced.
+
+    ``balanced`` is False when a class has no image or the largest class has more than
+    BALANCE_TOLERANCE times the images of the smallest; ``note`` then says what the numbers are
+    measured against (and, for a split-file data set, where a balanced reference is).
+    """
+    counts = np.bincount(np.asarray(labels, dtype=np.int64), minlength=num_classes)
+    source = "images given by the caller"
+    if config is not None:
+        source = config.name
+        if config.name == "image_folder":
+            listed = config.test_split_file if split == "test" else config.split_file
+            source = f"image folder {config.root}" + (f", split file {listed}" if listed else "")
+    balanced = bool(counts.min() > 0 and counts.max() <= BALANCE_TOLERANCE * counts.min())
+    info = {"split": split, "source": source, "per_class_min": int(counts.min()), "per_class_max": int(counts.max()),
+            "balanced": balanced, "note": None}
+    if not balanced:
+        info["note"] = (f"the reference ({source}, {split} split) is not balanced: {counts.min()} to {counts.max()} "
+                        "images per class, so overall and group numbers weigh its classes unequally")
+        if config is not None and config.name == "image_folder" and config.split_file and split == "train":
+            info["note"] += ("; a split-file data set has no balanced training set: evaluate with --reference test "
+                             "and data.test_split_file (e.g. ImageNet_LT_test.txt) for a balanced reference")
+    return info
+
+
+def verify_images(config: DataConfig, progress: bool = True) -> tuple[int, list[tuple[str, str]]]:
+    """Open every image file of the data set once (train split, and the test split file if set).
+
+    Returns the number of files checked and ``(path, reason)`` of the unreadable ones. In-memory
+    sources (Fashion-MNIST, MNIST, CIFAR) are decoded whole when loaded: loading them is the check,
+    and they count no files.
+    """
+    if config.name == "latents":
+        raise DataError("a latent cache holds no image files to verify; verify the pixel data set it was "
+                        "encoded from")
+    splits = ["train"] + (["test"] if config.name == "image_folder" and config.test_split_file else [])
+    checked, bad = 0, []
+    for split in splits:
+        source = _load(config, split)
+        if isinstance(source, FolderSource):
+            bad += source.unreadable(progress=progress)
+            checked += len(source)
+    return checked, bad
 
 
 __all__ = [
     "ArraySource", "DataError", "FolderSource", "ImageSource", "LongTailDataset", "ResumableBatchSampler",
     "balanced_class_probabilities", "build_reference_set", "build_training_set", "class_groups",
-    "count_groups", "load_source", "longtail_counts", "longtail_indices", "longtail_subset", "to_model_range",
-    "to_uint8",
+    "classes_head_to_tail", "count_groups", "describe_reference", "load_source", "longtail_counts",
+    "longtail_indices", "longtail_subset", "to_model_range", "to_uint8", "training_class_counts", "verify_images",
 ]

@@ -35,7 +35,10 @@ class ResumableBatchSampler(Sampler[list[int]]):
         self.start_step = start_step
         self.balanced_rho = balanced_rho
         self._class_members = [np.flatnonzero(self.labels == c) for c in range(num_classes)]
-        self._class_probs = (balanced_class_probabilities(num_classes, balanced_rho)
+        # Classes are ranked head to tail by their training counts, not by index (split files and
+        # image folders list classes in no order of frequency).
+        counts = [len(members) for members in self._class_members]
+        self._class_probs = (balanced_class_probabilities(num_classes, balanced_rho, counts)
                              if balanced_rho is not None else None)
         self._epoch_cache: dict[int, np.ndarray] = {}
 

@@ -7,20 +7,49 @@ folder is read lazily so ImageNet-size sets work.
 from __future__ import annotations
 
 import gzip
+import hashlib
 import io
+import logging
+import os
 import pickle
 import tarfile
+import time
+import urllib.error
 import urllib.request
+import zipfile
+import zlib
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
 import numpy as np
 from PIL import Image
+from tqdm.auto import tqdm
+
+log = logging.getLogger(__name__)
 
 
 class DataError(ValueError):
-    """A data set that cannot be used; the message says how to fix it."""
+    """A data set that cannot be used; the message says how to fix it.
+
+    An error raised inside a DataLoader worker reaches the main process as
+    ``DataError("Caught DataError in DataLoader worker process N.\nOriginal Traceback ...")``:
+    that is cut back to the original one-line message, with the worker named.
+    """
+
+    def __init__(self, message: object = ""):
+        super().__init__(_message_from_worker(str(message)))
+
+
+def _message_from_worker(message: str) -> str:
+    first, _, rest = message.partition("\n")
+    if not (first.startswith("Caught ") and "DataLoader worker" in first and rest.strip()):
+        return message
+    last = rest.rstrip().rsplit("\n", 1)[-1]  # "ccua.data.sources.DataError: <the message>"
+    original = last.split(": ", 1)[1] if ": " in last else last
+    where = first[first.index(" in ") + 1:].rstrip(".") if " in " in first else "in a DataLoader worker"
+    return f"{original} ({where})"
 
 
 class ImageSource(Protocol):
@@ -32,6 +61,9 @@ class ImageSource(Protocol):
 
     def image(self, index: int) -> np.ndarray:
         """uint8 array (H, W, C)."""
+
+    def native_channels(self) -> int:
+        """1 for grey images, 3 for colour ones."""
 
 
 @dataclass
@@ -56,6 +88,40 @@ class ArraySource:
     def image(self, index: int) -> np.ndarray:
         return self.images[index]
 
+    def native_channels(self) -> int:
+        return int(self.images.shape[-1])
+
+
+# PIL modes of single-channel images (alpha, where present, is dropped).
+GREY_MODES = {"1", "L", "LA", "La", "I", "I;16", "I;16L", "I;16B", "I;16N", "F"}
+
+
+def image_to_uint8(img: Image.Image) -> np.ndarray:
+    """uint8 (H, W, 1) for a grey image, (H, W, 3) for a colour one.
+
+    16-bit grey (PNG, TIFF) is scaled to 8 bits (v * 255 / 65535): PIL's own conversion clips
+    every value above 255 to white.
+    """
+    if img.mode.startswith("I;16") or img.mode == "I":
+        values = np.asarray(img).astype(np.float64)
+        return np.clip(np.round(values / 257.0), 0, 255).astype(np.uint8)[..., None]
+    if img.mode in GREY_MODES:
+        return np.asarray(img.convert("L"))[..., None]
+    return np.asarray(img.convert("RGB"))
+
+
+def _decode(path: str | Path) -> np.ndarray:
+    with Image.open(path) as img:
+        return image_to_uint8(img)
+
+
+def read_image(path: str | Path) -> np.ndarray:
+    """The image file at ``path`` as by :func:`image_to_uint8`; DataError naming the file if it cannot be read."""
+    try:
+        return _decode(path)
+    except Exception as error:  # PIL raises several types for broken files
+        raise DataError(f"cannot read image file {path}: {error}") from None
+
 
 @dataclass
 class FolderSource:
@@ -72,12 +138,56 @@ class FolderSource:
         return len(self.paths)
 
     def image(self, index: int) -> np.ndarray:
-        path = self.root / self.paths[index]
-        try:
-            with Image.open(path) as img:
-                return np.asarray(img.convert("RGB"))
-        except Exception as error:  # PIL raises several types for broken files
-            raise DataError(f"cannot read image file {path}: {error}") from error
+        return read_image(self.root / self.paths[index])
+
+    def native_channels(self, max_files: int = 256) -> int:
+        """1 if the files checked (up to ``max_files``, spread over the set) are all grey, else 3.
+
+        Only the headers are read. A folder that mixes grey and colour files is colour.
+        """
+        for index in np.unique(np.linspace(0, len(self.paths) - 1, min(len(self.paths), max_files)).astype(int)):
+            try:
+                with Image.open(self.root / self.paths[index]) as img:
+                    if img.mode not in GREY_MODES:
+                        return 3
+            except Exception:  # an unreadable file says nothing about the channels; --verify lists it
+                continue
+        return 1 if self.paths else 3
+
+    def unreadable(self, workers: int | None = None, progress: bool = True) -> list[tuple[str, str]]:
+        """Open and decode every file once; ``(path, reason)`` of those that fail, in file order."""
+        def check(rel: str) -> str | None:
+            try:
+                _decode(self.root / rel)
+            except Exception as error:  # PIL raises several types for broken files
+                return str(error) or type(error).__name__
+            return None
+
+        # Decoding releases the GIL, so threads read several files at once.
+        with ThreadPoolExecutor(max_workers=workers or min(8, os.cpu_count() or 1)) as pool:
+            reasons = list(tqdm(pool.map(check, self.paths), total=len(self.paths), desc="verifying images",
+                                unit="file", disable=not progress, leave=False))
+        return [(str(self.root / rel), reason) for rel, reason in zip(self.paths, reasons) if reason]
+
+
+# --------------------------------------------------------------------------- .npz files
+
+def open_npz(path: str | Path, expected: str) -> np.lib.npyio.NpzFile:
+    """An .npz archive opened without pickle; ``expected`` (e.g. "arrays mu and sigma") completes
+    the ValueError that names a missing file, a text file, a single .npy array or a damaged archive."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} does not exist")
+    with open(path, "rb") as handle:
+        magic = handle.read(6)
+    if magic == b"\x93NUMPY":
+        raise ValueError(f"{path} holds a single array, not an .npz archive: expected {expected} (np.savez)")
+    if not magic.startswith(b"PK"):
+        raise ValueError(f"{path} is not an .npz archive (a zip of .npy arrays as np.savez writes): expected {expected}")
+    try:
+        return np.load(path, allow_pickle=False)
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as error:
+        raise ValueError(f"{path} is a damaged .npz archive ({error}): write it again") from None
 
 
 # --------------------------------------------------------------------------- safe unpickling
@@ -94,7 +204,11 @@ class _ArrayUnpickler(pickle.Unpickler):
     def find_class(self, module: str, name: str):
         if (module, name) in self.allowed:
             return super().find_class(module, name)
-        raise pickle.UnpicklingError(f"refusing to unpickle {module}.{name} from a data file")
+        raise UnsafePickleError(f"refusing to unpickle {module}.{name} from a data file")
+
+
+class UnsafePickleError(DataError, pickle.UnpicklingError):
+    """A data file that asks to run code when unpickled."""
 
 
 def _safe_unpickle(stream) -> object:
@@ -160,16 +274,92 @@ CIFAR_URLS = {
     "cifar10": "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz",
     "cifar100": "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz",
 }
+CIFAR_MD5 = {  # as published on the CIFAR page
+    "cifar10": "c58f30108f718f92721af3b95e74349a",
+    "cifar100": "eb9058c3a382ffc7106e4002c42a8d85",
+}
 _CIFAR_LAYOUT = {  # archive name, folder inside, train files, test files, label key, meta file, names key
     "cifar10": ("cifar-10-python.tar.gz", "cifar-10-batches-py", [f"data_batch_{i}" for i in range(1, 6)],
                 ["test_batch"], "labels", "batches.meta", "label_names"),
     "cifar100": ("cifar-100-python.tar.gz", "cifar-100-python", ["train"], ["test"], "fine_labels", "meta",
                  "fine_label_names"),
 }
+DOWNLOAD_WAIT_S = 3600.0  # how long the other processes wait for process 0's download
+
+
+def download_rank() -> int:
+    """This process's rank among those sharing the data root: LOCAL_RANK, RANK, else torch.distributed."""
+    for variable in ("LOCAL_RANK", "RANK"):
+        value = os.environ.get(variable, "")
+        if value.isdigit():
+            return int(value)
+    import torch.distributed as dist
+
+    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+
+
+def fetch_file(url: str, path: Path, md5: str, timeout: float = 60.0) -> Path:
+    """Download ``url`` to ``path``: to a temporary name first, md5 checked, then renamed.
+
+    An interrupted or corrupt download never takes the final name, so it cannot poison later runs.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"{path.name}.part{os.getpid()}")
+    digest = hashlib.md5(usedforsecurity=False)
+    log.info("downloading %s to %s", url, path)
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response, open(tmp, "wb") as out:
+            while chunk := response.read(1 << 20):
+                digest.update(chunk)
+                out.write(chunk)
+    except (OSError, urllib.error.URLError) as error:  # no network, refused, timed out, disk full
+        tmp.unlink(missing_ok=True)
+        reason = getattr(error, "reason", None) or error
+        raise DataError(f"cannot download {url} ({reason}): check the network, or put the file into "
+                        f"{path.parent} by hand") from None
+    if digest.hexdigest() != md5:
+        tmp.unlink(missing_ok=True)
+        raise DataError(f"the download of {url} is corrupt (md5 {digest.hexdigest()}, expected {md5}): retry")
+    os.replace(tmp, path)  # atomic within one folder
+    return path
+
+
+def _wait_for(path: Path, timeout: float | None = None) -> None:
+    timeout = DOWNLOAD_WAIT_S if timeout is None else timeout
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        if time.monotonic() > deadline:
+            raise DataError(f"waited {timeout:.0f} s for process 0 to download {path}: check its log, or "
+                            "download the file once before launching several processes")
+        time.sleep(min(1.0, timeout / 10))
+
+
+def _read_cifar_member(folder: Path, inner: str, archive_path: Path, member: str) -> dict:
+    """One pickle of the extracted folder, else of the tarball; a damaged file says to delete it."""
+    path = folder / inner / member
+    try:
+        if path.exists():
+            with open(path, "rb") as handle:
+                return _safe_unpickle(handle)
+        with tarfile.open(archive_path) as tar:
+            data = tar.extractfile(f"{inner}/{member}").read()
+    except KeyError:
+        raise DataError(f"{archive_path} has no {inner}/{member}: it is not the python version of the "
+                        "archive; delete it and retry") from None
+    except (tarfile.TarError, EOFError, zlib.error, OSError, pickle.UnpicklingError) as error:
+        if isinstance(error, UnsafePickleError):
+            raise
+        damaged = path if path.exists() else archive_path
+        raise DataError(f"cannot read {damaged} ({error}): it is incomplete or corrupt; delete {damaged} and "
+                        "retry") from None
+    return _safe_unpickle(io.BytesIO(data))
 
 
 def load_cifar(name: str, root: str | Path | None, split: str = "train", download: bool = False) -> ArraySource:
-    """CIFAR-10/100 from the python-pickle tarball or its extracted folder under ``root``."""
+    """CIFAR-10/100 from the python-pickle tarball or its extracted folder under ``root``.
+
+    With ``download``, process 0 (per machine) fetches the tarball and the others wait for it.
+    """
     archive, inner, train_files, test_files, label_key, meta_file, names_key = _CIFAR_LAYOUT[name]
     folder = Path(root) if root else Path("data")
     archive_path = folder / archive
@@ -179,21 +369,21 @@ def load_cifar(name: str, root: str | Path | None, split: str = "train", downloa
                 f"{name} not found in {folder} (expected {archive} or the folder {inner}/); "
                 f"put the python version there or set data.download=true to fetch it from {CIFAR_URLS[name]}"
             )
-        folder.mkdir(parents=True, exist_ok=True)
-        urllib.request.urlretrieve(CIFAR_URLS[name], archive_path)
+        if download_rank() == 0:
+            fetch_file(CIFAR_URLS[name], archive_path, CIFAR_MD5[name])
+        else:
+            _wait_for(archive_path)
 
     def read(member: str) -> dict:
-        path = folder / inner / member
-        if path.exists():
-            with open(path, "rb") as handle:
-                return _safe_unpickle(handle)
-        with tarfile.open(archive_path) as tar:
-            return _safe_unpickle(io.BytesIO(tar.extractfile(f"{inner}/{member}").read()))
+        return _read_cifar_member(folder, inner, archive_path, member)
 
     parts = [read(f) for f in (train_files if split == "train" else test_files)]
-    images = np.concatenate([np.asarray(p["data"], dtype=np.uint8) for p in parts]).reshape(-1, 3, 32, 32)
-    labels = np.concatenate([np.asarray(p[label_key]) for p in parts])
-    names = [str(n) for n in read(meta_file)[names_key]]
+    try:
+        images = np.concatenate([np.asarray(p["data"], dtype=np.uint8) for p in parts]).reshape(-1, 3, 32, 32)
+        labels = np.concatenate([np.asarray(p[label_key]) for p in parts])
+        names = [str(n) for n in read(meta_file)[names_key]]
+    except (KeyError, ValueError, TypeError) as error:
+        raise DataError(f"{name} in {folder} is not the python version of the data set ({error!r})") from None
     return ArraySource(images.transpose(0, 2, 3, 1), labels, len(names), names)
 
 
@@ -202,45 +392,114 @@ def load_cifar(name: str, root: str | Path | None, split: str = "train", downloa
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".gif", ".tif", ".tiff"}
 
 
-def load_image_folder(root: str | Path, split_file: str | Path | None = None) -> FolderSource:
-    """A folder with one sub-folder per class (sorted names = class indices), or a split file."""
+def _is_hidden(name: str) -> bool:
+    """Hidden files and folders (``.ipynb_checkpoints``, macOS ``._x.png``) and macOS zip debris."""
+    return name.startswith(".") or name == "__MACOSX"
+
+
+def _image_files(class_dir: Path) -> list[Path]:
+    """The image files below ``class_dir``: symlinked folders followed (once each), hidden ones skipped."""
+    files: list[Path] = []
+    seen: set[str] = set()
+    for folder, subfolders, names in os.walk(class_dir, followlinks=True):
+        real = os.path.realpath(folder)
+        if real in seen:  # a symlink back up the tree would otherwise be walked forever
+            subfolders[:] = []
+            continue
+        seen.add(real)
+        subfolders[:] = [d for d in subfolders if not _is_hidden(d)]
+        files += [Path(folder) / n for n in names if not _is_hidden(n) and Path(n).suffix.lower() in IMAGE_SUFFIXES]
+    return sorted(files)
+
+
+def read_split_file(split_path: str | Path, root: Path,
+                    num_classes: int | None = None) -> tuple[list[str], np.ndarray]:
+    """``relative/path label`` lines: blank lines skipped, CRLF and a UTF-8 BOM accepted.
+
+    A line that is not ``path label``, a label that is not an integer, below 0 or (given
+    ``num_classes``) beyond the class count, and listed files missing under ``root`` are
+    DataErrors naming the file and line.
+    """
+    split_path = Path(split_path)
+    if not split_path.is_file():
+        raise DataError(f"split file {split_path} does not exist")
+    try:
+        text = split_path.read_text(encoding="utf-8-sig")
+    except (UnicodeDecodeError, OSError) as error:
+        raise DataError(f"cannot read split file {split_path} as text ({error})") from None
+    paths, labels, line_numbers = [], [], []
+    for line_no, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        parts = line.rsplit(maxsplit=1)
+        if len(parts) != 2:
+            raise DataError(f"{split_path}:{line_no}: expected 'relative/path label', got {line!r}")
+        try:
+            label = int(parts[1])
+        except ValueError:
+            raise DataError(f"{split_path}:{line_no}: label {parts[1]!r} is not an integer class index") from None
+        if label < 0:
+            raise DataError(f"{split_path}:{line_no}: label {label} is negative (class indices start at 0)")
+        if num_classes is not None and label >= num_classes:
+            raise DataError(f"{split_path}:{line_no}: label {label} is beyond the {num_classes} classes of the "
+                            f"training data (0..{num_classes - 1})")
+        paths.append(parts[0].strip())
+        labels.append(label)
+        line_numbers.append(line_no)
+    if not paths:
+        raise DataError(f"split file {split_path} lists no images")
+    missing = [(n, rel) for n, rel in zip(line_numbers, paths) if not os.path.isfile(root / rel)]
+    if missing:
+        line_no, rel = missing[0]
+        raise DataError(f"{split_path}: {len(missing)} of {len(paths)} listed files are missing under {root} "
+                        f"(first at line {line_no}: {rel}); is data.root the folder the paths are relative to?")
+    return paths, np.asarray(labels, dtype=np.int64)
+
+
+def _class_folders(root: Path) -> FolderSource:
+    """One sub-folder per class (sorted names = class indices; symlinked folders count, hidden ones not)."""
+    class_dirs = sorted(p for p in root.iterdir() if p.is_dir() and not _is_hidden(p.name))
+    if not class_dirs:
+        raise DataError(f"image folder {root} has no class sub-folders")
+    paths, labels = [], []
+    for label, class_dir in enumerate(class_dirs):
+        files = _image_files(class_dir)
+        if not files:
+            raise DataError(f"class {label} has no image files in its folder {class_dir} "
+                            f"({', '.join(sorted(IMAGE_SUFFIXES))}): add images or remove the folder")
+        paths += [str(f.relative_to(root)) for f in files]
+        labels += [label] * len(files)
+    return FolderSource(root, paths, np.asarray(labels, dtype=np.int64), len(class_dirs), [d.name for d in class_dirs])
+
+
+def load_image_folder(root: str | Path | None, split_file: str | Path | None = None, split: str = "train",
+                      test_split_file: str | Path | None = None) -> FolderSource:
+    """A folder with one sub-folder per class (sorted names = class indices), or a split file.
+
+    ``split="test"`` reads ``test_split_file`` (e.g. ImageNet-LT's ImageNet_LT_test.txt), paths
+    relative to the same root, with the classes of the training data.
+    """
     if root is None:
         raise DataError("data.root must point to the image folder")
     root = Path(root)
     if not root.is_dir():
         raise DataError(f"image folder {root} does not exist")
+    if split == "test":
+        if not test_split_file:
+            raise DataError("an image folder's test split is data.test_split_file (lines 'relative/path label', "
+                            "e.g. ImageNet_LT_test.txt), which is not set: set it, or use the train split")
+        train = load_image_folder(root, split_file)
+        paths, labels = read_split_file(test_split_file, root, train.num_classes)
+        return FolderSource(root, paths, labels, train.num_classes, train.class_names)
     if split_file:
-        split_path = Path(split_file)
-        if not split_path.exists():
-            raise DataError(f"split file {split_path} does not exist")
-        paths, labels = [], []
-        for line_no, line in enumerate(split_path.read_text().splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                rel, label = line.rsplit(maxsplit=1)
-                labels.append(int(label))
-            except ValueError:
-                raise DataError(f"{split_path}:{line_no}: expected 'relative/path label', got {line!r}") from None
-            paths.append(rel)
-        num_classes = max(labels) + 1
-        return FolderSource(root, paths, np.asarray(labels, dtype=np.int64), num_classes,
-                            [str(c) for c in range(num_classes)])
-    class_dirs = sorted(p for p in root.iterdir() if p.is_dir())
-    if not class_dirs:
-        raise DataError(f"image folder {root} has no class sub-folders")
-    paths, labels = [], []
-    for label, class_dir in enumerate(class_dirs):
-        for file in sorted(class_dir.rglob("*")):
-            if file.suffix.lower() in IMAGE_SUFFIXES:
-                paths.append(str(file.relative_to(root)))
-                labels.append(label)
-    return FolderSource(root, paths, np.asarray(labels, dtype=np.int64), len(class_dirs),
-                        [d.name for d in class_dirs])
+        paths, labels = read_split_file(split_file, root)
+        num_classes = int(labels.max()) + 1
+        return FolderSource(root, paths, labels, num_classes, [str(c) for c in range(num_classes)])
+    return _class_folders(root)
 
 
 def load_source(name: str, root: str | None = None, split: str = "train", split_file: str | None = None,
-                download: bool = False) -> ImageSource:
+                download: bool = False, test_split_file: str | None = None) -> ImageSource:
     """The balanced source data set ``name`` (before any long-tail subsampling)."""
     if split not in ("train", "test"):
         raise DataError(f"split must be train or test, got {split!r}")
@@ -251,5 +510,5 @@ def load_source(name: str, root: str | None = None, split: str = "train", split_
     if name in ("cifar10", "cifar100"):
         return load_cifar(name, root, split, download)
     if name == "image_folder":
-        return load_image_folder(root, split_file)
+        return load_image_folder(root, split_file, split, test_split_file)
     raise DataError(f"unknown data set {name!r}")

@@ -18,10 +18,12 @@ from typing import Any
 import numpy as np
 import torch
 
+from ccua.data import describe_reference
 from ccua.data.longtail import class_groups, count_groups
 from ccua.metrics.features import FeatureNet, convert_channels, resize_uint8, to_uint8_nchw
 from ccua.metrics.reference import Reference, reference_features
-from ccua.metrics.scores import class_accuracy, fid_from_features, inception_score, kid, precision_recall
+from ccua.metrics.scores import (GaussianStats, class_accuracy, fid_from_features, frechet_distance, inception_score,
+                                 kid, precision_recall)
 
 logger = logging.getLogger(__name__)
 
@@ -100,9 +102,11 @@ def evaluate(gen_images: Any, gen_labels: Any, reference: Any, train_class_count
     gen_images: uint8 [N, H, W, C] / [N, C, H, W] / [N, H, W]; gen_labels: their classes [N].
     reference: a :class:`Reference`, a data set with ``labels`` and ``uint8_image(i)`` (give
     ``reference_key`` to cache its features), or a uint8 array with ``reference_labels``.
-    train_class_counts: images per class in the (long-tailed) training set; needed for
-    ``group_mode="counts"`` (many > 100, medium 20-100, few < 20) and recorded per class.
-    group_mode "thirds": head / body / tail = the three thirds of the classes, class 0 = head.
+    train_class_counts: images per class in the (long-tailed) training set; they rank the classes
+    head to tail for ``group_mode="thirds"``, are needed for ``group_mode="counts"`` (many > 100,
+    medium 20-100, few < 20) and are recorded per class.
+    group_mode "thirds": head / body / tail = the three thirds of the classes ranked by training
+    count (``ccua.data.class_groups``); without counts by class index (class 0 = head), with a warning.
     max_reference: cap on the reference images (equal share per class, seeded by ``seed``).
     pr_reference: real images used for precision/recall of each subset: "match" (default) a
     seeded random subset as large as the generated set, an int cap, or None (all).
@@ -149,6 +153,9 @@ def evaluate(gen_images: Any, gen_labels: Any, reference: Any, train_class_count
 
     input_shape = tuple(images.shape[1:])
     images = _match_reference(images, tuple(ref.image_shape()), warnings)
+    ref_info = ref.info or describe_reference(ref.labels, num_classes)
+    if ref_info.get("note"):
+        _warn(warnings, ref_info["note"])
 
     # ---- features, once per image set
     ref_feats = reference_features(ref, feature_net, cache_dir, max_reference, seed)
@@ -179,10 +186,16 @@ def evaluate(gen_images: Any, gen_labels: Any, reference: Any, train_class_count
         notes["class_accuracy"] = "needs the classifier feature network (its logits are the data set's classes)"
 
     # ---- groups
-    if group_mode == "thirds":
-        groups = class_groups(num_classes)
-    else:
+    ranking = "training count"
+    if group_mode == "counts":
         groups = count_groups(counts)
+    else:
+        groups = class_groups(num_classes, counts)
+        if counts is None:
+            ranking = "class index (training counts unknown)"
+            _warn(warnings, "training class counts unknown: head/body/tail are the thirds of the classes in index "
+                            "order (class 0 = head), right only if the classes are numbered from most to fewest "
+                            "training images; pass train_class_counts")
     group_rows: dict[str, dict[str, Any]] = {}
     for name, classes in groups.items():
         gen_mask, ref_mask = np.isin(labels, classes), np.isin(ref_labels, classes)
@@ -222,6 +235,7 @@ def evaluate(gen_images: Any, gen_labels: Any, reference: Any, train_class_count
         "overall": overall,
         "groups": group_rows,
         "group_mode": group_mode,
+        "group_ranking": ranking if group_mode == "thirds" else None,
         "group_order": list(groups),
         "per_class": class_rows,
         "skipped": skipped,
@@ -230,13 +244,57 @@ def evaluate(gen_images: Any, gen_labels: Any, reference: Any, train_class_count
         "feature_net": feature_net.describe(),
         "reference": {"key": ref.key, "n": int(len(ref_f)), "n_available": int(len(ref.labels)),
                       "image_shape": list(ref.image_shape()), "cache": ref_feats.cache_status,
-                      "cache_path": str(ref_feats.path) if ref_feats.path else None},
+                      "cache_path": str(ref_feats.path) if ref_feats.path else None, **ref_info},
         "generated": {"n": int(len(images)), "input_shape": list(input_shape), "image_shape": list(images.shape[1:]),
                       "per_class": np.bincount(labels, minlength=num_classes).tolist()},
         "num_classes": num_classes,
         "train_class_counts": counts,
         "settings": settings,
         "timing": {"generated_features_s": extract_seconds, "total_s": time.perf_counter() - start_time},
+    }
+
+
+def evaluate_against_stats(gen_images: Any, gen_labels: Any, reference_stats: GaussianStats, feature_net: FeatureNet,
+                           *, stats_name: str = "reference statistics", is_splits: int = 10) -> dict[str, Any]:
+    """Overall FID (and IS where the network has logits) against published reference statistics.
+
+    ``reference_stats``: mu and sigma of a published file (``ccua.metrics.load_reference_stats``).
+    KID, precision/recall, head/body/tail groups and per-class numbers need the reference images
+    themselves: they are unavailable here and the result says so. ``gen_labels`` are optional
+    (recorded as the generated count per class).
+    """
+    start_time = time.perf_counter()
+    if len(reference_stats.mu) != feature_net.dim:
+        raise ValueError(f"{stats_name} holds {len(reference_stats.mu)}-d statistics but the {feature_net.name} "
+                         f"features are {feature_net.dim}-d: published statistics are Inception pool3 (2048-d); "
+                         "use --features inception")
+    images = to_uint8_nchw(gen_images)
+    if len(images) < 2:
+        raise ValueError(f"need at least 2 generated images, got {len(images)}")
+    gen_f, gen_logits = feature_net.extract(images, want_logits=True, desc="generated features")
+    gen_stats = GaussianStats.from_features(gen_f)
+    fid = frechet_distance(reference_stats.mu, reference_stats.sigma, gen_stats.mu, gen_stats.sigma, None, len(gen_f))
+    overall: dict[str, Any] = {"n_gen": int(len(images)), "n_ref": None, "fid": fid.value,
+                               "rank_deficient": fid.rank_deficient, "kid_mean": None, "kid_std": None,
+                               "precision": None, "recall": None, "inception_score_mean": None,
+                               "inception_score_std": None}
+    if gen_logits is not None:
+        overall["inception_score_mean"], overall["inception_score_std"] = inception_score(gen_logits, is_splits)
+    notes = {"reference_stats": (
+        f"FID against the published statistics {stats_name}: overall FID only. KID, precision/recall, head/body/tail "
+        "groups and per-class numbers need the reference images and are unavailable. The FID is comparable with the "
+        "publisher's only if the same Inception weights and resizing were used (ccua's default: TensorFlow-style "
+        "bilinear resize to 299, as ADM's evaluator and the original TF FID code; clean-fid resizes differently)")}
+    labels = None if gen_labels is None else np.asarray(gen_labels, dtype=np.int64)
+    return {
+        "overall": overall, "groups": {}, "group_mode": "none", "group_ranking": None, "group_order": [],
+        "per_class": [], "skipped": [], "warnings": [], "notes": notes, "feature_net": feature_net.describe(),
+        "reference": {"key": f"stats:{Path(stats_name).name}", "n": None, "n_available": None, "stats_file": stats_name,
+                      "balanced": None, "note": "published statistics (mu, sigma): the images behind them are unknown"},
+        "generated": {"n": int(len(images)), "input_shape": list(images.shape[1:]), "image_shape": list(images.shape[1:]),
+                      "per_class": None if labels is None else np.bincount(labels, minlength=1).tolist()},
+        "num_classes": None, "train_class_counts": None, "settings": {"is_splits": is_splits},
+        "timing": {"total_s": time.perf_counter() - start_time},
     }
 
 
@@ -284,7 +342,8 @@ def _fmt(value: Any, digits: int = 2, scale: float = 1.0) -> str:
 
 def _row_cells(name: str, row: dict[str, Any]) -> list[str]:
     kid = "-" if row.get("kid_mean") is None else f"{row['kid_mean'] * 1e3:.2f} ± {row['kid_std'] * 1e3:.2f}"
-    return [name, f"{row['n_gen']}/{row['n_ref']}", _fmt(row.get("fid")), kid, _fmt(row.get("precision"), 3),
+    n_ref = "-" if row.get("n_ref") is None else row["n_ref"]
+    return [name, f"{row['n_gen']}/{n_ref}", _fmt(row.get("fid")), kid, _fmt(row.get("precision"), 3),
             _fmt(row.get("recall"), 3), _fmt(row.get("class_accuracy"), 3),
             "yes" if row.get("rank_deficient") else ""]
 
@@ -338,6 +397,19 @@ def copies_table(copies: dict[str, Any] | None) -> list[str]:
     return lines
 
 
+def _describe_reference(reference: dict[str, Any]) -> str:
+    text = reference["key"] + ("" if reference.get("n") is None else f" ({reference['n']} images)")
+    if reference.get("per_class_max") is not None:
+        text += f", {reference['per_class_min']}-{reference['per_class_max']} per class"
+    return text
+
+
+def _describe_groups(result: dict[str, Any]) -> str:
+    if result.get("group_ranking"):
+        return f"{result['group_mode']} (classes ranked by {result['group_ranking']})"
+    return str(result["group_mode"])
+
+
 def write_metrics(result: dict[str, Any], out_dir: str | Path, provenance: dict[str, Any] | None = None) -> dict[str, Path]:
     """Write ``metrics.json`` (numbers + provenance) and ``metrics.md`` (tables) into ``out_dir``.
 
@@ -364,8 +436,8 @@ def write_metrics(result: dict[str, Any], out_dir: str | Path, provenance: dict[
             lines.append(f"- {key}: {full_provenance[key]}")
     lines += [f"- feature network: {net['name']} (sha256 {net['weights_hash'][:12]}…, {net['config'] or 'default'}"
               f"{', bf16' if net['bf16'] else ''})",
-              f"- reference: {result['reference']['key']} ({result['reference']['n']} images), "
-              f"generated: {result['generated']['n']} images, groups: {result['group_mode']}", ""]
+              f"- reference: {_describe_reference(result['reference'])}",
+              f"- generated: {result['generated']['n']} images, groups: {_describe_groups(result)}", ""]
     lines.append(format_table(result))
     lines += copies_table(result.get("memorisation"))
     if result["notes"] or result["warnings"]:

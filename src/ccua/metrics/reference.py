@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ccua.data.sources import open_npz
 from ccua.metrics.features import DatasetImages, FeatureNet, TensorImages, to_uint8_nchw
 from ccua.metrics.scores import GaussianStats
 
@@ -34,7 +35,8 @@ class Reference:
     """Real images with labels, and a key naming them for the feature cache (None: no caching).
 
     ``images`` is a data set with ``uint8_image(i)`` (e.g. a LongTailDataset) or a uint8 array
-    [N, H, W, C] / [N, C, H, W].
+    [N, H, W, C] / [N, C, H, W]. ``info`` says what the images are (split, source, per-class
+    counts, whether balanced; see ``ccua.data.describe_reference``).
     """
 
     images: Any
@@ -42,6 +44,7 @@ class Reference:
     key: str | None = None
     num_classes: int | None = None
     class_names: list[str] = field(default_factory=list)
+    info: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self):
         self.labels = np.asarray(self.labels, dtype=np.int64)
@@ -55,11 +58,12 @@ class Reference:
     @classmethod
     def from_config(cls, data_config: Any, split: str = "train") -> "Reference":
         """The balanced ``split`` of the configured data set at the configured resolution."""
-        from ccua.data import build_reference_set
+        from ccua.data import build_reference_set, describe_reference
 
         dataset = build_reference_set(data_config, split)
         return cls(dataset, dataset.labels, reference_key(data_config, split, dataset), dataset.num_classes,
-                   list(getattr(dataset, "class_names", [])))
+                   list(getattr(dataset, "class_names", [])),
+                   describe_reference(dataset.labels, dataset.num_classes, split, data_config))
 
     @classmethod
     def wrap(cls, reference: Any, key: str | None = None, labels: Any = None,
@@ -68,7 +72,7 @@ class Reference:
         if isinstance(reference, Reference):
             if key is not None and key != reference.key:
                 reference = Reference(reference.images, reference.labels, key, reference.num_classes,
-                                      reference.class_names)
+                                      reference.class_names, reference.info)
             return reference
         if hasattr(reference, "uint8_image"):
             labels = getattr(reference, "labels", None) if labels is None else labels
@@ -100,12 +104,32 @@ class Reference:
 
 
 def reference_key(data_config: Any, split: str, dataset: Any = None) -> str:
-    """``<name>-<split>-<resolution>px-<channels>ch`` (+ split file) for a DataConfig."""
+    """``<name>-<split>-<resolution>px-<channels>ch`` (+ the split file read) for a DataConfig."""
     channels = getattr(dataset, "channels", None) or data_config.channels
     key = f"{data_config.name}-{split}-{data_config.resolution}px-{channels}ch"
-    if getattr(data_config, "split_file", None):
-        key += f"-{Path(data_config.split_file).stem}"
+    listed = getattr(data_config, "test_split_file" if split == "test" else "split_file", None)
+    if listed:
+        key += f"-{Path(listed).stem}"
     return key
+
+
+def load_reference_stats(path: str | Path) -> GaussianStats:
+    """``mu`` [D] and ``sigma`` [D, D] of a published reference statistics file (.npz, as ADM, EDM,
+    clean-fid and pytorch-fid write them). The sample count is unknown (``n = 0``)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"reference statistics file {path} does not exist")
+    with open_npz(path, "arrays mu [D] and sigma [D, D]") as data:
+        missing = [k for k in ("mu", "sigma") if k not in data.files]
+        if missing:
+            raise ValueError(f"{path} has no {' and '.join(missing)} array (it holds {', '.join(data.files) or 'nothing'}):"
+                             " a reference statistics file has mu [D] and sigma [D, D]")
+        mu, sigma = data["mu"].astype(np.float64), data["sigma"].astype(np.float64)
+    if mu.ndim != 1 or sigma.shape != (len(mu), len(mu)):
+        raise ValueError(f"{path}: mu has shape {mu.shape} and sigma {sigma.shape}, expected [D] and [D, D]")
+    if not (np.isfinite(mu).all() and np.isfinite(sigma).all()):
+        raise ValueError(f"{path}: mu or sigma holds NaN or infinite values")
+    return GaussianStats(mu, sigma, 0)
 
 
 def stratified_subset(labels: np.ndarray, max_total: int | None, seed: int = 0) -> np.ndarray:
