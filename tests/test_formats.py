@@ -44,7 +44,7 @@ def split_folder(tmp_path):
     (tmp_path / "LT_train.txt").write_text("\n".join(train) + "\n")
     (tmp_path / "LT_test.txt").write_text("\n".join(test) + "\n")
     return DataConfig(name="image_folder", root=str(root), split_file=str(tmp_path / "LT_train.txt"),
-                      test_split_file=str(tmp_path / "LT_test.txt"), imbalance=None, resolution=6)
+                      test_split_file=str(tmp_path / "LT_test.txt"), imbalance=None, resolution=8)
 
 
 def _overrides(data: DataConfig) -> list[str]:

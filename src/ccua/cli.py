@@ -1,7 +1,8 @@
 """The ``ccua`` command line: thin wrappers that parse, load the config and call the library.
 
-Known user errors (bad config, missing data, diverged training, ...) print one line and exit
-with status 2; set CCUA_DEBUG=1 to see their traceback.
+Known user errors (bad config or options, missing data, unreadable or unwritable checkpoints,
+diverged training, ...) print one line ``ccua: error: ...`` on stderr and exit with status 2; set
+CCUA_DEBUG=1 to see their traceback.
 """
 
 from __future__ import annotations
@@ -22,6 +23,31 @@ def _setup_logging() -> None:
     rank = int(os.environ.get("RANK", "0"))
     logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with the CLI's one-line error format (sub-command parsers inherit it)."""
+
+    def error(self, message: str):
+        print(f"ccua: error: {message} (see `{self.prog} --help`)", file=sys.stderr)
+        raise SystemExit(2)
+
+
+def _int_at_least(minimum: int, wording: str):
+    """An argparse type: an integer >= ``minimum``, else the option's one-line error."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be {wording}, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be {wording}, got {value}")
+        return value
+    return parse
+
+
+positive_int = _int_at_least(1, "a positive integer")
+non_negative_int = _int_at_least(0, "an integer >= 0")
 
 
 def _split_preset(items: list[str]) -> tuple[str | None, list[str]]:
@@ -54,8 +80,9 @@ def cmd_sample(args: argparse.Namespace) -> int:
     import torch
 
     from ccua.sampling import LoadedModel, sample_to_folder
+    from ccua.training.distributed import default_device
 
-    loaded = LoadedModel(args.run, use_ema=not args.no_ema, device=args.device or "cpu")
+    loaded = LoadedModel(args.run, use_ema=not args.no_ema, device=default_device(args.device))
     changes = {k: v for k, v in {"sampler": args.sampler, "steps": args.steps, "eta": args.eta,
                                   "guidance": args.guidance, "batch_size": args.batch_size}.items() if v is not None}
     sample = dataclasses.replace(loaded.config.sample, **changes)
@@ -139,13 +166,13 @@ def _verify_data(data) -> None:
 
 
 def cmd_data_encode(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="ccua data encode",
-                                     description="Encode a data set to VAE latents once, for latent training.")
+    parser = _Parser(prog="ccua data encode",
+                     description="Encode a data set to VAE latents once, for latent training.")
     parser.add_argument("config", nargs="*", help="preset or YAML (the pixel data set), then key=value overrides")
     parser.add_argument("--out", required=True, help="latent cache file to write (.pt)")
     parser.add_argument("--vae", default=None, help="AutoencoderKL folder or hub name (default: data.vae)")
     parser.add_argument("--hflip-copies", action="store_true", help="also store latents of flipped images")
-    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--batch-size", type=positive_int, default=32)
     parser.add_argument("--device", default=None)
     parser.add_argument("--allow-download", action="store_true", help="let diffusers fetch the VAE from the hub")
     args = parser.parse_args(argv)
@@ -245,14 +272,14 @@ def cmd_compare(args: argparse.Namespace) -> int:
 def _add_eval_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--features", default="inception", help="inception | classifier | random (tests only)")
     p.add_argument("--feature-path", default=None, help="weights file of the feature network")
-    p.add_argument("--per-class", type=int, default=100, help="generated images per class when sampling a run")
+    p.add_argument("--per-class", type=positive_int, default=100, help="generated images per class when sampling a run")
     p.add_argument("--device", default=None)
 
 
 # --------------------------------------------------------------------------- entry point
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="ccua", description=__doc__)
+    parser = _Parser(prog="ccua", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("train", help="train from a preset or YAML config with key=value overrides")
@@ -267,13 +294,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run", help="run folder or checkpoint file")
     p.add_argument("--out", default=None, help="output folder (default: RUN/samples/<settings>)")
     p.add_argument("--sampler", default=None, help="ddim | ddpm (DDPM objective); euler | heun | dopri5 | sde (flow)")
-    p.add_argument("--steps", type=int, default=None)
+    p.add_argument("--steps", type=positive_int, default=None)
     p.add_argument("--eta", type=float, default=None)
     p.add_argument("--guidance", type=float, default=None, help="w in eps_c + w (eps_c - eps_u)")
-    p.add_argument("--per-class", type=int, default=10, help="samples per class")
+    p.add_argument("--per-class", type=positive_int, default=10, help="samples per class")
     p.add_argument("--labels", default=None, help="comma-separated classes (default: every class)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--batch-size", type=int, default=None)
+    p.add_argument("--batch-size", type=positive_int, default=None)
     p.add_argument("--no-ema", action="store_true", help="use the raw weights instead of the EMA")
     p.add_argument("--no-png", action="store_true", help="only the .npz and the grid")
     p.add_argument("--overwrite", action="store_true", help="replace the samples in a non-empty --out folder")
@@ -298,12 +325,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--groups", default="thirds", choices=["thirds", "counts"],
                    help="head/body/tail thirds, or many/medium/few by training count")
     p.add_argument("--sampler", default=None)
-    p.add_argument("--steps", type=int, default=None)
+    p.add_argument("--steps", type=positive_int, default=None)
     p.add_argument("--guidance", type=float, default=None)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-ema", action="store_true")
     p.add_argument("--bf16", action="store_true", help="bf16 autocast for the feature network")
-    p.add_argument("--max-reference", type=int, default=None, help="cap the reference images (equal per class)")
+    p.add_argument("--max-reference", type=positive_int, default=None, help="cap the reference images (equal per class)")
     p.add_argument("--allow-download", action="store_true", help="fetch the standard Inception weights if missing")
     p.add_argument("--show-classes", action="store_true", help="also print the per-class table")
     p.add_argument("--no-memorisation", action="store_true",
@@ -314,8 +341,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("action", choices=["train"])
     p.add_argument("config", nargs="*", help="preset or YAML (its data set and resolution), then overrides")
     p.add_argument("--out", default=None, help="weights file (default: .cache/ccua/classifiers/<data>-<res>px.pt)")
-    p.add_argument("--epochs", type=int, default=3)
-    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--epochs", type=positive_int, default=3)
+    p.add_argument("--batch-size", type=positive_int, default=128)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default=None)
     p.set_defaults(func=cmd_features)
@@ -332,21 +359,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*", help="overrides shared by every run")
     p.add_argument("--methods", default=None, help="comma-separated (default plain,ccua); a+b combines methods")
     p.add_argument("--seeds", default=None, help="comma-separated (default 0)")
-    p.add_argument("--steps", type=int, default=None, help="training steps of every run")
+    p.add_argument("--steps", type=non_negative_int, default=None, help="training steps of every run")
     p.add_argument("--out", default=None, help="output folder (default runs/compare, or runs/<study name>)")
     p.add_argument("--features", default=None, help="inception (default) | classifier | random (tests only)")
     p.add_argument("--feature-path", default=None, help="weights file of the feature network")
-    p.add_argument("--per-class", type=int, default=None, help="generated images per class (default 100)")
+    p.add_argument("--per-class", type=positive_int, default=None, help="generated images per class (default 100)")
     p.add_argument("--device", default=None)
     p.add_argument("--guidance", type=float, default=None, help="one w for every method (default: each preset's)")
     p.add_argument("--guidance-grid", default=None, help="comma-separated w values to tune on a held-out proxy")
-    p.add_argument("--proxy-per-class", type=int, default=None)
-    p.add_argument("--sampler-steps", type=int, default=None)
-    p.add_argument("--tail-seeds", type=int, default=None, help="columns of the cross-run tail-class grid")
-    p.add_argument("--max-reference", type=int, default=None, help="cap the reference images (equal per class)")
+    p.add_argument("--proxy-per-class", type=positive_int, default=None)
+    p.add_argument("--sampler-steps", type=positive_int, default=None)
+    p.add_argument("--tail-seeds", type=non_negative_int, default=None, help="columns of the cross-run tail-class grid")
+    p.add_argument("--max-reference", type=positive_int, default=None, help="cap the reference images (equal per class)")
     p.add_argument("--references", default=None, help="balanced reference splits, e.g. train,test (default train)")
     p.add_argument("--baseline", default=None, help="method the others are compared with (default: the first)")
-    p.add_argument("--jobs", type=int, default=None,
+    p.add_argument("--jobs", type=positive_int, default=None,
                    help="runs side by side, each with cores/jobs threads or its own GPU (default 1)")
     p.set_defaults(func=cmd_compare)
     return parser
@@ -370,17 +397,24 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except Exception as error:  # noqa: BLE001 - the known user errors get one line, the rest a traceback
         if _is_user_error(error) and not os.environ.get("CCUA_DEBUG"):
-            print(f"ccua: error: {error}", file=sys.stderr)
+            message = " ".join(str(error).split()) or type(error).__name__  # always one line
+            print(f"ccua: error: {message}", file=sys.stderr)
             return 2
         raise
 
 
 def _is_user_error(error: Exception) -> bool:
+    """Errors whose message says what to change: bad settings or input, missing or unwritable
+    files (an OS error naming its file), unreadable checkpoints, a diverged run."""
     from ccua.data.sources import DataError
     from ccua.jobs import JobsFailed
+    from ccua.training.checkpoint import CheckpointError
     from ccua.training.trainer import TrainingDiverged
 
-    return isinstance(error, (ConfigError, DataError, JobsFailed, TrainingDiverged, FileNotFoundError, ValueError))
+    if isinstance(error, OSError) and error.filename is not None:
+        return True
+    return isinstance(error, (ConfigError, DataError, CheckpointError, JobsFailed, TrainingDiverged, FileNotFoundError,
+                              ValueError))
 
 
 if __name__ == "__main__":

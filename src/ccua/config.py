@@ -7,10 +7,11 @@ record of what was trained. Unknown keys are rejected with the list of valid one
 from __future__ import annotations
 
 import dataclasses
+import re
 from dataclasses import dataclass, field, fields, is_dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Any, get_args, get_origin, get_type_hints
+from typing import Any, Iterator, get_args, get_origin, get_type_hints
 
 import yaml
 
@@ -180,6 +181,12 @@ class SampleConfig:
     sampler: str = "ddim"  # ddim | ddpm (ancestral) | euler | heun | dopri5 | sde
     steps: int = 100
     eta: float = 0.0
+    # DDPM objective only. clip_x0: clip the predicted x0 to [-1, 1] at every step, with the
+    # epsilon re-derived from the clipped x0 so the update stays consistent; the released samplers
+    # do not clip (false). ddpm_variance: the ancestral sampler's noise, "large" = beta_t (the
+    # released U-Net code's fixedlarge, the default) or "posterior" = beta-tilde_t.
+    clip_x0: bool = False
+    ddpm_variance: str = "large"
     guidance: float = 0.0  # w in eps_c + w (eps_c - eps_u); 0 = plain conditional
     guidance_channels: int | None = None  # guide only the first k channels (SiT code's option)
     use_ema: bool = True
@@ -237,6 +244,9 @@ def _coerce(value: Any, annotation: Any, path: str) -> Any:
             raise ConfigError(f"{path} must be a number, got {value!r}")
         return float(value)
     if annotation is int:
+        # 1e3 is a float in YAML; an integral float is the integer it names.
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
         if isinstance(value, bool) or not isinstance(value, int):
             raise ConfigError(f"{path} must be an integer, got {value!r}")
         return value
@@ -277,9 +287,14 @@ def _merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def with_defaults(values: dict[str, Any] | None) -> dict[str, Any]:
+    """A (possibly partial, possibly older) config mapping completed with today's defaults."""
+    return _merge(Config().to_dict(), values or {})
+
+
 def config_from_dict(values: dict[str, Any]) -> Config:
     """Build and validate a :class:`Config` from a (possibly partial) nested mapping."""
-    merged = _merge(Config().to_dict(), values or {})
+    merged = with_defaults(values)
     config = _build(Config, merged)
     validate(config)
     return config
@@ -291,26 +306,71 @@ def preset_names() -> list[str]:
     return sorted(p.name[: -len(".yaml")] for p in folder.iterdir() if p.name.endswith(".yaml"))
 
 
-def _read_yaml(name_or_path: str) -> dict[str, Any]:
+class _Loader(yaml.SafeLoader):
+    """PyYAML's safe loader with YAML 1.2 numbers: ``1e-3`` and ``1e3`` are floats.
+
+    YAML 1.1 (PyYAML's default) only reads a float with a dot, so ``lr: 1e-4`` would be the
+    string "1e-4"; scientific notation without a dot is what users write on the command line.
+    """
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$"),
+    list("-+0123456789."))
+
+
+def parse_yaml(text: str, source: str) -> Any:
+    """YAML text -> Python values (safe types only); ConfigError naming ``source`` and the line."""
+    try:
+        return yaml.load(text, Loader=_Loader)  # noqa: S506 - _Loader is a SafeLoader
+    except yaml.MarkedYAMLError as error:
+        mark = error.problem_mark or error.context_mark
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        what = error.problem or error.context or "syntax error"
+        raise ConfigError(f"{source}: not valid YAML{where}: {what}") from None
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{source}: not valid YAML: {error}") from None
+
+
+def _locate(name_or_path: str, folder: Path | None) -> tuple[str, str, Path | None]:
+    """(identity, text, folder for its own ``base:``) of a YAML path or a preset name.
+
+    A name ending in .yaml/.yml is a file: relative to ``folder`` (the folder of the file that
+    names it in ``base:``) or, on the command line, to the working directory. Anything else is
+    a preset shipped with the package.
+    """
     path = Path(name_or_path)
-    if path.suffix in (".yaml", ".yml") and path.exists():
-        text = path.read_text()
-    else:
-        preset = resources.files("ccua") / "presets" / f"{name_or_path}.yaml"
-        if not preset.is_file():
-            raise ConfigError(
-                f"no preset or YAML file named {name_or_path!r} "
-                f"(presets: {', '.join(preset_names())})"
-            )
-        text = preset.read_text()
-    data = yaml.safe_load(text) or {}
+    if path.suffix in (".yaml", ".yml"):
+        if folder is not None and not path.is_absolute():
+            path = folder / path
+        if path.is_file():
+            try:
+                return str(path.resolve()), path.read_text(), path.resolve().parent
+            except (OSError, UnicodeDecodeError) as error:
+                raise ConfigError(f"cannot read config file {path}: {error}") from None
+        if folder is not None:
+            raise ConfigError(f"base: no YAML file {path} (a base path is relative to the including file's folder)")
+    preset = resources.files("ccua") / "presets" / f"{name_or_path}.yaml"
+    if not preset.is_file():
+        raise ConfigError(f"no preset or YAML file named {name_or_path!r} (presets: {', '.join(preset_names())})")
+    return f"preset {name_or_path}", preset.read_text(), None
+
+
+def _read_yaml(name_or_path: str, folder: Path | None = None, chain: tuple[str, ...] = ()) -> dict[str, Any]:
+    """The mapping of a preset or YAML file, with its ``base:`` chain merged underneath."""
+    identity, text, own_folder = _locate(name_or_path, folder)
+    if identity in chain:
+        raise ConfigError(f"base: cycle of config files: {' -> '.join(chain + (identity,))}")
+    data = parse_yaml(text, identity) or {}
     if not isinstance(data, dict):
-        raise ConfigError(f"{name_or_path} must hold a mapping at the top level")
-    # A preset may build on another one.
-    base_name = data.pop("base", None)
-    if base_name:
-        data = _merge(_read_yaml(base_name), data)
-    return data
+        raise ConfigError(f"{identity} must hold a mapping at the top level, got {type(data).__name__}")
+    base = data.pop("base", None)
+    if base is None:
+        return data
+    if not isinstance(base, str) or not base.strip():
+        raise ConfigError(f"{identity}: base must be a preset name or a YAML path, got {base!r}")
+    return _merge(_read_yaml(base.strip(), own_folder, chain + (identity,)), data)
 
 
 def parse_overrides(overrides: list[str]) -> dict[str, Any]:
@@ -320,8 +380,10 @@ def parse_overrides(overrides: list[str]) -> dict[str, Any]:
         if "=" not in item:
             raise ConfigError(f"override {item!r} must look like key.sub=value")
         key, raw = item.split("=", 1)
-        value = yaml.safe_load(raw) if raw != "" else None
         parts = key.strip().split(".")
+        if not all(parts):
+            raise ConfigError(f"override {item!r}: the key {key!r} must be dotted names such as train.lr")
+        value = parse_yaml(raw, f"override {item!r}") if raw != "" else None
         node = nested
         for part in parts[:-1]:
             node = node.setdefault(part, {})
@@ -353,6 +415,7 @@ def validate(config: Config) -> None:
         "diffusion.label_drop_mode": (config.diffusion.label_drop_mode, ("sample", "batch")),
         "train.optimizer": (config.train.optimizer, ("adam", "adamw")),
         "sample.sampler": (config.sample.sampler, ("ddim", "ddpm", "euler", "heun", "dopri5", "sde")),
+        "sample.ddpm_variance": (config.sample.ddpm_variance, ("large", "posterior")),
         "method.ccua.weighting": (config.method.ccua.weighting, ("noise_level", "flow_time", "none")),
         "method.cbdm.prior": (config.method.cbdm.prior, ("empirical", "uniform")),
         "method.oclt.mode": (config.method.oclt.mode, ("t2h",)),
@@ -365,19 +428,106 @@ def validate(config: Config) -> None:
         check_combination(list(config.method.names), config.diffusion.objective)
     except ValueError as error:
         raise ConfigError(f"method.names={config.method.names}: {error}") from None
-    if config.diffusion.objective == "ddpm" and config.sample.sampler not in ("ddim", "ddpm"):
-        raise ConfigError(f"sampler {config.sample.sampler!r} is for the flow objective; use ddim or ddpm")
-    if config.diffusion.objective == "flow" and config.sample.sampler in ("ddim", "ddpm"):
-        raise ConfigError(f"sampler {config.sample.sampler!r} is for the ddpm objective; use euler, heun, dopri5 or sde")
-    if config.data.imbalance is not None and not 0 < config.data.imbalance <= 1:
-        raise ConfigError(f"data.imbalance must be in (0, 1], got {config.data.imbalance}")
-    if config.data.balanced_resampling is not None and not 0 < config.data.balanced_resampling <= 1:
-        raise ConfigError(f"data.balanced_resampling must be in (0, 1], got {config.data.balanced_resampling}")
-    if config.train.batch_size < 1 or config.train.steps < 0:
-        raise ConfigError("train.batch_size must be >= 1 and train.steps >= 0")
+    problem = next(_range_problems(config), None)
+    if problem is not None:
+        raise ConfigError(problem)
+    _check_sampling(config)
+    _check_shapes(config)
+
+
+def _range_problems(config: Config) -> Iterator[str]:
+    """One message per numeric setting outside the range where it means something."""
+    data, model, diffusion, train, sample = config.data, config.model, config.diffusion, config.train, config.sample
+    # (key, value, minimum, what it is): integers that count something
+    at_least = [
+        ("train.batch_size", train.batch_size, 1, "images per optimiser step, over all processes"),
+        ("train.steps", train.steps, 0, "optimiser steps to train to; 0 writes only the initial checkpoint"),
+        ("train.log_every", train.log_every, 1, "log the losses every N steps"),
+        ("train.ckpt_every", train.ckpt_every, 0, "checkpoint every N steps; 0 = only at the end"),
+        ("train.sample_every", train.sample_every, 0, "a sample grid every N steps; 0 = only at the end"),
+        ("train.keep_checkpoints", train.keep_checkpoints, 0, "newest checkpoints kept; 0 = all"),
+        ("train.warmup_steps", train.warmup_steps, 0, "learning-rate warm-up steps"),
+        ("train.ema_start", train.ema_start, 0, "step at which the EMA starts averaging"),
+        ("train.proxy_every", train.proxy_every, 0, "proxy FID every N steps; 0 = off"),
+        ("train.proxy_samples", train.proxy_samples, 1, "samples of the proxy FID"),
+        ("train.proxy_sampler_steps", train.proxy_sampler_steps, 1, "sampler steps of the proxy FID"),
+        ("sample.batch_size", sample.batch_size, 1, "images per sampling batch"),
+        ("sample.steps", sample.steps, 1, "sampler steps"),
+        ("sample.grid_per_class", sample.grid_per_class, 1, "images per class in the sample grid"),
+        ("data.resolution", data.resolution, 1, "image side in pixels (latent grid side for latents)"),
+        ("data.num_workers", data.num_workers, 0, "DataLoader worker processes"),
+        ("model.ch", model.ch, 1, "U-Net base channels"),
+        ("model.num_res_blocks", model.num_res_blocks, 0, "U-Net residual blocks per level"),
+        ("model.depth", model.depth, 1, "DiT blocks"),
+        ("model.hidden_size", model.hidden_size, 1, "DiT width"),
+        ("model.num_heads", model.num_heads, 1, "DiT attention heads"),
+        ("model.patch_size", model.patch_size, 1, "DiT patch side"),
+        ("diffusion.timesteps", diffusion.timesteps, 1, "DDPM steps T"),
+    ]
+    optional = [("data.n_max", data.n_max, 1, "images of the head class"),
+                ("data.channels", data.channels, 1, "image channels"),
+                ("sample.guidance_channels", sample.guidance_channels, 1, "guided channels")]
+    for key, value, minimum, what in at_least + [o for o in optional if o[1] is not None]:
+        if value < minimum:
+            bound = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
+            yield f"{key}={value} must be {bound} ({what})"
+    if not model.ch_mult or min(model.ch_mult) < 1:
+        yield f"model.ch_mult={model.ch_mult} must be a non-empty list of positive integers"
+    positive = [("train.lr", train.lr), ("model.mlp_ratio", model.mlp_ratio), ("sample.atol", sample.atol),
+                ("sample.rtol", sample.rtol), ("method.ccua.temperature", config.method.ccua.temperature),
+                ("method.supcon.temperature", config.method.supcon.temperature),
+                ("method.dispersive.temperature", config.method.dispersive.temperature)]
+    if train.grad_clip is not None:
+        positive.append(("train.grad_clip", train.grad_clip))
+    for key, value in positive:
+        if not value > 0:
+            yield f"{key}={value} must be > 0"
+    for key, value in [("train.weight_decay", train.weight_decay), ("sample.eta", sample.eta)]:
+        if value < 0:
+            yield f"{key}={value} must be >= 0"
+    intervals = [("train.ema_decay", train.ema_decay, 0, 1, "[0, 1]"),
+                 ("model.dropout", model.dropout, 0, 1, "[0, 1)"),
+                 ("diffusion.label_drop_prob", diffusion.label_drop_prob, 0, 1, "[0, 1)")]
+    for key, value, low, high, shown in intervals:
+        if not (low <= value < high or (shown.endswith("]") and value == high)):
+            yield f"{key}={value} must be in {shown}"
+    if not 0 < diffusion.beta_start <= diffusion.beta_end < 1:
+        yield (f"diffusion.beta_start={diffusion.beta_start}, beta_end={diffusion.beta_end}: "
+               "need 0 < beta_start <= beta_end < 1")
+    for key, value in [("data.imbalance", data.imbalance), ("data.balanced_resampling", data.balanced_resampling)]:
+        if value is not None and not 0 < value <= 1:
+            yield f"{key} must be in (0, 1], got {value}"
     ccua = config.method.ccua
     if not 0 < ccua.uncond_fraction <= ccua.ucl_fraction <= 1:
-        raise ConfigError(f"method.ccua needs 0 < uncond_fraction <= ucl_fraction <= 1, got "
-                          f"uncond_fraction={ccua.uncond_fraction}, ucl_fraction={ccua.ucl_fraction}")
-    if not 0 <= config.diffusion.label_drop_prob < 1:
-        raise ConfigError("diffusion.label_drop_prob must be in [0, 1)")
+        yield (f"method.ccua needs 0 < uncond_fraction <= ucl_fraction <= 1, got "
+               f"uncond_fraction={ccua.uncond_fraction}, ucl_fraction={ccua.ucl_fraction}")
+
+
+def _check_sampling(config: Config) -> None:
+    """The sampler and its options fit the objective and the data."""
+    sample, objective = config.sample, config.diffusion.objective
+    if objective == "ddpm" and sample.sampler not in ("ddim", "ddpm"):
+        raise ConfigError(f"sampler {sample.sampler!r} is for the flow objective; use ddim or ddpm")
+    if objective == "flow" and sample.sampler in ("ddim", "ddpm"):
+        raise ConfigError(f"sampler {sample.sampler!r} is for the ddpm objective; use euler, heun, dopri5 or sde")
+    if objective == "ddpm" and sample.sampler == "ddim" and sample.steps > config.diffusion.timesteps:
+        raise ConfigError(f"sample.steps={sample.steps} exceeds diffusion.timesteps={config.diffusion.timesteps}")
+    if sample.clip_x0 and (objective != "ddpm" or config.data.name == "latents"):
+        raise ConfigError("sample.clip_x0=true clips x0 to the pixel range [-1, 1]: it needs the ddpm objective "
+                          "on pixel data (latents are not bounded)")
+
+
+def _check_shapes(config: Config) -> None:
+    """Model settings that do not fit the data resolution (checked before any data is read)."""
+    model, resolution = config.model, config.data.resolution
+    if model.arch == "unet":
+        factor = 2 ** (len(model.ch_mult) - 1)
+        if resolution % factor:
+            raise ConfigError(f"data.resolution={resolution} must be divisible by {factor}: the U-Net halves it "
+                              f"{len(model.ch_mult) - 1} times (model.ch_mult={model.ch_mult})")
+    elif model.dit_size is None:
+        if resolution % model.patch_size:
+            raise ConfigError(f"data.resolution={resolution} is not divisible by model.patch_size={model.patch_size}")
+        if model.hidden_size % model.num_heads or model.hidden_size % 4:
+            raise ConfigError(f"model.hidden_size={model.hidden_size} must be divisible by 4 (position embedding) "
+                              f"and by model.num_heads={model.num_heads}")

@@ -65,7 +65,8 @@ def generate(model: nn.Module, objective, labels: Tensor, data_shape: tuple[int,
             return guided_prediction(model, x, t, y, sample.guidance, null_label, sample.guidance_channels)
 
         x = sample_with_objective(objective, predict, noise, sample.sampler, steps=sample.steps, eta=sample.eta,
-                                  atol=sample.atol, rtol=sample.rtol, progress=progress and len(batches) == 1)
+                                  atol=sample.atol, rtol=sample.rtol, progress=progress and len(batches) == 1,
+                                  clip_x0=sample.clip_x0, ddpm_variance=sample.ddpm_variance)
         outputs.append(decode(x) if decode is not None else x)
     return torch.cat(outputs).cpu()
 

@@ -13,6 +13,9 @@ from ccua.diffusion.base import NoisedBatch, expand_like
 # A prediction function: (x_t, model time [B]) -> predicted epsilon, guidance already applied.
 PredictFn = Callable[[Tensor, Tensor], Tensor]
 
+#: the ancestral sampler's noise variance: beta_t (released, default) or the posterior's beta-tilde_t
+ANCESTRAL_VARIANCES = ("large", "posterior")
+
 
 class DDPM:
     """Discrete-time DDPM with T steps; time t = 0 .. T-1, large t = noisy."""
@@ -59,8 +62,14 @@ class DDPM:
 
     @torch.no_grad()
     def ddim(self, predict: PredictFn, noise: Tensor, steps: int = 100, eta: float = 0.0,
-             progress: bool = False) -> Tensor:
-        """DDIM (eta = 0: deterministic) from the given initial noise to x_0."""
+             progress: bool = False, clip_x0: bool = False) -> Tensor:
+        """DDIM (eta = 0: deterministic) from the given initial noise to x_0.
+
+        Each step moves to x_prev = sqrt(ab_prev) x0 + sqrt(1 - ab_prev - sigma^2) eps + sigma z,
+        with x0 and eps the two readings of the same prediction. ``clip_x0`` clips x0 to [-1, 1]
+        and re-derives eps from the clipped x0, so both terms still describe one x_t; without it
+        (the released sampler) nothing is clipped.
+        """
         x = noise
         times = self.sample_times(steps)
         for i, t_now in enumerate(tqdm(times, desc="ddim", disable=not progress, leave=False)):
@@ -70,6 +79,9 @@ class DDPM:
             ab = self.alphas_cumprod[t_now].item()
             ab_prev = self.alphas_cumprod[t_prev].item() if t_prev >= 0 else 1.0
             x0_pred = self._x0_from_eps(x, eps, ab)
+            if clip_x0:
+                x0_pred = x0_pred.clamp(-1, 1)
+                eps = self._eps_from_x0(x, x0_pred, ab)
             sigma = eta * ((1 - ab_prev) / (1 - ab) * (1 - ab / ab_prev)) ** 0.5
             direction = (max(1 - ab_prev - sigma**2, 0.0)) ** 0.5 * eps
             x = ab_prev**0.5 * x0_pred + direction
@@ -78,8 +90,16 @@ class DDPM:
         return x
 
     @torch.no_grad()
-    def ancestral(self, predict: PredictFn, noise: Tensor, progress: bool = False) -> Tensor:
-        """DDPM ancestral sampling over all T steps (posterior variance beta-tilde)."""
+    def ancestral(self, predict: PredictFn, noise: Tensor, progress: bool = False, clip_x0: bool = False,
+                  variance: str = "large") -> Tensor:
+        """DDPM ancestral sampling over all T steps: the posterior mean of q(x_{t-1} | x_t, x0) at
+        the predicted x0, plus noise of variance ``large`` = beta_t (the released U-Net samplers'
+        "fixedlarge", the default) or ``posterior`` = beta-tilde_t = beta_t (1 - ab_prev) / (1 - ab).
+        Ho et al. report both give similar sample quality; beta_t is what published numbers of the
+        released code used. ``clip_x0`` clips the predicted x0 to [-1, 1] before taking the mean.
+        """
+        if variance not in ANCESTRAL_VARIANCES:
+            raise ValueError(f"variance {variance!r} is not one of: {', '.join(ANCESTRAL_VARIANCES)}")
         x = noise
         for t_now in tqdm(range(self.timesteps - 1, -1, -1), desc="ddpm", disable=not progress, leave=False):
             t = torch.full((x.shape[0],), t_now, device=x.device, dtype=torch.long)
@@ -88,18 +108,18 @@ class DDPM:
             ab_prev = self.alphas_cumprod[t_now - 1].item() if t_now > 0 else 1.0
             beta = self.betas[t_now].item()
             x0_pred = self._x0_from_eps(x, eps, ab)
-            # posterior mean of q(x_{t-1} | x_t, x0)
+            if clip_x0:
+                x0_pred = x0_pred.clamp(-1, 1)
             mean = (ab_prev**0.5 * beta / (1 - ab)) * x0_pred + ((1 - beta) ** 0.5 * (1 - ab_prev) / (1 - ab)) * x
             if t_now > 0:
-                var = beta * (1 - ab_prev) / (1 - ab)
+                var = beta if variance == "large" else beta * (1 - ab_prev) / (1 - ab)
                 x = mean + var**0.5 * torch.randn_like(x)
             else:
                 x = mean
         return x
 
     def _x0_from_eps(self, x: Tensor, eps: Tensor, alpha_bar: float) -> Tensor:
-        x0 = (x - (1 - alpha_bar) ** 0.5 * eps) / alpha_bar**0.5
-        return x0.clamp(-1, 1) if self.clip else x0
+        return (x - (1 - alpha_bar) ** 0.5 * eps) / alpha_bar**0.5
 
-    # Pixel-space data lives in [-1, 1]; latents do not, so clipping is a setting.
-    clip: bool = True
+    def _eps_from_x0(self, x: Tensor, x0: Tensor, alpha_bar: float) -> Tensor:
+        return (x - alpha_bar**0.5 * x0) / (1 - alpha_bar) ** 0.5

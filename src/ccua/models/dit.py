@@ -8,7 +8,8 @@ size registry. The output has as many channels as the input (no learned variance
 
 ``encode(x, t, y)`` runs patchify and the first k blocks and returns the token activations
 h [B, N_tokens, hidden] after block k; ``decode(h, context)`` runs the remaining blocks and the
-final layer. k is ``encoder_depth`` (SPEC section 3: released CCUA code k = N/4, paper text N).
+final layer. k follows ``encoder_depth`` (SPEC section 3: the released CCUA code taps N/4, the
+paper text all N blocks; see :func:`encoder_blocks` for how a fraction becomes a block count).
 """
 
 from __future__ import annotations
@@ -59,11 +60,20 @@ _DEPTH_FRACTIONS = {"N/8": Fraction(1, 8), "N/4": Fraction(1, 4), "N/2": Fractio
 
 
 def encoder_blocks(encoder_depth: str | int, depth: int) -> int:
-    """How many blocks encode() runs: a fraction of N ("N/8", "N/4", "N/2", "3N/4", "N"), rounded
-    down but at least 1, or an explicit count in 1..depth (an int or an integer string)."""
+    """How many of the ``depth`` blocks encode() runs.
+
+    A fraction f ("N/8", "N/4", "N/2", "3N/4") taps what the released SiT code taps: its list of
+    block outputs ``act`` indexed at ``len(act) * f``, i.e. the output of block floor(N f)
+    counted from 0, which is floor(N f) + 1 blocks ("N/4" of 12 blocks: 4 blocks). "N" is all N
+    blocks (the paper's text; the list has no entry at index N), and a fraction that would reach
+    past the last block is capped at N (on 4 blocks "3N/4" is all 4; decode then runs only the
+    final layer). An explicit count in 1..depth (an int or an integer string) is used as given.
+    """
     spec = str(encoder_depth).strip()
+    if spec == "N":
+        return depth
     if spec in _DEPTH_FRACTIONS:
-        return max(1, math.floor(depth * _DEPTH_FRACTIONS[spec]))
+        return min(depth, math.floor(depth * _DEPTH_FRACTIONS[spec]) + 1)
     try:
         k = int(spec)
     except ValueError:
@@ -264,12 +274,20 @@ class DiT(nn.Module):
         return self.decode(*self.encode(x, t, y))
 
 
-def dit_from_config(config, in_channels: int, num_classes: int, resolution: int) -> DiT:
-    """A :class:`DiT` from a ModelConfig: ``dit_size`` when set, else its depth/width fields."""
+def size_from_config(config) -> DiTSize:
+    """The architecture a ModelConfig names (``dit_size`` when set, else its depth/width fields),
+    with ``encoder_depth`` checked against it: ValueError naming the setting, before any data is read."""
     if config.dit_size:
         size = resolve_dit_size(config.dit_size)
     else:
         size = DiTSize(config.depth, config.hidden_size, config.num_heads, config.patch_size, config.mlp_ratio)
+    encoder_blocks(config.encoder_depth, size.depth)
+    return size
+
+
+def dit_from_config(config, in_channels: int, num_classes: int, resolution: int) -> DiT:
+    """A :class:`DiT` from a ModelConfig: ``dit_size`` when set, else its depth/width fields."""
+    size = size_from_config(config)
     return DiT(in_channels=in_channels, num_classes=num_classes, input_size=resolution,
                patch_size=size.patch_size, hidden_size=size.hidden_size, depth=size.depth,
                num_heads=size.num_heads, mlp_ratio=size.mlp_ratio, encoder_depth=config.encoder_depth)

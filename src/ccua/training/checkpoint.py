@@ -1,16 +1,40 @@
-"""Checkpoints: written atomically, the newest K kept, loaded without running pickled code."""
+"""Checkpoints: written atomically, the newest K kept, loaded without running pickled code.
+
+A failed write (disk full, read-only folder, a signal mid-write) removes its temporary file and
+leaves the previous checkpoints as they were; a file that cannot be read as a checkpoint is named
+with what is wrong with it, in one line.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
+import pickle
 import random
 import re
+import signal
+import threading
+import zipfile
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import torch
 
+log = logging.getLogger(__name__)
+
 CHECKPOINT_PATTERN = re.compile(r"^(\d{7,})\.pt$")
+TEMPORARY_SUFFIX = ".pt.tmp"
+
+#: what every checkpoint written by the trainer holds; sampling and evaluation need these
+REQUIRED_KEYS = ("model", "config", "step", "class_counts", "data_shape")
+#: what resuming training needs on top of them
+RESUME_KEYS = REQUIRED_KEYS + ("ema", "optimizer", "scheduler", "rng")
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that cannot be written or read; the message names the file and the cause."""
 
 
 def checkpoint_path(folder: Path, step: int) -> Path:
@@ -25,22 +49,112 @@ def list_checkpoints(folder: Path) -> list[Path]:
     return [p for _, p in sorted(found)]
 
 
+def remove_stale_temporaries(folder: Path) -> list[Path]:
+    """Delete ``*.pt.tmp`` files a killed process left in ``folder``; returns what was removed."""
+    if not folder.is_dir():
+        return []
+    stale = sorted(folder.glob(f"*{TEMPORARY_SUFFIX}"))
+    for path in stale:
+        path.unlink(missing_ok=True)
+    if stale:
+        log.warning("removed %d partial checkpoint file(s) of an interrupted write: %s", len(stale),
+                    ", ".join(p.name for p in stale))
+    return stale
+
+
+@contextlib.contextmanager
+def _signals_raise() -> Iterator[None]:
+    """Within the block SIGTERM raises SystemExit (SIGINT already raises KeyboardInterrupt), so a
+    write interrupted by either can clean up. Only the main thread may install handlers."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def _raise(signum, frame):
+        raise SystemExit(128 + signum)
+
+    previous = signal.signal(signal.SIGTERM, _raise)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def save_checkpoint(state: dict, folder: Path, step: int, keep: int) -> Path:
-    """Write ``state`` as ``folder/<step>.pt`` via a temporary file, then drop all but the newest ``keep``."""
-    folder.mkdir(parents=True, exist_ok=True)
+    """Write ``state`` as ``folder/<step>.pt`` via a temporary file, then drop all but the newest ``keep``.
+
+    CheckpointError naming the file and the OS error when the write fails; the temporary file is
+    removed on any failure or signal, and the older checkpoints are untouched.
+    """
     path = checkpoint_path(folder, step)
-    tmp = path.with_suffix(".pt.tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)  # a crash mid-write leaves the previous checkpoint intact
+    tmp = path.with_suffix(TEMPORARY_SUFFIX)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with _signals_raise():
+            try:
+                torch.save(state, tmp)
+                os.replace(tmp, path)  # a crash mid-write leaves the previous checkpoint intact
+            except BaseException:
+                tmp.unlink(missing_ok=True)
+                raise
+    except (OSError, RuntimeError) as error:
+        # torch reports a failed write (e.g. a full disk) as a RuntimeError of its zip writer
+        raise CheckpointError(f"could not write checkpoint {path}: {_first_line(error)}; "
+                              "the previous checkpoints are kept") from error
+    except (KeyboardInterrupt, SystemExit):
+        log.warning("checkpoint write to %s interrupted; removed the partial file", path)
+        raise
     if keep > 0:
         for old in list_checkpoints(folder)[:-keep]:
             old.unlink(missing_ok=True)
     return path
 
 
-def load_checkpoint(path: str | Path) -> dict:
-    """Load a checkpoint with ``weights_only=True``: tensors and plain containers only."""
-    return torch.load(path, map_location="cpu", weights_only=True)
+def load_checkpoint(path: str | Path, required: tuple[str, ...] = REQUIRED_KEYS) -> dict:
+    """Load a checkpoint with ``weights_only=True``: tensors and plain containers only.
+
+    CheckpointError, one line naming the file, for a file that is missing, truncated, not a
+    PyTorch file, holds arbitrary Python objects, or lacks one of ``required``.
+    """
+    path = Path(path)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise CheckpointError(f"checkpoint {path} does not exist") from None
+    except OSError as error:
+        raise CheckpointError(f"checkpoint {path} cannot be read: {_first_line(error)}") from None
+    except Exception as error:  # noqa: BLE001 - torch raises many types for a bad file; one line says which
+        raise CheckpointError(f"checkpoint {path} {_unreadable_reason(path, error)}") from None
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{path} is not a ccua checkpoint: it holds a {type(state).__name__}, not the "
+                              "dictionary the trainer writes")
+    missing = [key for key in required if key not in state]
+    if missing:
+        held = ", ".join(map(repr, list(state)[:8])) + (", ..." if len(state) > 8 else "")
+        raise CheckpointError(f"{path} is not a ccua checkpoint: it lacks {', '.join(map(repr, missing))} "
+                              f"(it holds {held or 'nothing'})")
+    return state
+
+
+def _unreadable_reason(path: Path, error: Exception) -> str:
+    """What is wrong with a file torch.load refused (never advising to unpickle it unsafely)."""
+    size = path.stat().st_size if path.exists() else 0
+    if size == 0:
+        return "is empty (an interrupted write?)"
+    if isinstance(error, pickle.UnpicklingError):
+        return ("holds Python objects other than tensors and plain containers: it was not written by ccua, "
+                "and such files are never unpickled")
+    if not zipfile.is_zipfile(path):
+        with path.open("rb") as stream:
+            if stream.read(2) == b"PK":  # a zip archive whose end is missing
+                return f"is truncated or corrupt ({size} bytes; an interrupted write or copy?)"
+        return "is not a PyTorch checkpoint file"
+    return f"is corrupt ({_first_line(error)})"
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip().splitlines()
+    return text[0] if text else type(error).__name__
 
 
 def rng_state() -> dict:
@@ -61,6 +175,17 @@ def set_rng_state(state: dict) -> None:
     random.setstate(_plain_to_python_state(state["python"]))
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+@contextlib.contextmanager
+def preserved_rng() -> Iterator[None]:
+    """Run a block (sample grids, proxy FID) without moving the training's random generators,
+    so how often it runs does not change the training trajectory."""
+    state = rng_state()
+    try:
+        yield
+    finally:
+        set_rng_state(state)
 
 
 # weights_only loading accepts tensors, lists, dicts, numbers and strings: convert the states.

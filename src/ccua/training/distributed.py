@@ -25,10 +25,16 @@ class DistInfo:
         return self.world_size > 1
 
 
+def default_device(device: str | None = None) -> str:
+    """The device every command uses unless told otherwise: cuda when available, else cpu."""
+    if device is not None:
+        return device
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
 def init_distributed(device: str | None = None) -> DistInfo:
     """Join the process group when launched by torchrun (RANK/WORLD_SIZE set); else one process."""
-    if device is None:
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = default_device(device)
     if "RANK" not in os.environ or int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         return DistInfo(device=torch.device(device))
     rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])

@@ -1,15 +1,16 @@
 """The trainer: one loop for every backbone, objective and method combination.
 
 Run folders are numbered (``runs/003-name``) and hold the resolved config, checkpoints, TensorBoard
-events, a JSON-lines log of every loss term, sample grids and the loss-curve plot.
+events, a JSON-lines log of every loss term, sample grids, the loss-curve plot and, after a resume,
+``resumes.jsonl`` (see :mod:`ccua.training.runs`).
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import math
-import re
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -21,7 +22,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from ccua.config import Config, ConfigError, config_from_dict, save_config
+from ccua.config import Config, ConfigError, config_from_dict, parse_yaml, save_config
 from ccua.data import build_training_set
 from ccua.data.sampler import ResumableBatchSampler, batch_generator_seed, seed_everything
 from ccua.diffusion import build_objective
@@ -30,16 +31,17 @@ from ccua.methods import build_methods
 from ccua.models import build_model
 from ccua.data.dataset import to_uint8
 from ccua.sampling import generate, grid_labels, vae_decoder
-from ccua.training.checkpoint import list_checkpoints, load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from ccua.training.checkpoint import (RESUME_KEYS, CheckpointError, list_checkpoints, load_checkpoint,
+                                     preserved_rng, remove_stale_temporaries, rng_state, save_checkpoint,
+                                     set_rng_state)
 from ccua.training.distributed import (DistInfo, all_reduce_mean, barrier, cleanup, gather_objects,
                                        init_distributed)
 from ccua.training.ema import EMA
+from ccua.training.runs import (LOSS_LOG, check_writable, claim_run_dir, record_resume, refuse_changes,
+                                resume_candidates, resume_changes, truncate_loss_log)
 from ccua.training.step import PassRunner, training_losses
 
 log = logging.getLogger(__name__)
-
-# Sections that must match for a checkpoint to be resumed or loaded into a config.
-ARCHITECTURE_SECTIONS = ("model", "diffusion", "data")
 
 
 def ema_decay(decay: float, step: int, start: int = 0) -> float:
@@ -59,49 +61,14 @@ class TrainingDiverged(RuntimeError):
     """The loss became NaN or infinite; the last good checkpoint is kept."""
 
 
-def next_run_dir(out_dir: str | Path, name: str) -> Path:
-    """``out_dir/NNN-name`` with NNN one more than the highest number already there."""
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    numbers = [int(m.group(1)) for p in out.iterdir() if (m := re.match(r"^(\d{3,})-", p.name))]
-    safe_name = re.sub(r"[^A-Za-z0-9_.-]+", "-", name)
-    return out / f"{max(numbers, default=-1) + 1:03d}-{safe_name}"
-
-
-def find_resume_checkpoint(resume: str, out_dir: str | Path, name: str) -> Path:
-    """``latest``: the newest checkpoint of the newest run folder of this name; else a run folder or a file."""
-    if resume == "latest":
-        runs = sorted(p for p in Path(out_dir).glob(f"[0-9][0-9][0-9]*-{name}") if p.is_dir())
-        for run in reversed(runs):
-            found = list_checkpoints(run / "checkpoints")
-            if found:
-                return found[-1]
-        raise FileNotFoundError(f"--resume latest: no checkpoint of a run named {name!r} under {out_dir}")
-    path = Path(resume)
-    if path.is_dir():
-        found = list_checkpoints(path / "checkpoints")
-        if not found:
-            raise FileNotFoundError(f"--resume {resume}: the run folder has no checkpoint")
-        return found[-1]
-    if not path.is_file():
-        raise FileNotFoundError(f"--resume {resume}: no such run folder or checkpoint")
-    return path
-
-
-def config_differences(saved: dict, current: dict, sections=ARCHITECTURE_SECTIONS) -> list[str]:
-    """Dotted keys whose values differ between two config dicts, within ``sections``."""
-    diffs = []
-
-    def walk(a, b, prefix):
-        if isinstance(a, dict) and isinstance(b, dict):
-            for key in sorted(set(a) | set(b)):
-                walk(a.get(key), b.get(key), f"{prefix}.{key}" if prefix else key)
-        elif a != b:
-            diffs.append(f"{prefix}: checkpoint {a!r} vs config {b!r}")
-
-    for section in sections:
-        walk(saved.get(section), current.get(section), section)
-    return diffs
+def _keeps_training_rng(method):
+    """Run ``method`` on a saved-and-restored random state: in-training sampling (grids, proxy FID)
+    then neither moves the training's generators nor depends on how often it runs."""
+    @functools.wraps(method)
+    def wrapper(*args, **kwargs):
+        with preserved_rng():
+            return method(*args, **kwargs)
+    return wrapper
 
 
 class Trainer:
@@ -116,6 +83,18 @@ class Trainer:
         if train.batch_size % self.dist.world_size:
             raise ConfigError(f"train.batch_size={train.batch_size} is not divisible by {self.dist.world_size} processes")
         self.local_batch = train.batch_size // self.dist.world_size
+        # Everything that can be checked without the data is checked before it is read.
+        self.methods = build_methods(config.method)
+        self._check_methods()
+        self._check_model()
+        self.resume_from: Path | None = None
+        self.resume_changes: dict[str, list] = {}
+        self.unreadable: list[Path] = []  # newer checkpoints of the run that could not be read
+        resume_state = None
+        if resume:
+            self.resume_from, resume_state = self._load_resume(resume)
+            run_dir = self.resume_from.parent.parent
+        check_writable(Path(run_dir) / "checkpoints" if run_dir is not None else Path(train.out_dir))
 
         seed_everything(train.seed)  # the same initial weights in every process
         self.dataset = build_training_set(config.data)
@@ -126,10 +105,6 @@ class Trainer:
                                  self.data_shape[1]).to(self.device)
         self.objective = build_objective(config.diffusion)
         self.latent = config.data.name == "latents"
-        if self.latent and hasattr(self.objective, "clip"):
-            self.objective.clip = False  # latents are not bounded to [-1, 1]
-        self.methods = build_methods(config.method)
-        self._check_methods()
         self.ema = EMA(self.model, train.ema_decay)
         optimizer_cls = torch.optim.AdamW if train.optimizer == "adamw" else torch.optim.Adam
         self.optimizer = optimizer_cls(self.model.parameters(), lr=train.lr, weight_decay=train.weight_decay)
@@ -138,19 +113,15 @@ class Trainer:
             self.optimizer, lambda step: min(1.0, (step + 1) / warmup) if warmup else 1.0)
         self.step = 0
 
-        resume_path = None
-        if resume:
-            resume_path = find_resume_checkpoint(resume, train.out_dir, config.name)
-            run_dir = resume_path.parent.parent
-        if run_dir is None:
-            run_dir = next_run_dir(train.out_dir, config.name) if self.dist.is_main else None
+        if run_dir is None:  # a new numbered folder, claimed by the main process
+            run_dir = claim_run_dir(train.out_dir, config.name) if self.dist.is_main else None
             run_dir = gather_objects(run_dir, self.dist)[0]
         self.run_dir = Path(run_dir)
         self.checkpoint_dir = self.run_dir / "checkpoints"
-        if resume_path is not None:
-            self._restore(resume_path)
+        if resume_state is not None:
+            self._restore(self.resume_from, resume_state)
         seed_rank = batch_generator_seed(train.seed, self.dist.rank)
-        if resume_path is None:
+        if resume_state is None:
             seed_everything(seed_rank)  # different noise, times and dropout in every process
 
         runner = PassRunner(self.model)
@@ -171,14 +142,53 @@ class Trainer:
                     f"train.batch_size={self.config.train.batch_size} over {self.dist.world_size} processes "
                     f"gives {self.local_batch}")
 
-    def _restore(self, path: Path) -> None:
-        state = load_checkpoint(path)
-        diffs = config_differences(state["config"], self.config.to_dict())
-        if diffs:
-            raise ConfigError(f"checkpoint {path} was trained with another config: " + "; ".join(diffs[:5]))
-        self.model.load_state_dict(state["model"])
-        self.ema.load_state_dict(state["ema"])
-        self.optimizer.load_state_dict(state["optimizer"])
+    def _check_model(self) -> None:
+        if self.config.model.arch == "dit":
+            from ccua.models.dit import size_from_config
+
+            try:
+                size_from_config(self.config.model)
+            except ValueError as error:
+                raise ConfigError(f"model: {error}") from None
+
+    def _load_resume(self, resume: str) -> tuple[Path, dict]:
+        """The checkpoint ``--resume`` names and its contents.
+
+        For ``latest`` or a run folder an unreadable newest checkpoint (truncated by a crash,
+        overwritten by something else) gives way to the newest readable one, with a warning
+        naming both; the unreadable files are set aside when training starts. A checkpoint named
+        as a file must be readable.
+        """
+        candidates, may_fall_back = resume_candidates(resume, self.config.train.out_dir, self.config.name)
+        problems = []
+        for path in candidates:
+            try:
+                state = load_checkpoint(path, required=RESUME_KEYS)
+            except CheckpointError as error:
+                if not may_fall_back:
+                    raise
+                problems.append(str(error))
+                self.unreadable.append(path)
+                continue
+            if problems and self.dist.is_main:
+                log.warning("%s; resuming from the previous checkpoint %s instead", "; ".join(problems), path)
+            return path, state
+        raise CheckpointError(f"no readable checkpoint to resume: {'; '.join(problems)}")
+
+    def _restore(self, path: Path, state: dict) -> None:
+        allowed, refused = resume_changes(state["config"], self.config)
+        refuse_changes(path, refused)
+        saved_counts = [int(c) for c in state["class_counts"]]
+        if saved_counts != list(self.class_counts):
+            raise ConfigError(f"checkpoint {path} was trained on per-class counts {saved_counts}, but the data now "
+                              f"gives {list(self.class_counts)} (data.root={self.config.data.root!r})")
+        self.resume_changes = allowed
+        try:
+            self.model.load_state_dict(state["model"])
+            self.ema.load_state_dict(state["ema"])
+            self.optimizer.load_state_dict(state["optimizer"])
+        except (RuntimeError, ValueError, KeyError) as error:
+            raise CheckpointError(f"checkpoint {path} does not fit this model: {str(error).splitlines()[0]}") from None
         self.scheduler.load_state_dict(state["scheduler"])
         self.step = int(state["step"])
         states = state["rng"]
@@ -226,6 +236,7 @@ class Trainer:
             self._decode = vae_decoder(self.config.data.vae, self.device)
         return self._decode
 
+    @_keeps_training_rng
     @torch.no_grad()
     def write_sample_grid(self) -> Path | None:
         """Per-class grid (rows head to tail) from fixed noise and labels, with the EMA weights."""
@@ -244,6 +255,7 @@ class Trainer:
                 self.writer.add_image("samples/grid", np.asarray(grid.convert("RGB")), self.step, dataformats="HWC")
         return path
 
+    @_keeps_training_rng
     @torch.no_grad()
     def log_proxy_fid(self) -> float | None:
         """FID of a few hundred EMA samples with the fast feature network (a trend, not a result)."""
@@ -275,15 +287,14 @@ class Trainer:
         """Train to ``train.steps``; returns the run folder."""
         config, train = self.config, self.config.train
         if self.dist.is_main:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            save_config(config, self.run_dir / "config.yaml")
+            self._prepare_run_folder()
             from torch.utils.tensorboard import SummaryWriter
 
             self.writer = SummaryWriter(str(self.run_dir / "tensorboard"), purge_step=self.step or None)
             log.info("run folder %s; %d training images, %d classes, per-class counts %s",
                      self.run_dir, len(self.dataset), self.dataset.num_classes, self.class_counts)
         barrier(self.dist)
-        log_file = open(self.run_dir / "losses.jsonl", "a") if self.dist.is_main else None
+        log_file = open(self.run_dir / LOSS_LOG, "a") if self.dist.is_main else None
         progress = tqdm(total=train.steps, initial=self.step, disable=not (train.progress and self.dist.is_main),
                         desc=config.name, dynamic_ncols=True)
         data = iter(self._loader())
@@ -320,7 +331,7 @@ class Trainer:
             if self.dist.is_main:
                 from ccua.training.curves import plot_loss_curves
 
-                plot_loss_curves(self.run_dir / "losses.jsonl", self.run_dir / "loss_curves.png")
+                plot_loss_curves(self.run_dir / LOSS_LOG, self.run_dir / "loss_curves.png")
         finally:
             progress.close()
             if log_file:
@@ -329,6 +340,30 @@ class Trainer:
                 self.writer.close()
             barrier(self.dist)
         return self.run_dir
+
+    def _prepare_run_folder(self) -> None:
+        """The run folder before the first step: config.yaml of a new run (a resume never rewrites
+        it), no partial files of an interrupted write, no log rows past the step it starts from,
+        and a resume record."""
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        remove_stale_temporaries(self.checkpoint_dir)
+        if self.resume_from is None or not (self.run_dir / "config.yaml").exists():
+            save_config(self.config, self.run_dir / "config.yaml")
+        truncate_loss_log(self.run_dir / LOSS_LOG, self.step)
+        if self.resume_from is None:
+            return
+        set_aside = []
+        for path in self.unreadable:
+            if path.parent == self.checkpoint_dir and path.exists():
+                target = path.with_name(path.name + ".unreadable")
+                path.rename(target)  # kept for inspection, no longer taken for a checkpoint
+                set_aside.append(str(target))
+        if set_aside:
+            log.warning("set aside unreadable checkpoint(s): %s", ", ".join(set_aside))
+        record_resume(self.run_dir, self.step, self.resume_from, self.resume_changes, set_aside)
+        if self.resume_changes:
+            log.info("resumed with changed settings: %s", ", ".join(
+                f"{k} {old!r} -> {new!r}" for k, (old, new) in self.resume_changes.items()))
 
     def train_step(self, x0: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
         """One optimiser step; returns the loss terms averaged over processes."""
@@ -379,6 +414,6 @@ def train(config: Config, resume: str | None = None, device: str | None = None) 
 
 
 def load_run_config(run_dir: str | Path) -> Config:
-    import yaml
-
-    return config_from_dict(yaml.safe_load((Path(run_dir) / "config.yaml").read_text()))
+    """The settings a run was started with (its config.yaml)."""
+    path = Path(run_dir) / "config.yaml"
+    return config_from_dict(parse_yaml(path.read_text(), str(path)))

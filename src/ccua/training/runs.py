@@ -1,0 +1,207 @@
+"""Run folders: claiming a new one, finding the checkpoint to resume, which settings a resume may
+change, and what a resume records.
+
+A run folder is ``out_dir/NNN-<name>`` with ``<name>`` the run name made safe for a file name.
+``config.yaml`` holds the settings the run was started with and is never rewritten; every resume
+appends one line to ``resumes.jsonl`` (step, time, checkpoint, changed settings old -> new).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import re
+import time
+from pathlib import Path
+
+from ccua.config import Config, ConfigError, with_defaults
+from ccua.training.checkpoint import list_checkpoints
+
+log = logging.getLogger(__name__)
+
+RESUME_RECORD = "resumes.jsonl"
+LOSS_LOG = "losses.jsonl"
+
+#: settings a resumed run may change (dotted keys or whole sections); :func:`resume_changes` says why
+RESUMABLE = (
+    "name", "train.steps", "train.out_dir", "train.log_every", "train.ckpt_every", "train.keep_checkpoints",
+    "train.sample_every", "train.progress", "train.proxy_every", "train.proxy_samples", "train.proxy_features",
+    "train.proxy_feature_path", "train.proxy_sampler_steps", "sample",
+    "data.root", "data.download", "data.num_workers", "data.vae", "data.test_split_file",
+)
+
+_NUMBERED = re.compile(r"^(\d{3,})-(.+)$")
+
+
+def safe_name(name: str) -> str:
+    """The run name as it appears in folder names (anything but letters, digits, _ . - becomes -)."""
+    return re.sub(r"[^A-Za-z0-9_.-]+", "-", name)
+
+
+def run_dirs(out_dir: str | Path, name: str) -> list[Path]:
+    """Run folders ``NNN-<safe name>`` of exactly this run name, newest number first."""
+    out, wanted = Path(out_dir), safe_name(name)
+    if not out.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in out.iterdir()
+             if p.is_dir() and (m := _NUMBERED.match(p.name)) and m.group(2) == wanted]
+    return [p for _, p in sorted(found, reverse=True)]
+
+
+def claim_run_dir(out_dir: str | Path, name: str) -> Path:
+    """Create ``out_dir/NNN-<name>`` with NNN one more than the highest number there.
+
+    The folder is created without ``exist_ok``: when another launch takes the same number first,
+    the next number is tried, so two launches never share a folder.
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    while True:
+        numbers = [int(m.group(1)) for p in out.iterdir() if (m := _NUMBERED.match(p.name))]
+        run_dir = out / f"{max(numbers, default=-1) + 1:03d}-{safe_name(name)}"
+        try:
+            run_dir.mkdir()
+            return run_dir
+        except FileExistsError:
+            continue
+
+
+def check_writable(folder: Path) -> None:
+    """Create ``folder`` if needed and write a probe file, so a read-only or full place fails
+    now, with its name, rather than at the first checkpoint."""
+    probe = folder / f".write-test-{os.getpid()}"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with open(probe, "wb") as stream:
+            stream.write(b"ccua")
+        probe.unlink()
+    except OSError as error:
+        with contextlib.suppress(OSError):
+            probe.unlink(missing_ok=True)
+        reason = error.strerror or str(error)
+        if isinstance(error, (FileExistsError, NotADirectoryError)):
+            reason = "a file is in the way of the folder"
+        raise ConfigError(f"cannot write into {folder}: {reason} (set train.out_dir to a writable folder)") from None
+
+
+def resume_candidates(resume: str, out_dir: str | Path, name: str) -> tuple[list[Path], bool]:
+    """Checkpoints to try for ``--resume``, newest first, and whether older ones may stand in.
+
+    ``latest``: the newest run folder named exactly ``NNN-<name>`` that has a checkpoint; a run
+    folder: its checkpoints. In both, an unreadable newest checkpoint gives way to the previous
+    one (with a warning). A checkpoint file is used as given.
+    """
+    if resume == "latest":
+        for run in run_dirs(out_dir, name):
+            found = list_checkpoints(run / "checkpoints")
+            if found:
+                return found[::-1], True
+        raise FileNotFoundError(f"--resume latest: no checkpoint of a run named {name!r} "
+                                f"(folders {Path(out_dir)}/NNN-{safe_name(name)})")
+    path = Path(resume)
+    if path.is_dir():
+        found = list_checkpoints(path / "checkpoints")
+        if not found:
+            raise FileNotFoundError(f"--resume {resume}: the run folder has no checkpoint")
+        return found[::-1], True
+    if not path.is_file():
+        raise FileNotFoundError(f"--resume {resume}: no such run folder or checkpoint")
+    return [path], False
+
+
+def _flatten(values: dict, prefix: str = "") -> dict[str, object]:
+    flat = {}
+    for key, value in values.items():
+        dotted = f"{prefix}.{key}" if prefix else key
+        if isinstance(value, dict):
+            flat.update(_flatten(value, dotted))
+        else:
+            flat[dotted] = value
+    return flat
+
+
+def _resumable(key: str) -> bool:
+    return any(key == allowed or key.startswith(allowed + ".") for allowed in RESUMABLE)
+
+
+def resume_changes(saved: dict, current: Config) -> tuple[dict[str, list], dict[str, list]]:
+    """(allowed, refused): dotted keys whose value differs between a checkpoint's config and
+    ``current``, each as [checkpoint value, new value].
+
+    Allowed (:data:`RESUMABLE`) are the settings that do not change what the optimiser computes,
+    so a resumed run still ends with exactly the weights of an uninterrupted one:
+
+    - ``name``, ``train.out_dir``: labels and places (a run folder may be moved);
+    - ``train.steps``: where the run ends (``ccua compare`` resumes unfinished runs this way, also
+      with a larger budget);
+    - ``train.log_every``, ``ckpt_every``, ``keep_checkpoints``, ``sample_every``, ``progress``: how
+      often the run reports and saves;
+    - ``train.proxy_*`` and ``sample.*``: in-training sampling, which runs on a saved-and-restored
+      random state, so neither its settings nor how often it runs move the training's generators;
+    - ``data.root``, ``data.download``, ``data.num_workers``: where and how the same images are read
+      (the per-class counts are checked against the checkpoint's); ``data.vae``: the decoder of
+      sample grids; ``data.test_split_file``: the evaluation reference.
+
+    Everything else is refused: the model, the objective, the methods, which images are trained on
+    (``data.name``, ``imbalance``, ``n_max``, ``longtail_seed``, ``resolution``, ``channels``,
+    ``split_file``, ``hflip``, ``balanced_resampling``) and the optimisation (``lr``, batch size,
+    optimiser, seed, warm-up, clipping, EMA, bf16). The checkpoint's optimiser state, random states
+    and data order continue the old settings: a change there would silently train something that
+    is neither run, while config.yaml claimed the new values.
+    """
+    old = _flatten(with_defaults(saved))  # an older checkpoint lacks settings added since
+    new = _flatten(current.to_dict())
+    differing = {k: [old.get(k), new.get(k)] for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)}
+    allowed = {k: v for k, v in differing.items() if _resumable(k)}
+    refused = {k: v for k, v in differing.items() if not _resumable(k)}
+    return allowed, refused
+
+
+def refuse_changes(path: Path, refused: dict[str, list]) -> None:
+    """ConfigError listing the settings that differ from the checkpoint's and break exactness."""
+    if not refused:
+        return
+    shown = [f"{k}: checkpoint {old!r} vs config {new!r}" for k, (old, new) in list(refused.items())[:6]]
+    more = f" (+{len(refused) - 6} more)" if len(refused) > 6 else ""
+    raise ConfigError(f"checkpoint {path} was trained with another config: {'; '.join(shown)}{more}. "
+                      "These settings change the training itself; resume with the run's settings or start "
+                      "a new run (only output, sampling and data-location settings may change on resume)")
+
+
+def record_resume(run_dir: Path, step: int, checkpoint: Path, changed: dict[str, list],
+                  skipped: list[str] | None = None) -> None:
+    """Append the resume to ``resumes.jsonl``: when, from which checkpoint, what changed."""
+    record = {"step": step, "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "checkpoint": str(checkpoint),
+              "changed": changed}
+    if skipped:
+        record["skipped_unreadable"] = skipped
+    with open(run_dir / RESUME_RECORD, "a") as stream:
+        stream.write(json.dumps(record) + "\n")
+
+
+def truncate_loss_log(path: Path, step: int) -> int:
+    """Drop the rows of ``losses.jsonl`` logged after ``step`` (a killed run wrote them after its
+    last checkpoint; the resumed run logs those steps again). Returns how many were dropped."""
+    if not path.is_file():
+        return 0
+    kept, dropped = [], 0
+    for line in path.read_text().splitlines():
+        if not line.strip():
+            continue
+        try:
+            row_step = json.loads(line)["step"]
+        except (ValueError, KeyError, TypeError):
+            dropped += 1  # a row cut short by the kill
+            continue
+        if row_step <= step:
+            kept.append(line)
+        else:
+            dropped += 1
+    if dropped:
+        tmp = path.with_suffix(".jsonl.tmp")
+        tmp.write_text("".join(line + "\n" for line in kept))
+        os.replace(tmp, path)
+        log.info("%s: dropped %d row(s) logged after step %d", path, dropped, step)
+    return dropped
