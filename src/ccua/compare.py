@@ -264,7 +264,9 @@ def tail_samples(run_dir: Path, num_seeds: int, guidance: float, device: str | N
     from ccua.data import class_groups, to_uint8
     from ccua.sampling import LoadedModel
 
-    loaded = LoadedModel(run_dir, device=device or "cpu")
+    from ccua.training.distributed import default_device
+
+    loaded = LoadedModel(run_dir, device=default_device(device))
     tail = class_groups(len(loaded.class_counts), loaded.class_counts)["tail"]
     labels = torch.tensor([c for c in tail for _ in range(num_seeds)])
     sample = replace(loaded.config.sample, guidance=guidance)

@@ -90,8 +90,9 @@ def _sample_run(target: Path, out_dir: str | Path | None, per_class: int, seed: 
                 device: str | None, overrides: dict[str, Any]) -> tuple[Path, Path]:
     """Sample a run folder or checkpoint into ``out/samples``; returns (the .npz, out)."""
     from ccua.sampling import SAMPLE_FILE, LoadedModel, sample_to_folder
+    from ccua.training.distributed import default_device
 
-    loaded = LoadedModel(target, use_ema=use_ema, device=device or "cpu")
+    loaded = LoadedModel(target, use_ema=use_ema, device=default_device(device))
     changes = {k: v for k, v in overrides.items() if v is not None}
     sample = replace(loaded.config.sample, **changes, use_ema=loaded.use_ema)
     tag = f"step{loaded.step:07d}_{sample.sampler}{sample.steps}_w{sample.guidance:g}_n{per_class}_seed{seed}"

@@ -39,6 +39,7 @@ from ccua.training.distributed import (DistInfo, all_reduce_mean, barrier, clean
 from ccua.training.ema import EMA
 from ccua.training.runs import (LOSS_LOG, check_writable, claim_run_dir, record_resume, refuse_changes,
                                 resume_candidates, resume_changes, truncate_loss_log)
+from ccua.training.performance import build_optimizer, configure_backends, maybe_compile, to_memory_format
 from ccua.training.step import PassRunner, training_losses
 
 log = logging.getLogger(__name__)
@@ -101,13 +102,14 @@ class Trainer:
         self.class_counts = self.dataset.class_counts()
         x_example, _ = self.dataset[0]
         self.data_shape = tuple(x_example.shape)
-        self.model = build_model(config.model, self.data_shape[0], self.dataset.num_classes,
-                                 self.data_shape[1]).to(self.device)
+        configure_backends(train.tf32)
+        self.model = to_memory_format(build_model(config.model, self.data_shape[0], self.dataset.num_classes,
+                                                  self.data_shape[1]).to(self.device), train.channels_last)
         self.objective = build_objective(config.diffusion)
         self.latent = config.data.name == "latents"
         self.ema = EMA(self.model, train.ema_decay)
-        optimizer_cls = torch.optim.AdamW if train.optimizer == "adamw" else torch.optim.Adam
-        self.optimizer = optimizer_cls(self.model.parameters(), lr=train.lr, weight_decay=train.weight_decay)
+        self.optimizer = build_optimizer(self.model.parameters(), train.optimizer, train.lr, train.weight_decay,
+                                         self.device)
         warmup = max(train.warmup_steps, 0)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda step: min(1.0, (step + 1) / warmup) if warmup else 1.0)
@@ -125,7 +127,7 @@ class Trainer:
             seed_everything(seed_rank)  # different noise, times and dropout in every process
 
         runner = PassRunner(self.model)
-        self.runner = DistributedDataParallel(runner) if self.dist.enabled else runner
+        self.runner = maybe_compile(DistributedDataParallel(runner) if self.dist.enabled else runner, train.compile)
         self.class_counts_tensor = torch.tensor(self.class_counts, dtype=torch.float32, device=self.device)
         self.writer = None
         self._proxy = None
@@ -372,6 +374,8 @@ class Trainer:
         if config.data.hflip and not self.latent:
             flip = torch.rand(x0.shape[0], device=x0.device) < 0.5
             x0 = torch.where(flip[:, None, None, None], x0.flip(-1), x0)
+        if train.channels_last and x0.dim() == 4:
+            x0 = x0.contiguous(memory_format=torch.channels_last)
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=train.bf16):
             terms = training_losses(self.runner, self.objective, self.methods, x0, labels, self.model.null_label,
                                     self.class_counts_tensor, config.diffusion.label_drop_prob,
