@@ -263,7 +263,6 @@ def tail_samples(run_dir: Path, num_seeds: int, guidance: float, device: str | N
     from the same initial noise (sample i of the stream) in every run."""
     from ccua.data import class_groups, to_uint8
     from ccua.sampling import LoadedModel
-
     from ccua.training.distributed import default_device
 
     loaded = LoadedModel(run_dir, device=default_device(device))
