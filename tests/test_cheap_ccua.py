@@ -152,3 +152,16 @@ def test_fractions_are_validated():
         config_from_dict({"method": {"ccua": {"uncond_fraction": 0.5, "ucl_fraction": 0.25}}})
     with pytest.raises(ValueError, match="0 < uncond_fraction"):
         config_from_dict({"method": {"ccua": {"uncond_fraction": 0.0}}})
+
+
+def test_sub_batch_passes_give_the_same_losses_batched_or_as_separate_calls():
+    config = CCUAConfig(uncond_fraction=0.25, ucl_fraction=0.5)
+    model = _tiny_unet()
+    x0, labels = torch.rand(16, 1, 8, 8) * 2 - 1, torch.arange(16) % 4
+    results = []
+    for batched in (True, False):
+        torch.manual_seed(3)
+        results.append(training_losses(PassRunner(model), DDPM(), [CCUA(config)], x0, labels, model.null_label,
+                                       torch.ones(4), batched_passes=batched))
+    for key in results[0]:
+        assert torch.allclose(results[0][key], results[1][key], rtol=1e-5, atol=1e-7), key
