@@ -23,13 +23,19 @@ def test_compare_two_methods_writes_the_report_and_skips_finished_runs(tmp_path,
     assert all(float(r["fid"]) > 0 for r in rows)
     assert (report / "comparison.md").exists() and (report / "per_class.png").exists()
     assert (report / "tail_grid.png").exists()
-    metrics = json.loads((out / "runs" / "ccua-s0" / "eval" / "w1_n3" / "metrics.json").read_text())
+    metrics = json.loads((out / "runs" / "ccua-s0" / "eval" / "step0000002_w1_n3" / "metrics.json").read_text())
     assert metrics["provenance"]["step"] == 2 and metrics["provenance"]["guidance"] == 1.0
     assert metrics["provenance"]["feature_net"] == "random"
     # a second call trains nothing: the finished runs are skipped
     stamp = (out / "runs" / "plain-s0" / "checkpoints" / "0000002.pt").stat().st_mtime_ns
     assert main(args) == 0
     assert (out / "runs" / "plain-s0" / "checkpoints" / "0000002.pt").stat().st_mtime_ns == stamp
+    # a larger budget resumes every run and evaluates it anew (the old numbers stay beside)
+    longer = list(args)
+    longer[longer.index("--steps") + 1] = "3"
+    assert main(longer) == 0
+    assert (out / "runs" / "plain-s0" / "eval" / "step0000003_w1_n3" / "metrics.json").exists()
+    assert (out / "runs" / "plain-s0" / "eval" / "step0000002_w1_n3" / "metrics.json").exists()
 
 
 def test_evaluate_a_sample_folder(tmp_path, capsys):
@@ -67,7 +73,7 @@ def test_a_study_file_runs_variants_side_by_side_with_paired_differences(tmp_pat
     assert runs == ["cheap-s0", "cheap-s1", "plain-s0", "plain-s1", "strong-s0"]
     trained = yaml.safe_load((out / "runs" / "cheap-s1" / "config.yaml").read_text())
     assert trained["method"]["ccua"]["uncond_fraction"] == 0.25 and trained["train"]["seed"] == 1
-    test_ref = json.loads((out / "runs" / "plain-s0" / "eval" / "w1_n3_test" / "metrics.json").read_text())
+    test_ref = json.loads((out / "runs" / "plain-s0" / "eval" / "step0000002_w1_n3_test" / "metrics.json").read_text())
     assert test_ref["provenance"]["reference_split"] == "test"
     assert test_ref["memorisation"]["overall"]["n"] == 30  # 3 images x 10 classes, each checked
     assert (out / "report" / "fixed_test" / "comparison.md").exists()

@@ -6,8 +6,8 @@ A comparison is given on the command line (``--methods plain,ccua``) or as a stu
 or a sensitivity sweep. Layout under the output folder::
 
     runs/<variant>-s<seed>/                   one training run each (resumed if unfinished, skipped if finished)
-    runs/<variant>-s<seed>/eval/w<w>_n<k>/    its samples and metrics.json (one folder per guidance)
-    runs/<variant>-s<seed>/eval/w<w>_n<k>_test/   the same samples against another reference split
+    runs/<variant>-s<seed>/eval/step<N>_w<w>_n<k>/        its samples and metrics.json (one per guidance)
+    runs/<variant>-s<seed>/eval/step<N>_w<w>_n<k>_test/   the same samples against another reference split
     guidance.json                             the guidance per variant (and the proxy sweep, if asked)
     report/                                   fixed guidance, first reference: tables, plots, tail grid
     report/<guidance>_<reference>/            the other combinations
@@ -211,9 +211,10 @@ def train_one(config: Config, run_dir: Path, device: str | None = None) -> Path:
 
 # --------------------------------------------------------------------------- evaluation
 
-def eval_dir_of(run_dir: Path, guidance: float, per_class: int, reference: str) -> Path:
+def eval_dir_of(run: PlannedRun, guidance: float, per_class: int, reference: str) -> Path:
+    """Named by the trained step too, so a comparison extended to more steps evaluates anew."""
     suffix = "" if reference == "train" else f"_{reference}"
-    return run_dir / "eval" / f"w{guidance:g}_n{per_class}{suffix}"
+    return run.run_dir / "eval" / f"step{run.config.train.steps:07d}_w{guidance:g}_n{per_class}{suffix}"
 
 
 def evaluate_one(settings: CompareSettings, run: PlannedRun, guidance: float) -> list[Path]:
@@ -221,9 +222,9 @@ def evaluate_one(settings: CompareSettings, run: PlannedRun, guidance: float) ->
     from ccua.evaluation import evaluate_target
 
     files = []
-    first = eval_dir_of(run.run_dir, guidance, settings.per_class, settings.references[0])
+    first = eval_dir_of(run, guidance, settings.per_class, settings.references[0])
     for reference in settings.references:
-        out = eval_dir_of(run.run_dir, guidance, settings.per_class, reference)
+        out = eval_dir_of(run, guidance, settings.per_class, reference)
         if (out / "metrics.json").exists():
             files.append(out / "metrics.json")
             continue
@@ -237,14 +238,14 @@ def evaluate_one(settings: CompareSettings, run: PlannedRun, guidance: float) ->
     return files
 
 
-def tune_guidance(settings: CompareSettings, run_dir: Path, grid: list[float]) -> tuple[float, dict[str, float]]:
+def tune_guidance(settings: CompareSettings, run: PlannedRun, grid: list[float]) -> tuple[float, dict[str, float]]:
     """The w of ``grid`` with the lowest FID on a small held-out proxy: few samples from their own
     noise seed, against the balanced test split (not the training-set reference of the final numbers)."""
     from ccua.evaluation import evaluate_target
 
-    scores = {}
+    run_dir, scores = run.run_dir, {}
     for w in grid:
-        out = run_dir / "eval_guidance" / f"w{w:g}"
+        out = run_dir / "eval_guidance" / f"step{run.config.train.steps:07d}_w{w:g}"
         if (out / "metrics.json").exists():
             result = json.loads((out / "metrics.json").read_text())
         else:
@@ -290,11 +291,13 @@ def _guidance_phase(settings: CompareSettings, runs: list[PlannedRun]) -> tuple[
     for run in runs:
         firsts.setdefault(run.variant, run)
     for variant, run in firsts.items():
-        record.setdefault(variant, {})["fixed"] = run.config.sample.guidance
+        if record.get(variant, {}).get("step") != run.config.train.steps:  # tuned for another budget
+            record[variant] = {"step": run.config.train.steps}
+        record[variant]["fixed"] = run.config.sample.guidance
     failed: list[str] = []
     if settings.guidance_grid:
         todo = [run for variant, run in firsts.items() if "tuned" not in record[variant]]
-        results = run_jobs([Job(run.name, tune_guidance, (settings, run.run_dir, settings.guidance_grid))
+        results = run_jobs([Job(run.name, tune_guidance, (settings, run, settings.guidance_grid))
                             for run in todo], settings.jobs)
         for run, result in zip(todo, results):
             if result.error is None:
