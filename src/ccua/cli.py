@@ -79,7 +79,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_sample(args: argparse.Namespace) -> int:
     import torch
 
-    from ccua.sampling import LoadedModel, sample_to_folder
+    from ccua.generate import LoadedModel, sample_to_folder
     from ccua.training.distributed import default_device
 
     loaded = LoadedModel(args.run, use_ema=not args.no_ema, device=default_device(args.device))
@@ -103,9 +103,9 @@ def cmd_sample(args: argparse.Namespace) -> int:
 
 
 def _check_sampler(objective: str, sampler: str) -> None:
-    from ccua.diffusion.sampling import SAMPLERS
+    from ccua.diffusion import OBJECTIVES
 
-    fits = SAMPLERS[objective]
+    fits = OBJECTIVES[objective].samplers
     if sampler not in fits:
         raise ConfigError(f"sampler {sampler!r} does not fit the {objective} objective (use one of: {', '.join(fits)})")
 

@@ -262,7 +262,7 @@ def tail_samples(run_dir: Path, num_seeds: int, guidance: float, device: str | N
     """uint8 [tail classes * num_seeds, H, W, C] and column labels: every run's tail classes, drawn
     from the same initial noise (sample i of the stream) in every run."""
     from ccua.data import class_groups, to_uint8
-    from ccua.sampling import LoadedModel
+    from ccua.generate import LoadedModel
     from ccua.training.distributed import default_device
 
     loaded = LoadedModel(run_dir, device=default_device(device))

@@ -40,7 +40,7 @@ def feature_weights_path(features: str, path: str | None, data: DataConfig,
 
 def _sample_file(path: Path) -> Path | None:
     """The sample .npz a target names: the file itself, or a sample folder's images.npz."""
-    from ccua.sampling import SAMPLE_FILE
+    from ccua.generate import SAMPLE_FILE
 
     if path.suffix.lower() == ".npz":
         return path
@@ -56,7 +56,7 @@ def load_samples(path: str | Path) -> tuple[np.ndarray, np.ndarray | None, dict[
     The provenance is the folder's sample_info.json when it describes this file (it names the
     file it was written with), else empty.
     """
-    from ccua.sampling import SAMPLE_FILE, load_sample_file
+    from ccua.generate import SAMPLE_FILE, load_sample_file
 
     path = Path(path)
     npz = _sample_file(path) or path / SAMPLE_FILE
@@ -89,7 +89,7 @@ def _training_counts(info: dict[str, Any], data: DataConfig) -> tuple[list[int] 
 def _sample_run(target: Path, out_dir: str | Path | None, per_class: int, seed: int, use_ema: bool,
                 device: str | None, overrides: dict[str, Any]) -> tuple[Path, Path]:
     """Sample a run folder or checkpoint into ``out/samples``; returns (the .npz, out)."""
-    from ccua.sampling import SAMPLE_FILE, LoadedModel, sample_to_folder
+    from ccua.generate import SAMPLE_FILE, LoadedModel, sample_to_folder
     from ccua.training.distributed import default_device
 
     loaded = LoadedModel(target, use_ema=use_ema, device=default_device(device))
@@ -156,7 +156,7 @@ def evaluate_target(target: str | Path, out_dir: str | Path | None = None, *, fe
     target = Path(target)
     npz = _sample_file(target)
     if npz is not None:
-        from ccua.sampling import SAMPLE_FILE
+        from ccua.generate import SAMPLE_FILE
 
         # Each sample file gets its own metrics folder, so two files of one folder never share one.
         out = Path(out_dir) if out_dir else npz.parent / ("eval" if npz.name == SAMPLE_FILE else f"eval_{npz.stem}")

@@ -10,7 +10,7 @@ from ccua.config import DataConfig
 from ccua.data.dataset import LongTailDataset, to_model_range, to_uint8
 from ccua.data.longtail import (balanced_class_probabilities, class_groups, class_label, classes_head_to_tail,
                                 count_groups, longtail_counts, longtail_indices)
-from ccua.data.sampler import ResumableBatchSampler
+from ccua.data.batches import ResumableBatchSampler
 from ccua.data.sources import ArraySource, DataError, FolderSource, ImageSource, load_source
 
 log = logging.getLogger(__name__)

@@ -3,10 +3,17 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Callable, ClassVar
 
 import torch
 from torch import Tensor
+
+from ccua.config import SampleConfig
+
+# A prediction function: (x_t, model time [B]) -> the objective's prediction, guidance applied.
+PredictFn = Callable[[Tensor, Tensor], Tensor]
+# How a sampler runs from a SampleConfig: (objective, predict, initial noise, settings, progress) -> data.
+SamplerFn = Callable[..., Tensor]
 
 
 @dataclass
@@ -25,16 +32,36 @@ class NoisedBatch:
     target: Tensor
 
 
-class Objective(Protocol):
-    """A diffusion objective: how x_t and the regression target are built."""
+class Objective:
+    """A diffusion objective: how x_t and the regression target are built, and its samplers.
 
-    name: str
+    ``samplers`` maps each ``sample.sampler`` name the objective offers to the function that runs
+    it with the settings of a :class:`SampleConfig`; it is the one list of valid samplers.
+    """
+
+    name: ClassVar[str] = "objective"
+    samplers: ClassVar[dict[str, SamplerFn]] = {}
 
     def noise_batch(self, x0: Tensor) -> NoisedBatch:
         """Draw times and noise (from torch's global generator) and build x_t and the target."""
+        raise NotImplementedError
 
     def model_time(self, s: Tensor) -> Tensor:
         """The network's time input for a noise level s."""
+        raise NotImplementedError
+
+    def sample(self, predict: PredictFn, noise: Tensor, settings: SampleConfig, progress: bool = False) -> Tensor:
+        """Run the sampler ``settings.sampler`` from the initial ``noise`` to data.
+
+        ``predict(x, t)`` takes this objective's model time and returns its prediction (epsilon
+        for DDPM, velocity for flow) with guidance already applied (:func:`guided_prediction`).
+        ValueError for a sampler this objective does not offer.
+        """
+        run = self.samplers.get(settings.sampler)
+        if run is None:
+            raise ValueError(f"sampler {settings.sampler!r} does not fit the {self.name} objective "
+                             f"(valid: {', '.join(self.samplers)})")
+        return run(self, predict, noise, settings, progress)
 
 
 def per_sample_mse(pred: Tensor, target: Tensor) -> Tensor:

@@ -24,13 +24,13 @@ from tqdm.auto import tqdm
 
 from ccua.config import Config, ConfigError, config_from_dict, parse_yaml, save_config
 from ccua.data import build_training_set
-from ccua.data.sampler import ResumableBatchSampler, batch_generator_seed, seed_everything
+from ccua.data.batches import ResumableBatchSampler, batch_generator_seed, seed_everything
 from ccua.diffusion import build_objective
 from ccua.images import save_grid
 from ccua.methods import build_methods
 from ccua.models import build_model
 from ccua.data.dataset import to_uint8
-from ccua.sampling import generate, grid_labels, vae_decoder
+from ccua.generate import generate, grid_labels, vae_decoder
 from ccua.training.checkpoint import (RESUME_KEYS, CheckpointError, list_checkpoints, load_checkpoint,
                                      preserved_rng, remove_stale_temporaries, rng_state, save_checkpoint,
                                      set_rng_state)
@@ -204,13 +204,13 @@ class Trainer:
             log.info("resumed %s at step %d", path, self.step)
 
     def _loader(self) -> DataLoader:
-        sampler = ResumableBatchSampler(
+        batches = ResumableBatchSampler(
             self.dataset.labels, self.dataset.num_classes, self.config.train.batch_size, seed=self.config.train.seed,
             rank=self.dist.rank, world_size=self.dist.world_size, start_step=self.step,
             balanced_rho=self.config.data.balanced_resampling)
         # A private generator: DataLoader would otherwise draw its worker seed from the global RNG,
         # which would make a resumed run diverge from an uninterrupted one.
-        return DataLoader(self.dataset, batch_sampler=sampler, num_workers=self.config.data.num_workers,
+        return DataLoader(self.dataset, batch_sampler=batches, num_workers=self.config.data.num_workers,
                           generator=torch.Generator().manual_seed(self.config.train.seed),
                           persistent_workers=self.config.data.num_workers > 0)
 

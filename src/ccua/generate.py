@@ -1,4 +1,5 @@
-"""Drawing samples from a trained model and writing them out (PNGs, .npz, grids, provenance)."""
+"""Generating sample sets: a trained model loaded from its checkpoint, samples drawn with its
+objective's sampler, and written out (PNGs, the .npz of DiT/ADM's evaluation suite, grids, provenance)."""
 
 from __future__ import annotations
 
@@ -50,8 +51,6 @@ def generate(model: nn.Module, objective, labels: Tensor, data_shape: tuple[int,
     Sampling runs in batches of ``sample.batch_size``; noise of sample i depends only on (seed, i).
     ``decode`` maps latents to pixels (latent models).
     """
-    from ccua.diffusion.sampling import sample_with_objective
-
     model.eval()
     null_label = model.null_label
     outputs = []
@@ -64,9 +63,7 @@ def generate(model: nn.Module, objective, labels: Tensor, data_shape: tuple[int,
         def predict(x: Tensor, t: Tensor, y=y) -> Tensor:
             return guided_prediction(model, x, t, y, sample.guidance, null_label, sample.guidance_channels)
 
-        x = sample_with_objective(objective, predict, noise, sample.sampler, steps=sample.steps, eta=sample.eta,
-                                  atol=sample.atol, rtol=sample.rtol, progress=progress and len(batches) == 1,
-                                  clip_x0=sample.clip_x0, ddpm_variance=sample.ddpm_variance)
+        x = objective.sample(predict, noise, sample, progress=progress and len(batches) == 1)
         outputs.append(decode(x) if decode is not None else x)
     return torch.cat(outputs).cpu()
 
