@@ -2,6 +2,7 @@
 
 import pytest
 
+from ccua.build import load_checked_config
 from ccua.config import ConfigError, load_config, parse_overrides, preset_names
 
 
@@ -10,7 +11,7 @@ def test_presets_resolve():
     for required in ("fashion_mnist_lt", "mnist_lt", "cifar10_lt", "cifar100_lt", "tinyimagenet_lt"):
         assert required in names
     for name in names:
-        load_config(name)
+        load_checked_config(name)
     cifar = load_config("cifar10_lt")
     assert (cifar.model.ch, cifar.model.ch_mult, cifar.model.attn_resolutions) == (128, [1, 2, 2, 2], [16])
     assert cifar.method.ccua.alpha == cifar.method.ccua.gamma == 1.0 and cifar.data.hflip
@@ -46,7 +47,7 @@ def test_yaml_file(tmp_path):
 ])
 def test_bad_settings_name_the_fix(override, message):
     with pytest.raises(ConfigError, match=message):
-        load_config("fashion_mnist_lt", override.split())
+        load_checked_config("fashion_mnist_lt", override.split())
 
 
 def test_unknown_preset_lists_the_presets():

@@ -6,10 +6,11 @@ import pytest
 import torch
 
 from ccua.config import CCUAConfig, ModelConfig, load_config
-from ccua.diffusion import Flow, build_objective
+from ccua.build import build_objective
+from ccua.diffusion import Flow
 from ccua.methods.base import PassOutputs, StepContext
 from ccua.methods.ccua import CCUA, ucl_loss
-from ccua.models import build_model
+from ccua.build import build_model
 from ccua.models.dit import DIT_SIZES, DiT, encoder_blocks, resolve_dit_size
 
 

@@ -17,7 +17,8 @@ import torch
 
 from ccua.config import DiffusionConfig
 from ccua.config import SampleConfig
-from ccua.diffusion import DDPM, Flow, build_objective, guided_prediction
+from ccua.build import build_objective
+from ccua.diffusion import DDPM, Flow, guided_prediction
 from ccua.models.dit import DiT
 
 MU, SIGMA = 1.5, 0.5

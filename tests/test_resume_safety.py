@@ -17,9 +17,9 @@ import yaml
 
 from ccua.config import ConfigError, config_from_dict
 from ccua.training import train
-from ccua.training import checkpoint as checkpoint_module
-from ccua.training.checkpoint import CheckpointError, list_checkpoints, load_checkpoint, save_checkpoint
-from ccua.training.runs import claim_run_dir, resume_candidates
+from ccua import checkpoint as checkpoint_module
+from ccua.checkpoint import CheckpointError, list_checkpoints, load_checkpoint, save_checkpoint
+from ccua.runs import claim_run_dir, resume_candidates
 from tests.conftest import tiny_config_dict
 
 STEPS = {"steps": 6, "ckpt_every": 3, "log_every": 1}

@@ -12,7 +12,7 @@ from ccua.config import ConfigError, config_from_dict
 from ccua.methods import METHODS
 from ccua.methods.base import Method
 from ccua.training import Trainer, TrainingDiverged, train
-from ccua.training.checkpoint import list_checkpoints, load_checkpoint
+from ccua.checkpoint import list_checkpoints, load_checkpoint
 from ccua.training.distributed import cleanup
 from tests.conftest import tiny_config_dict
 

@@ -26,16 +26,14 @@ from typing import Any
 import torch
 import yaml
 
-from ccua.config import Config, ConfigError, load_config
+from ccua.build import load_checked_config
+from ccua.checkpoint import list_checkpoints, load_checkpoint
+from ccua.config import Config, ConfigError
+from ccua.data import SPLITS
 from ccua.jobs import Job, JobsFailed, run_jobs
-from ccua.training.checkpoint import list_checkpoints, load_checkpoint
+from ccua.methods import METHODS
 
 log = logging.getLogger(__name__)
-
-#: published sampling guidance (eps_c + w (eps_c - eps_u)) where the preset does not set its own
-PUBLISHED_GUIDANCE = {"cbdm": 1.6, "oclt": 1.5}
-REFERENCES = ("train", "test")
-
 
 @dataclass
 class Variant:
@@ -79,9 +77,9 @@ class CompareSettings:
         names = [v.name for v in self.variants]
         if len(set(names)) != len(names):
             raise ConfigError(f"variant names must be unique, got {names}")
-        bad = [r for r in self.references if r not in REFERENCES]
+        bad = [r for r in self.references if r not in SPLITS]
         if bad or not self.references:
-            raise ConfigError(f"references must be a non-empty list of {REFERENCES}, got {self.references}")
+            raise ConfigError(f"references must be a non-empty list of {SPLITS}, got {self.references}")
         if self.baseline is not None and self.baseline not in names:
             raise ConfigError(f"baseline {self.baseline!r} is not one of the variants {names}")
         if self.jobs < 1 or self.per_class < 1 or self.proxy_per_class < 1:
@@ -161,9 +159,11 @@ def variant_config(settings: CompareSettings, variant: Variant, seed: int) -> Co
         overrides.append(f"train.steps={settings.steps}")
     if settings.jobs > 1:
         overrides.append("train.progress=false")  # side-by-side bars would interleave
-    config = load_config(settings.preset, overrides)
+    config = load_checked_config(settings.preset, overrides)
     chose_guidance = any(o.startswith("sample.guidance=") for o in settings.overrides + variant.overrides)
-    published = [PUBLISHED_GUIDANCE[n] for n in config.method.names if n in PUBLISHED_GUIDANCE]
+    # the guidance a method's authors evaluate with, where the preset does not set its own
+    published = [METHODS[n].published_guidance for n in config.method.names
+                 if n in METHODS and METHODS[n].published_guidance is not None]
     if settings.guidance is not None:
         config.sample.guidance = settings.guidance
     elif published and not chose_guidance:
@@ -263,7 +263,7 @@ def tail_samples(run_dir: Path, num_seeds: int, guidance: float, device: str | N
     from the same initial noise (sample i of the stream) in every run."""
     from ccua.data import class_groups, to_uint8
     from ccua.generate import LoadedModel
-    from ccua.training.distributed import default_device
+    from ccua.devices import default_device
 
     loaded = LoadedModel(run_dir, device=default_device(device))
     tail = class_groups(len(loaded.class_counts), loaded.class_counts)["tail"]

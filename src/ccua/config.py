@@ -1,7 +1,9 @@
 """Configuration: nested dataclasses, YAML presets and dotted command-line overrides.
 
 Every setting lives here with its default, so a run folder's ``config.yaml`` is the complete
-record of what was trained. Unknown keys are rejected with the list of valid ones.
+record of what was trained. This module is data only: unknown keys (with the list of valid ones),
+types and numeric ranges are checked here; whether a name exists (a data set, a method, a
+sampler, ...) is asked of its registry by :func:`ccua.build.check_config`.
 """
 
 from __future__ import annotations
@@ -293,10 +295,12 @@ def with_defaults(values: dict[str, Any] | None) -> dict[str, Any]:
 
 
 def config_from_dict(values: dict[str, Any]) -> Config:
-    """Build and validate a :class:`Config` from a (possibly partial) nested mapping."""
+    """A :class:`Config` from a (possibly partial) nested mapping: keys, types and ranges checked."""
     merged = with_defaults(values)
     config = _build(Config, merged)
-    validate(config)
+    problem = next(_range_problems(config), None)
+    if problem is not None:
+        raise ConfigError(problem)
     return config
 
 
@@ -394,7 +398,8 @@ def parse_overrides(overrides: list[str]) -> dict[str, Any]:
 
 
 def load_config(preset_or_path: str | None = None, overrides: list[str] | None = None) -> Config:
-    """Load a preset (by name) or a YAML file, then apply dotted overrides."""
+    """Load a preset (by name) or a YAML file, then apply dotted overrides (keys, types and ranges
+    checked; :func:`ccua.build.load_checked_config` also asks the registries)."""
     values = _read_yaml(preset_or_path) if preset_or_path else {}
     values = _merge(values, parse_overrides(overrides or []))
     return config_from_dict(values)
@@ -402,37 +407,6 @@ def load_config(preset_or_path: str | None = None, overrides: list[str] | None =
 
 def save_config(config: Config, path: str | Path) -> None:
     Path(path).write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
-
-
-def validate(config: Config) -> None:
-    """Reject settings that cannot work, before anything is loaded or trained."""
-    from ccua.methods import check_combination  # local import: methods import config
-
-    choices = {
-        "data.name": (config.data.name, ("fashion_mnist", "mnist", "cifar10", "cifar100", "image_folder", "latents")),
-        "model.arch": (config.model.arch, ("unet", "dit")),
-        "diffusion.objective": (config.diffusion.objective, ("ddpm", "flow")),
-        "diffusion.label_drop_mode": (config.diffusion.label_drop_mode, ("sample", "batch")),
-        "train.optimizer": (config.train.optimizer, ("adam", "adamw")),
-        "sample.sampler": (config.sample.sampler, ("ddim", "ddpm", "euler", "heun", "dopri5", "sde")),
-        "sample.ddpm_variance": (config.sample.ddpm_variance, ("large", "posterior")),
-        "method.ccua.weighting": (config.method.ccua.weighting, ("noise_level", "flow_time", "none")),
-        "method.cbdm.prior": (config.method.cbdm.prior, ("empirical", "uniform")),
-        "method.oclt.mode": (config.method.oclt.mode, ("t2h",)),
-        "method.supcon.weighting": (config.method.supcon.weighting, ("noise_level", "flow_time", "none")),
-    }
-    for key, (value, valid) in choices.items():
-        if value not in valid:
-            raise ConfigError(f"{key}={value!r} is not one of: {', '.join(valid)}")
-    try:
-        check_combination(list(config.method.names), config.diffusion.objective)
-    except ValueError as error:
-        raise ConfigError(f"method.names={config.method.names}: {error}") from None
-    problem = next(_range_problems(config), None)
-    if problem is not None:
-        raise ConfigError(problem)
-    _check_sampling(config)
-    _check_shapes(config)
 
 
 def _range_problems(config: Config) -> Iterator[str]:
@@ -501,33 +475,3 @@ def _range_problems(config: Config) -> Iterator[str]:
     if not 0 < ccua.uncond_fraction <= ccua.ucl_fraction <= 1:
         yield (f"method.ccua needs 0 < uncond_fraction <= ucl_fraction <= 1, got "
                f"uncond_fraction={ccua.uncond_fraction}, ucl_fraction={ccua.ucl_fraction}")
-
-
-def _check_sampling(config: Config) -> None:
-    """The sampler and its options fit the objective and the data."""
-    sample, objective = config.sample, config.diffusion.objective
-    if objective == "ddpm" and sample.sampler not in ("ddim", "ddpm"):
-        raise ConfigError(f"sampler {sample.sampler!r} is for the flow objective; use ddim or ddpm")
-    if objective == "flow" and sample.sampler in ("ddim", "ddpm"):
-        raise ConfigError(f"sampler {sample.sampler!r} is for the ddpm objective; use euler, heun, dopri5 or sde")
-    if objective == "ddpm" and sample.sampler == "ddim" and sample.steps > config.diffusion.timesteps:
-        raise ConfigError(f"sample.steps={sample.steps} exceeds diffusion.timesteps={config.diffusion.timesteps}")
-    if sample.clip_x0 and (objective != "ddpm" or config.data.name == "latents"):
-        raise ConfigError("sample.clip_x0=true clips x0 to the pixel range [-1, 1]: it needs the ddpm objective "
-                          "on pixel data (latents are not bounded)")
-
-
-def _check_shapes(config: Config) -> None:
-    """Model settings that do not fit the data resolution (checked before any data is read)."""
-    model, resolution = config.model, config.data.resolution
-    if model.arch == "unet":
-        factor = 2 ** (len(model.ch_mult) - 1)
-        if resolution % factor:
-            raise ConfigError(f"data.resolution={resolution} must be divisible by {factor}: the U-Net halves it "
-                              f"{len(model.ch_mult) - 1} times (model.ch_mult={model.ch_mult})")
-    elif model.dit_size is None:
-        if resolution % model.patch_size:
-            raise ConfigError(f"data.resolution={resolution} is not divisible by model.patch_size={model.patch_size}")
-        if model.hidden_size % model.num_heads or model.hidden_size % 4:
-            raise ConfigError(f"model.hidden_size={model.hidden_size} must be divisible by 4 (position embedding) "
-                              f"and by model.num_heads={model.num_heads}")

@@ -8,7 +8,7 @@ from typing import Callable, ClassVar
 import torch
 from torch import Tensor
 
-from ccua.config import SampleConfig
+from ccua.config import DiffusionConfig, SampleConfig
 
 # A prediction function: (x_t, model time [B]) -> the objective's prediction, guidance applied.
 PredictFn = Callable[[Tensor, Tensor], Tensor]
@@ -41,6 +41,11 @@ class Objective:
 
     name: ClassVar[str] = "objective"
     samplers: ClassVar[dict[str, SamplerFn]] = {}
+
+    @classmethod
+    def from_config(cls, config: DiffusionConfig) -> "Objective":
+        """The objective of the ``diffusion`` settings (those it uses)."""
+        return cls()
 
     def noise_batch(self, x0: Tensor) -> NoisedBatch:
         """Draw times and noise (from torch's global generator) and build x_t and the target."""
@@ -89,3 +94,21 @@ def guided_prediction(model, x: Tensor, t: Tensor, y: Tensor, guidance: float,
     if channels is not None:
         guided = torch.cat([guided[:, :channels], cond[:, channels:]], dim=1)
     return guided
+
+
+#: ``diffusion.label_drop_mode``: one coin per image, or one for the whole batch
+LABEL_DROP_MODES = ("sample", "batch")
+
+
+def drop_labels(labels: Tensor, null_label: int, prob: float, mode: str) -> tuple[Tensor, Tensor]:
+    """Classifier-free guidance training: replace labels by the null class with probability ``prob``.
+
+    mode "sample": one coin per image (SiT); "batch": one coin for the whole batch (released U-Net code).
+    """
+    if mode == "sample":
+        dropped = torch.rand(labels.shape[0], device=labels.device) < prob
+    elif mode == "batch":
+        dropped = (torch.rand((), device=labels.device) < prob).expand(labels.shape[0]).clone()
+    else:
+        raise ValueError(f"unknown label drop mode {mode!r} (valid: {', '.join(LABEL_DROP_MODES)})")
+    return torch.where(dropped, torch.full_like(labels, null_label), labels), dropped

@@ -6,7 +6,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from ccua.config import SampleConfig
+from ccua.config import DiffusionConfig, SampleConfig
 from ccua.diffusion.base import NoisedBatch, Objective, PredictFn, expand_like
 
 #: the ancestral sampler's noise variance: beta_t (released, default) or the posterior's beta-tilde_t
@@ -23,6 +23,11 @@ class DDPM(Objective):
         betas = torch.linspace(beta_start, beta_end, timesteps, dtype=torch.float64)
         self.betas = betas
         self.alphas_cumprod = torch.cumprod(1.0 - betas, dim=0)
+
+    @classmethod
+    def from_config(cls, config: DiffusionConfig) -> "DDPM":
+        """T steps of the linear schedule from ``beta_start`` to ``beta_end``."""
+        return cls(config.timesteps, config.beta_start, config.beta_end)
 
     def alpha_bar(self, t: Tensor) -> Tensor:
         """alphabar_t for integer timesteps t (float32, on t's device)."""

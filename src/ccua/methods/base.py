@@ -9,7 +9,7 @@ No method calls the network itself, so passes are shared and batched.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 from torch import Tensor
 
@@ -59,6 +59,10 @@ class Method:
     passes: tuple[str, ...] = ()
     #: the smallest per-process batch for which the method's loss is defined
     min_batch: int = 1
+    #: settings (of the method's config section) with a fixed set of valid values: name -> values
+    choices: ClassVar[dict[str, tuple[str, ...]]] = {}
+    #: the sampling guidance w (eps_c + w (eps_c - eps_u)) its authors evaluate with; None: none published
+    published_guidance: ClassVar[float | None] = None
 
     def prepare(self, context: StepContext) -> None:
         """Called after noising, before the forward pass. Default: nothing."""

@@ -56,6 +56,8 @@ class CBDM(Method):
     name = "cbdm"
     passes = ("other",)
     min_batch = 1  # a per-sample loss: defined for any batch size
+    choices = {"prior": PRIORS}
+    published_guidance = 1.6  # CBDM-pytorch's README evaluates CBDM models with omega 1.6
 
     def __init__(self, config: CBDMConfig | None = None):
         self.config = config if config is not None else CBDMConfig()

@@ -105,6 +105,10 @@ def subset_ucl_loss(h: Tensor, temperature: float, weight: Tensor, probabilities
     return per_anchor.sum() / batch_size
 
 
+#: the per-sample weights :func:`noise_weight` knows (``method.ccua.weighting``, ``method.supcon.weighting``)
+WEIGHTINGS = ("noise_level", "flow_time", "none")
+
+
 def noise_weight(s: Tensor, weighting: str) -> Tensor:
     """Per-sample weight from the noise level s (1 = pure noise).
 
@@ -117,7 +121,7 @@ def noise_weight(s: Tensor, weighting: str) -> Tensor:
         return 1.0 - s.float()
     if weighting == "none":
         return torch.ones_like(s, dtype=torch.float32)
-    raise ValueError(f"unknown weighting {weighting!r}")
+    raise ValueError(f"unknown weighting {weighting!r} (valid: {', '.join(WEIGHTINGS)})")
 
 
 class CCUA(Method):
@@ -132,6 +136,7 @@ class CCUA(Method):
     name = "ccua"
     passes = ("uncond",)
     min_batch = 2
+    choices = {"weighting": WEIGHTINGS}
 
     def __init__(self, config: CCUAConfig):
         self.config = config

@@ -20,9 +20,7 @@ from torch import Tensor
 
 from ccua.config import SupConConfig
 from ccua.methods.base import Method, PassOutputs, StepContext
-from ccua.methods.ccua import noise_weight
-
-WEIGHTINGS = ("noise_level", "flow_time", "none")
+from ccua.methods.ccua import WEIGHTINGS, noise_weight
 
 
 def supcon_loss(h: Tensor, labels: Tensor, temperature: float = 0.1, weight: Tensor | None = None) -> Tensor:
@@ -49,6 +47,7 @@ class SupCon(Method):
     name = "supcon"
     passes = ("uncond",)
     min_batch = 2
+    choices = {"weighting": WEIGHTINGS}
 
     def __init__(self, config: SupConConfig | None = None):
         self.config = config if config is not None else SupConConfig()

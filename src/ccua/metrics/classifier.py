@@ -21,8 +21,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from ccua.metrics.features import DatasetImages, FeatureNet, default_device, to_uint8_nchw
-from ccua.metrics.inception import file_sha256
+from ccua.devices import default_device
+from ccua.images import to_uint8_nchw
+from ccua.metrics.features import DatasetImages, FeatureNet
+from ccua.metrics.weights import file_sha256
 
 logger = logging.getLogger(__name__)
 

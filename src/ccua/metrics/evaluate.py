@@ -19,16 +19,14 @@ import numpy as np
 import torch
 
 from ccua.data import describe_reference
-from ccua.data.longtail import class_groups, count_groups
-from ccua.metrics.features import FeatureNet, convert_channels, resize_uint8, to_uint8_nchw
+from ccua.data.longtail import GROUP_MODES, class_groups, count_groups
+from ccua.images import convert_channels, resize_uint8, to_uint8_nchw
+from ccua.metrics.features import FeatureNet
 from ccua.metrics.reference import Reference, reference_features
 from ccua.metrics.scores import (GaussianStats, class_accuracy, fid_from_features, frechet_distance, inception_score,
                                  kid, precision_recall)
 
 logger = logging.getLogger(__name__)
-
-GROUP_MODES = ("thirds", "counts")
-
 
 def _match_reference(images: torch.Tensor, shape: tuple[int, int, int], warnings: list[str]) -> torch.Tensor:
     """Bring generated images to the reference's channels and size, saying what was changed."""

@@ -9,7 +9,8 @@ from typing import Any
 import numpy as np
 
 from ccua.metrics.evaluate import _match_reference
-from ccua.metrics.features import FeatureNet, to_uint8_nchw
+from ccua.images import to_uint8_nchw
+from ccua.metrics.features import FeatureNet
 from ccua.metrics.reference import Reference, reference_features
 from ccua.metrics.scores import fid_from_features
 

@@ -98,6 +98,13 @@ class UNetContext:
 class UNet(nn.Module):
     """Class-conditional DDPM U-Net. Label ``num_classes`` is the learned null class."""
 
+    @classmethod
+    def from_config(cls, config, in_channels: int, num_classes: int, resolution: int) -> "UNet":
+        """The U-Net of the model settings ``config`` for data of the given shape and class count."""
+        return cls(in_channels=in_channels, num_classes=num_classes, resolution=resolution, ch=config.ch,
+                   ch_mult=tuple(config.ch_mult), attn_resolutions=tuple(config.attn_resolutions),
+                   num_res_blocks=config.num_res_blocks, dropout=config.dropout)
+
     def __init__(self, in_channels: int, num_classes: int, resolution: int, ch: int = 128,
                  ch_mult: tuple[int, ...] = (1, 2, 2, 2), attn_resolutions: tuple[int, ...] = (16,),
                  num_res_blocks: int = 2, dropout: float = 0.1):

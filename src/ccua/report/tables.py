@@ -66,18 +66,23 @@ def load_runs(inputs: list[str | Path], names: list[str] | None = None) -> list[
     return runs
 
 
+#: which runs are seeds of one setting, by name: -> the key two runs of one setting share (None: no group)
+SEED_GROUPINGS: dict[str, Callable[[str], str | None]] = {
+    "name": lambda name: name,  # the same name
+    "strip_seed": lambda name: _SEED_SUFFIX.sub("", name) or name,  # the same up to a tag such as -seed1 / _s2
+    "none": lambda name: None,  # never
+}
+
+
 def group_key(name: str, seeds_grouping: str | Callable[[str], str]) -> str | None:
-    """Which runs are seeds of one setting: same name ("name"), same name without a trailing
-    seed tag such as -seed1 / _s2 ("strip_seed"), a callable name -> key, or never ("none")."""
+    """The key of run ``name`` under ``seeds_grouping``: a :data:`SEED_GROUPINGS` name or a callable
+    name -> key; runs with the same key are seeds of one setting."""
     if callable(seeds_grouping):
         return seeds_grouping(name)
-    if seeds_grouping == "name":
-        return name
-    if seeds_grouping == "strip_seed":
-        return _SEED_SUFFIX.sub("", name) or name
-    if seeds_grouping == "none":
-        return None
-    raise ValueError(f"seeds_grouping must be 'name', 'strip_seed', 'none' or a callable, got {seeds_grouping!r}")
+    if seeds_grouping not in SEED_GROUPINGS:
+        raise ValueError(f"seeds_grouping must be one of {', '.join(map(repr, SEED_GROUPINGS))} or a callable, "
+                         f"got {seeds_grouping!r}")
+    return SEED_GROUPINGS[seeds_grouping](name)
 
 
 def group_names(runs: list[Run]) -> list[str]:

@@ -1,5 +1,5 @@
-"""Run folders: claiming a new one, finding the checkpoint to resume, which settings a resume may
-change, and what a resume records.
+"""Run folders: claiming a new one, finding a run's checkpoints (to sample or evaluate it, or to
+resume it), which settings a resume may change, and what a resume records.
 
 A run folder is ``out_dir/NNN-<name>`` with ``<name>`` the run name made safe for a file name.
 ``config.yaml`` holds the settings the run was started with and is never rewritten; every resume
@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 from ccua.config import Config, ConfigError, with_defaults
-from ccua.training.checkpoint import list_checkpoints
+from ccua.checkpoint import list_checkpoints
 
 log = logging.getLogger(__name__)
 
@@ -109,6 +109,26 @@ def resume_candidates(resume: str, out_dir: str | Path, name: str) -> tuple[list
     if not path.is_file():
         raise FileNotFoundError(f"--resume {resume}: no such run folder or checkpoint")
     return [path], False
+
+
+def resolve_checkpoint(run_or_checkpoint: str | Path) -> Path:
+    """A checkpoint file as given, or the newest checkpoint of a run folder (in its ``checkpoints/``,
+    or directly in the folder given)."""
+    path = Path(run_or_checkpoint)
+    if path.is_file():
+        return path
+    if path.is_dir():
+        found = list_checkpoints(path / "checkpoints") or list_checkpoints(path)
+        if found:
+            return found[-1]
+        raise FileNotFoundError(f"no checkpoint in run folder {path}")
+    raise FileNotFoundError(f"{path} is neither a run folder nor a checkpoint file")
+
+
+def run_folder_of(checkpoint: Path) -> Path:
+    """The run folder a checkpoint belongs to (the parent of its ``checkpoints/`` folder)."""
+    parent = checkpoint.parent
+    return parent.parent if parent.name == "checkpoints" else parent
 
 
 def _flatten(values: dict, prefix: str = "") -> dict[str, object]:
