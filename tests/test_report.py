@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ccua.metrics import RandomFeatureNet, Reference, evaluate, write_metrics
-from ccua.report import find_metrics_file, make_report, tail_grid
+from ccua.metrics import RandomFeatureNet, Reference, evaluate
+from ccua.report import find_metrics_file, make_report, tail_grid, write_metrics
 from ccua.report.tables import group_key
 
 

@@ -195,8 +195,7 @@ def cmd_data_encode(argv: list[str]) -> int:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from ccua.evaluation import evaluate_target
-    from ccua.metrics import format_table
-    from ccua.metrics.evaluate import copies_table
+    from ccua.report import copies_table, format_table
 
     data = None
     if args.data or args.overrides:

@@ -132,7 +132,7 @@ def evaluate_target(target: str | Path, out_dir: str | Path | None = None, *, fe
     ``memorisation``: also measure near-copies of the (long-tailed) training images per group.
     Returns the metrics and the folder holding metrics.json and metrics.md.
     """
-    from ccua.metrics import write_metrics
+    from ccua.report import write_metrics
 
     options = _Options(features, feature_path, bf16, allow_download, device, Path(cache_dir), reference_split,
                        group_mode, per_class_metrics, max_reference, seed, memorisation)

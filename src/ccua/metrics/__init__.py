@@ -21,7 +21,7 @@ from typing import Any, Callable
 import torch
 
 from ccua.metrics.classifier import ClassifierFeatureNet, SmallCNN, train_classifier
-from ccua.metrics.evaluate import evaluate, evaluate_against_stats, format_table, library_versions, load_metrics, write_metrics
+from ccua.metrics.evaluate import evaluate, evaluate_against_stats
 from ccua.metrics.features import FeatureNet, RandomFeatureNet
 from ccua.metrics.inception import (PREPROCESS, FIDInceptionV3, InceptionFeatureNet, InceptionWeightsError,
                                     find_inception_weights, state_dict_from_torchscript)
@@ -74,7 +74,7 @@ __all__ = [
     "FEATURE_NETS", "PREPROCESS", "ClassifierFeatureNet", "FIDInceptionV3", "FeatureNet", "FrechetResult",
     "GaussianStats", "InceptionFeatureNet", "InceptionWeightsError", "ProxyFID", "RandomFeatureNet", "Reference",
     "ReferenceFeatures", "SmallCNN", "build_feature_net", "class_accuracy", "evaluate", "evaluate_against_stats",
-    "fid_from_features", "find_inception_weights", "format_table", "frechet_distance", "inception_score", "kid",
-    "library_versions", "load_metrics", "load_reference_stats", "precision_recall", "reference_features",
-    "reference_key", "state_dict_from_torchscript", "stratified_subset", "train_classifier", "write_metrics",
+    "fid_from_features", "find_inception_weights", "frechet_distance", "inception_score", "kid",
+    "load_reference_stats", "precision_recall", "reference_features", "reference_key", "state_dict_from_torchscript",
+    "stratified_subset", "train_classifier",
 ]

@@ -10,7 +10,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from ccua.metrics.evaluate import load_metrics
+from ccua.report.markdown import markdown
+from ccua.report.metrics_files import load_metrics
 from ccua.report.stats import PairedDifference, paired_difference
 
 logger = logging.getLogger(__name__)
@@ -153,7 +154,7 @@ def paired_rows(rows: list[dict[str, Any]], keys: list[str | None], baseline: st
 def paired_markdown(differences: dict[str, dict[str, PairedDifference | None]], columns: list[str]) -> str:
     """One row per metric, one column per setting: mean difference [interval], or the verdict."""
     names = list(differences)
-    lines = ["| metric | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
+    rows = []
     for column in columns:
         cells = []
         for name in names:
@@ -161,8 +162,8 @@ def paired_markdown(differences: dict[str, dict[str, PairedDifference | None]], 
             digits = 5 if column.startswith("kid") else 3 if abs(diff.mean if diff else 0) < 10 else 2
             cells.append("-" if diff is None else diff.describe(digits))
         if any(cell != "-" for cell in cells):
-            lines.append(f"| {column} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+            rows.append([column] + cells)
+    return markdown(["metric"] + names, rows)
 
 
 def summary_rows(rows: list[dict[str, Any]], keys: list[str | None], columns: list[str]) -> list[dict[str, Any]]:
@@ -215,22 +216,18 @@ def _cell(value: Any, column: str) -> str:
 
 
 def markdown_table(rows: list[dict[str, Any]], columns: list[str]) -> str:
-    lines = ["| " + " | ".join(columns) + " |", "|" + "|".join("---" for _ in columns) + "|"]
-    for row in rows:
-        lines.append("| " + " | ".join(_cell(row.get(c), c) for c in columns) + " |")
-    return "\n".join(lines)
+    return markdown(columns, [[_cell(row.get(c), c) for c in columns] for row in rows])
 
 
 def summary_markdown(summary: list[dict[str, Any]], columns: list[str]) -> str:
-    header = ["name", "n_runs"] + columns
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    rows = []
     for row in summary:
         cells = [row["name"], str(row["n_runs"])]
         for column in columns:
             mean, std = row[f"{column}_mean"], row[f"{column}_std"]
             cells.append("-" if mean is None else _cell(mean, column) + ("" if std is None else f" ± {_cell(std, column)}"))
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+        rows.append(cells)
+    return markdown(["name", "n_runs"] + columns, rows)
 
 
 def comparability_notes(runs: list[Run]) -> list[str]:
