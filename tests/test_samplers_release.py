@@ -130,8 +130,8 @@ def test_attention_sits_at_the_released_level_index():
     for preset, resolution in [("cifar10_lt", 32), ("tinyimagenet_lt", 64)]:
         config = load_config(preset)
         assert config.data.resolution == resolution
-        levels = [resolution // 2**i for i in range(len(config.model.ch_mult))]
-        assert config.model.attn_resolutions == [levels[1]], preset
+        levels = [resolution // 2**i for i in range(len(config.model.unet.ch_mult))]
+        assert config.model.unet.attn_resolutions == [levels[1]], preset
 
 
 def test_guidance_of_the_presets_follows_the_released_evaluations():

@@ -12,20 +12,22 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 from typing import Iterable, Iterator
 
 import torch
 from torch import nn
 
-from ccua.config import Config, ConfigError, DiffusionConfig, MethodConfig, ModelConfig, config_from_dict, load_config
+from ccua.config import (DIT_SIZE_FIELDS, Config, ConfigError, DiffusionConfig, DiTConfig, MethodConfig, ModelConfig,
+                         config_from_dict, load_config)
 from ccua.data import DATA_SETS, is_latent
 from ccua.diffusion import LABEL_DROP_MODES, OBJECTIVES, SAMPLERS, Objective
 from ccua.diffusion.ddpm import ANCESTRAL_VARIANCES
 from ccua.methods import METHODS, PLAIN, Method, check_combination
 from ccua.metrics import FEATURE_NETS
 from ccua.models import BACKBONES
-from ccua.models.dit import size_from_config
+from ccua.models.dit import resolve_dit_size, size_from_config
 
 #: ``train.optimizer`` -> the optimizer class
 OPTIMIZERS: dict[str, type[torch.optim.Optimizer]] = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}
@@ -40,19 +42,45 @@ def load_checked_config(preset_or_path: str | None = None, overrides: list[str] 
 
 
 def stored_config(values: dict) -> Config:
-    """The config a checkpoint or a run folder's config.yaml recorded, checked like a new one."""
-    return check_config(config_from_dict(values))
+    """The config a checkpoint or a run folder's config.yaml recorded, checked like a new one.
+
+    Settings it names under old names are moved to today's (:func:`ccua.config.upgrade_keys`)
+    without a warning, so checkpoints of earlier versions load for sampling, evaluation and resume.
+    """
+    return check_config(config_from_dict(values, stored=True))
 
 
 def check_config(config: Config) -> Config:
-    """``config`` itself when every registry knows its names and its parts fit together; else a
-    ConfigError naming the first setting that does not, with the valid values."""
-    problems = itertools.chain(_choice_problems(config), _method_problems(config), _sampling_problems(config),
-                               _model_problems(config))
+    """``config`` when every registry knows its names and its parts fit together, with a named
+    DiT size written into ``model.dit``'s depth and width (so config.yaml shows the architecture
+    trained); else a ConfigError naming the first setting that does not, with the valid values."""
+    problems = itertools.chain(_choice_problems(config), _method_problems(config), _sampling_problems(config))
     problem = next(problems, None)
+    if problem is None:
+        config = _with_dit_size(config)
+        problem = next(_model_problems(config), None)
     if problem is not None:
         raise ConfigError(problem)
     return config
+
+
+def _with_dit_size(config: Config) -> Config:
+    """A DiT config with its named size's numbers in its fields. A field set to a value that is
+    neither its default nor the size's conflicts with the size: ConfigError."""
+    dit = config.model.dit
+    if config.model.arch != "dit" or dit.size is None:
+        return config
+    try:
+        size = resolve_dit_size(dit.size)
+    except ValueError as error:
+        raise ConfigError(f"model.dit.size: {error}") from None
+    named, default = {key: getattr(size, key) for key in DIT_SIZE_FIELDS}, DiTConfig()
+    conflicts = [f"model.dit.{key}={getattr(dit, key)}" for key, value in named.items()
+                 if getattr(dit, key) not in (value, getattr(default, key))]
+    if conflicts:
+        raise ConfigError(f"model.dit.size={dit.size!r} sets {', '.join(f'{k}={v}' for k, v in named.items())}, "
+                          f"but {', '.join(conflicts)} is also given: remove one of them")
+    return dataclasses.replace(config, model=dataclasses.replace(config.model, dit=dataclasses.replace(dit, **named)))
 
 
 def _choice_problems(config: Config) -> Iterator[str]:
@@ -103,32 +131,33 @@ def _sampling_problems(config: Config) -> Iterator[str]:
 
 
 def _model_problems(config: Config) -> Iterator[str]:
-    """Model settings that do not fit the data resolution, or name no architecture."""
-    model, resolution = config.model, config.data.resolution
-    if model.arch == "unet":
-        factor = 2 ** (len(model.ch_mult) - 1)
+    """Backbone settings that do not fit the data resolution or each other."""
+    resolution = config.data.resolution
+    if config.model.arch == "unet":
+        unet = config.model.unet
+        factor = 2 ** (len(unet.ch_mult) - 1)
         if resolution % factor:
             yield (f"data.resolution={resolution} must be divisible by {factor}: the U-Net halves it "
-                   f"{len(model.ch_mult) - 1} times (model.ch_mult={model.ch_mult})")
+                   f"{len(unet.ch_mult) - 1} times (model.unet.ch_mult={unet.ch_mult})")
         return
+    dit = config.model.dit
     try:
-        size_from_config(model)
+        size_from_config(dit)
     except ValueError as error:
-        yield f"model: {error}"
+        yield f"model.dit: {error}"
         return
-    if model.dit_size is None:
-        if resolution % model.patch_size:
-            yield f"data.resolution={resolution} is not divisible by model.patch_size={model.patch_size}"
-        elif model.hidden_size % model.num_heads or model.hidden_size % 4:
-            yield (f"model.hidden_size={model.hidden_size} must be divisible by 4 (position embedding) and by "
-                   f"model.num_heads={model.num_heads}")
+    if resolution % dit.patch_size:
+        yield f"data.resolution={resolution} is not divisible by model.dit.patch_size={dit.patch_size}"
+    elif dit.hidden_size % dit.num_heads or dit.hidden_size % 4:
+        yield (f"model.dit.hidden_size={dit.hidden_size} must be divisible by 4 (position embedding) and by "
+               f"model.dit.num_heads={dit.num_heads}")
 
 
 # --------------------------------------------------------------------------- parts
 
 def build_model(config: ModelConfig, in_channels: int, num_classes: int, resolution: int) -> nn.Module:
-    """The backbone ``config.arch`` for data of the given shape and class count."""
-    return BACKBONES[config.arch].from_config(config, in_channels, num_classes, resolution)
+    """The backbone ``config.arch``, from its section of settings, for data of the given shape and class count."""
+    return BACKBONES[config.arch].from_config(getattr(config, config.arch), in_channels, num_classes, resolution)
 
 
 def build_objective(config: DiffusionConfig) -> Objective:

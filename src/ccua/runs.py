@@ -16,7 +16,7 @@ import re
 import time
 from pathlib import Path
 
-from ccua.config import Config, ConfigError, with_defaults
+from ccua.config import Config, ConfigError
 from ccua.checkpoint import list_checkpoints
 
 log = logging.getLogger(__name__)
@@ -146,7 +146,7 @@ def _resumable(key: str) -> bool:
     return any(key == allowed or key.startswith(allowed + ".") for allowed in RESUMABLE)
 
 
-def resume_changes(saved: dict, current: Config) -> tuple[dict[str, list], dict[str, list]]:
+def resume_changes(saved: Config, current: Config) -> tuple[dict[str, list], dict[str, list]]:
     """(allowed, refused): dotted keys whose value differs between a checkpoint's config and
     ``current``, each as [checkpoint value, new value].
 
@@ -171,7 +171,7 @@ def resume_changes(saved: dict, current: Config) -> tuple[dict[str, list], dict[
     and data order continue the old settings: a change there would silently train something that
     is neither run, while config.yaml claimed the new values.
     """
-    old = _flatten(with_defaults(saved))  # an older checkpoint lacks settings added since
+    old = _flatten(saved.to_dict())  # read as today's config: settings added since have their defaults
     new = _flatten(current.to_dict())
     differing = {k: [old.get(k), new.get(k)] for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)}
     allowed = {k: v for k, v in differing.items() if _resumable(k)}

@@ -163,7 +163,7 @@ class Trainer:
         raise CheckpointError(f"no readable checkpoint to resume: {'; '.join(problems)}")
 
     def _restore(self, path: Path, state: dict) -> None:
-        allowed, refused = resume_changes(state["config"], self.config)
+        allowed, refused = resume_changes(stored_config(state["config"]), self.config)
         refuse_changes(path, refused)
         saved_counts = [int(c) for c in state["class_counts"]]
         if saved_counts != list(self.class_counts):
