@@ -1,5 +1,5 @@
-"""The shape of the code: imports point one way, and each list of valid names has one owner that
-the CLI and the config checks ask (docs/extending.md, "Conventions")."""
+"""The shape of the code: imports point one way, each list of valid names has one owner that the
+CLI and the config checks ask, and functions stay short (docs/extending.md, "Conventions")."""
 
 from __future__ import annotations
 
@@ -37,6 +37,10 @@ LAYERS = [
     {"compare"},
     {"cli"},
 ]
+
+#: a longer function says why in its docstring, in a sentence starting with this marker
+LONG_FUNCTION_MARKER = "Long because"
+MAX_FUNCTION_LINES = 60
 
 
 # --------------------------------------------------------------------------- the import graph
@@ -153,6 +157,35 @@ def test_imports_point_down_the_layers():
     upward = [f"{module} imports {target}" for module, targets in sorted(GRAPH.items()) if module != "ccua"
               for target in sorted(targets) if target != "ccua" and _layer(target) > _layer(module)]
     assert upward == []
+
+
+# --------------------------------------------------------------------------- short functions
+
+def _long_functions(name: str, source: str) -> list[str]:
+    """Functions of ``source`` longer than MAX_FUNCTION_LINES (def to last line, docstring
+    included) whose docstring does not say why with LONG_FUNCTION_MARKER."""
+    found = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            lines = node.end_lineno - node.lineno + 1
+            if lines > MAX_FUNCTION_LINES and LONG_FUNCTION_MARKER not in (ast.get_docstring(node) or ""):
+                found.append(f"{name}:{node.lineno} {node.name} ({lines} lines)")
+    return found
+
+
+def test_the_length_check_counts_lines_and_reads_the_marker():
+    body = "".join(f"    x{i} = {i}\n" for i in range(MAX_FUNCTION_LINES - 2))
+    short = f"def f():\n    \"\"\"Doc.\"\"\"\n{body}"  # exactly MAX_FUNCTION_LINES lines
+    assert _long_functions("m.py", short) == []
+    assert _long_functions("m.py", short + "    return x0\n") == [f"m.py:1 f ({MAX_FUNCTION_LINES + 1} lines)"]
+    explained = short.replace("Doc.", f"Doc. {LONG_FUNCTION_MARKER} one table is clearer than six.")
+    assert _long_functions("m.py", explained + "    return x0\n") == []
+
+
+def test_functions_are_short_or_say_why():
+    found = [line for path in sorted(SRC.rglob("*.py"))
+             for line in _long_functions(str(path.relative_to(SRC.parent)), path.read_text())]
+    assert found == []
 
 
 # --------------------------------------------------------------------------- one owner per list of names

@@ -51,6 +51,14 @@ class PassOutputs:
     representations: dict[str, Tensor]
 
 
+def weighted_mean(per_sample: Tensor, weight: Tensor | None = None) -> Tensor:
+    """mean_i weight_i * per_sample_i over the batch (the plain mean without a weight); the weight
+    is cast to the values' dtype. Every per-sample loss of the methods ends here."""
+    if weight is not None:
+        per_sample = per_sample * weight.to(per_sample.dtype)
+    return per_sample.mean()
+
+
 class Method:
     """Base class: a method adds loss terms to the denoising loss, or changes its target."""
 

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ccua.config import SupConConfig
-from ccua.methods.base import Method, PassOutputs, StepContext
+from ccua.methods.base import Method, PassOutputs, StepContext, weighted_mean
 from ccua.methods.ccua import WEIGHTINGS, noise_weight
 
 
@@ -35,10 +35,7 @@ def supcon_loss(h: Tensor, labels: Tensor, temperature: float = 0.1, weight: Ten
     logits = logits.masked_fill(eye, 0.0)
     log_prob = logits - torch.logsumexp(logits, dim=1, keepdim=True)
     positives = (labels[:, None] == labels[None, :]).float()
-    per_sample = -(log_prob * positives).sum(1) / positives.sum(1)
-    if weight is not None:
-        per_sample = per_sample * weight.float()
-    return per_sample.mean()
+    return weighted_mean(-(log_prob * positives).sum(1) / positives.sum(1), weight)
 
 
 class SupCon(Method):
