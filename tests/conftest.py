@@ -31,7 +31,8 @@ def merge_sections(base: dict, changes: dict) -> dict:
     """``base`` with ``changes`` merged in, section by section and key by key."""
     out = dict(base)
     for key, value in changes.items():
-        out[key] = merge_sections(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+        nested = isinstance(value, dict) and isinstance(out.get(key), dict)
+        out[key] = merge_sections(out[key], value) if nested else value
     return out
 
 

@@ -116,7 +116,8 @@ CONFIG_CASES = [
     (["{w}/tiny.yaml", "sample.steps=2000"], "sample.steps=2000 exceeds diffusion.timesteps=1000"),
     (["{w}/tiny.yaml", "train.lr=0"], "train.lr=0.0 must be > 0"),
     (["{w}/tiny.yaml", "=3"], "the key '' must be dotted names"),
-    (["{w}/tiny.yaml", "model.arch=dit", "model.dit.encoder_depth=N/3"], "model.dit: encoder_depth 'N/3' must be one of"),
+    (["{w}/tiny.yaml", "model.arch=dit", "model.dit.encoder_depth=N/3"],
+     "model.dit: encoder_depth 'N/3' must be one of"),
     (["{w}/tiny.yaml", "--resume", "latest", "name=nobody"], "no checkpoint of a run named 'nobody'"),
     (["{w}/tiny.yaml", "--resume", "{w}/truncated.pt"], "truncated.pt is truncated or corrupt"),
 ]

@@ -27,11 +27,12 @@ import torch
 import yaml
 
 from ccua.build import load_checked_config
-from ccua.checkpoint import list_checkpoints, load_checkpoint
+from ccua.checkpoint import load_checkpoint
 from ccua.config import Config, ConfigError
 from ccua.data import SPLITS
 from ccua.jobs import Job, JobsFailed, run_jobs
 from ccua.methods import METHODS
+from ccua.runs import run_checkpoints
 
 log = logging.getLogger(__name__)
 
@@ -188,7 +189,7 @@ def planned_runs(settings: CompareSettings) -> list[PlannedRun]:
 
 
 def is_finished(run_dir: Path, steps: int) -> bool:
-    found = list_checkpoints(run_dir / "checkpoints")
+    found = run_checkpoints(run_dir)
     return bool(found) and int(load_checkpoint(found[-1])["step"]) >= steps
 
 
@@ -200,7 +201,7 @@ def train_one(config: Config, run_dir: Path, device: str | None = None) -> Path:
     if is_finished(run_dir, config.train.steps):
         log.info("%s: finished, skipped", run_dir.name)
         return run_dir
-    found = list_checkpoints(run_dir / "checkpoints")
+    found = run_checkpoints(run_dir)
     trainer = Trainer(config, resume=str(run_dir) if found else None, run_dir=run_dir, device=device)
     try:
         trainer.train()

@@ -29,7 +29,7 @@ class ConfigError(ValueError):
 class DataConfig:
     """Which images, how they are made long-tailed, and how batches are drawn."""
 
-    name: str = "fashion_mnist"  # fashion_mnist | mnist | cifar10 | cifar100 | image_folder | latents
+    name: str = "fashion_mnist"  # one of ccua.data.DATA_SETS: an image source, or "latents"
     root: str | None = None  # where the source files are; None = the source's default place
     split_file: str | None = None  # image_folder: "relative/path label" lines (ImageNet-LT format)
     # image_folder: the test split in the same format (ImageNet_LT_test.txt): the balanced reference
@@ -77,7 +77,7 @@ class DiTConfig:
 class ModelConfig:
     """The backbone: ``arch`` names it; its settings are the section of the same name."""
 
-    arch: str = "unet"  # unet | dit
+    arch: str = "unet"  # one of ccua.models.BACKBONES (unet, dit)
     unet: UNetConfig = field(default_factory=UNetConfig)
     dit: DiTConfig = field(default_factory=DiTConfig)
 
@@ -86,7 +86,7 @@ class ModelConfig:
 class DiffusionConfig:
     """The training objective and classifier-free guidance training."""
 
-    objective: str = "ddpm"  # ddpm | flow
+    objective: str = "ddpm"  # one of ccua.diffusion.OBJECTIVES (ddpm, flow)
     timesteps: int = 1000
     beta_start: float = 1e-4
     beta_end: float = 0.02
@@ -144,7 +144,7 @@ class SupConConfig:
 
     weight: float = 1.0
     temperature: float = 0.1
-    weighting: str = "noise_level"  # per-sample weight, as CCUA's: noise_level | flow_time | none
+    weighting: str = "noise_level"  # per-sample weight, as CCUA's (methods.ccua.WEIGHTINGS)
 
 
 @dataclass
@@ -167,7 +167,7 @@ class TrainConfig:
 
     steps: int = 1000
     batch_size: int = 64  # global: split evenly over the processes
-    optimizer: str = "adamw"  # adam | adamw
+    optimizer: str = "adamw"  # one of ccua.build.OPTIMIZERS (adam, adamw)
     lr: float = 2e-4
     weight_decay: float = 0.0
     warmup_steps: int = 0
@@ -190,7 +190,7 @@ class TrainConfig:
     # with the fast feature network, every proxy_every steps, logged to TensorBoard.
     proxy_every: int = 0
     proxy_samples: int = 500
-    proxy_features: str = "classifier"  # classifier | inception | random
+    proxy_features: str = "classifier"  # one of ccua.metrics.FEATURE_NETS
     proxy_feature_path: str | None = None  # default: the classifier `ccua features train` wrote
     proxy_sampler_steps: int = 20
 
@@ -199,7 +199,7 @@ class TrainConfig:
 class SampleConfig:
     """How samples are drawn (training-time grids and ``ccua sample``)."""
 
-    sampler: str = "ddim"  # ddim | ddpm (ancestral) | euler | heun | dopri5 | sde
+    sampler: str = "ddim"  # one of the objective's samplers (ddim, ddpm = ancestral; euler, heun, dopri5, sde)
     steps: int = 100
     eta: float = 0.0
     # DDPM objective only. clip_x0: clip the predicted x0 to [-1, 1] at every step, with the
@@ -565,8 +565,9 @@ def _count_problems(config: Config) -> Iterator[str]:
 def _value_problems(config: Config) -> Iterator[str]:
     """Real numbers that must be positive, non-negative or in an interval."""
     data, diffusion, train, sample, method = config.data, config.diffusion, config.train, config.sample, config.method
-    positive = [("train.lr", train.lr), ("model.dit.mlp_ratio", config.model.dit.mlp_ratio), ("sample.atol", sample.atol),
-                ("sample.rtol", sample.rtol), ("method.ccua.temperature", method.ccua.temperature),
+    positive = [("train.lr", train.lr), ("model.dit.mlp_ratio", config.model.dit.mlp_ratio),
+                ("sample.atol", sample.atol), ("sample.rtol", sample.rtol),
+                ("method.ccua.temperature", method.ccua.temperature),
                 ("method.supcon.temperature", method.supcon.temperature),
                 ("method.dispersive.temperature", method.dispersive.temperature)]
     if train.grad_clip is not None:

@@ -23,6 +23,7 @@ log = logging.getLogger(__name__)
 
 RESUME_RECORD = "resumes.jsonl"
 LOSS_LOG = "losses.jsonl"
+CHECKPOINT_FOLDER = "checkpoints"  # a run's checkpoints: run_dir/checkpoints/0001000.pt
 
 #: settings a resumed run may change (dotted keys or whole sections); :func:`resume_changes` says why
 RESUMABLE = (
@@ -86,6 +87,16 @@ def check_writable(folder: Path) -> None:
         raise ConfigError(f"cannot write into {folder}: {reason} (set train.out_dir to a writable folder)") from None
 
 
+def checkpoint_folder(run_dir: str | Path) -> Path:
+    """Where a run folder keeps its checkpoints."""
+    return Path(run_dir) / CHECKPOINT_FOLDER
+
+
+def run_checkpoints(run_dir: str | Path) -> list[Path]:
+    """The checkpoints of a run folder, oldest first."""
+    return list_checkpoints(checkpoint_folder(run_dir))
+
+
 def resume_candidates(resume: str, out_dir: str | Path, name: str) -> tuple[list[Path], bool]:
     """Checkpoints to try for ``--resume``, newest first, and whether older ones may stand in.
 
@@ -95,14 +106,14 @@ def resume_candidates(resume: str, out_dir: str | Path, name: str) -> tuple[list
     """
     if resume == "latest":
         for run in run_dirs(out_dir, name):
-            found = list_checkpoints(run / "checkpoints")
+            found = run_checkpoints(run)
             if found:
                 return found[::-1], True
         raise FileNotFoundError(f"--resume latest: no checkpoint of a run named {name!r} "
                                 f"(folders {Path(out_dir)}/NNN-{safe_name(name)})")
     path = Path(resume)
     if path.is_dir():
-        found = list_checkpoints(path / "checkpoints")
+        found = run_checkpoints(path)
         if not found:
             raise FileNotFoundError(f"--resume {resume}: the run folder has no checkpoint")
         return found[::-1], True
@@ -118,7 +129,7 @@ def resolve_checkpoint(run_or_checkpoint: str | Path) -> Path:
     if path.is_file():
         return path
     if path.is_dir():
-        found = list_checkpoints(path / "checkpoints") or list_checkpoints(path)
+        found = run_checkpoints(path) or list_checkpoints(path)
         if found:
             return found[-1]
         raise FileNotFoundError(f"no checkpoint in run folder {path}")
@@ -128,7 +139,7 @@ def resolve_checkpoint(run_or_checkpoint: str | Path) -> Path:
 def run_folder_of(checkpoint: Path) -> Path:
     """The run folder a checkpoint belongs to (the parent of its ``checkpoints/`` folder)."""
     parent = checkpoint.parent
-    return parent.parent if parent.name == "checkpoints" else parent
+    return parent.parent if parent.name == CHECKPOINT_FOLDER else parent
 
 
 def _flatten(values: dict, prefix: str = "") -> dict[str, object]:

@@ -25,11 +25,6 @@ METHODS: dict[str, type[Method]] = {
 #: the name that means no method (plain denoising training)
 PLAIN = "plain"
 
-#: methods that only work with one objective, and why
-_OBJECTIVE_ONLY: dict[str, tuple[str, str]] = {
-    "oclt": ("ddpm", "its transfer rule uses the DDPM sigma_t^2 = 1/alphabar_t - 1 and an epsilon target"),
-}
-
 # Passes the trainer provides itself; any other pass name is filled by exactly one method.
 _SHARED_PASSES = ("cond", "uncond")
 
@@ -50,10 +45,9 @@ def check_combination(names: list[str], objective_name: str) -> None:
     if PLAIN in names and len(names) > 1:
         raise ValueError(f"'plain' means no method and cannot be combined with others: {names}")
     for name in names:
-        if name in _OBJECTIVE_ONLY:
-            needed, why = _OBJECTIVE_ONLY[name]
-            if objective_name != needed:
-                raise ValueError(f"{name} needs the {needed} objective, not {objective_name!r}: {why}")
+        only = METHODS[name].only_objective if name != PLAIN else None
+        if only is not None and objective_name != only[0]:
+            raise ValueError(f"{name} needs the {only[0]} objective, not {objective_name!r}: {only[1]}")
     owner: dict[str, str] = {}
     for name in names:
         if name == PLAIN:

@@ -71,6 +71,8 @@ class Method:
     choices: ClassVar[dict[str, tuple[str, ...]]] = {}
     #: the sampling guidance w (eps_c + w (eps_c - eps_u)) its authors evaluate with; None: none published
     published_guidance: ClassVar[float | None] = None
+    #: (objective, why) when the method works with one objective only; None: with every objective
+    only_objective: ClassVar[tuple[str, str] | None] = None
 
     def prepare(self, context: StepContext) -> None:
         """Called after noising, before the forward pass. Default: nothing."""

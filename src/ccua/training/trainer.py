@@ -30,8 +30,8 @@ from ccua.data import build_training_set, is_latent, to_uint8
 from ccua.data.batches import ResumableBatchSampler, batch_generator_seed, seed_everything
 from ccua.generate import generate, grid_labels, vae_decoder
 from ccua.images import save_grid
-from ccua.runs import (LOSS_LOG, check_writable, claim_run_dir, record_resume, refuse_changes, resume_candidates,
-                       resume_changes, run_folder_of, truncate_loss_log)
+from ccua.runs import (LOSS_LOG, check_writable, checkpoint_folder, claim_run_dir, record_resume, refuse_changes,
+                       resume_candidates, resume_changes, run_folder_of, truncate_loss_log)
 from ccua.training.distributed import DistInfo, all_reduce_mean, barrier, cleanup, gather_objects, init_distributed
 from ccua.training.ema import EMA
 from ccua.training.performance import configure_backends, maybe_compile, to_memory_format
@@ -89,7 +89,7 @@ class Trainer:
         if resume:
             self.resume_from, resume_state = self._load_resume(resume)
             run_dir = run_folder_of(self.resume_from)
-        check_writable(Path(run_dir) / "checkpoints" if run_dir is not None else Path(train.out_dir))
+        check_writable(checkpoint_folder(run_dir) if run_dir is not None else Path(train.out_dir))
 
         seed_everything(train.seed)  # the same initial weights in every process
         self.dataset = build_training_set(config.data)
@@ -113,7 +113,7 @@ class Trainer:
             run_dir = claim_run_dir(train.out_dir, config.name) if self.dist.is_main else None
             run_dir = gather_objects(run_dir, self.dist)[0]
         self.run_dir = Path(run_dir)
-        self.checkpoint_dir = self.run_dir / "checkpoints"
+        self.checkpoint_dir = checkpoint_folder(self.run_dir)
         if resume_state is not None:
             self._restore(self.resume_from, resume_state)
         seed_rank = batch_generator_seed(train.seed, self.dist.rank)
