@@ -280,3 +280,13 @@ def test_the_config_check_accepts_exactly_the_registered_names():
             with pytest.raises(ConfigError, match=f"method.{name}.{setting}='nope' is not one of: {', '.join(valid)}"):
                 check_config(_with(base, method={name: dataclasses.replace(getattr(base.method, name),
                                                                          **{setting: "nope"})}))
+
+
+def test_building_the_parser_loads_no_registry():
+    """The registries import torch: `ccua --help` and option errors must not wait for it."""
+    import subprocess
+    import sys
+
+    code = "import sys; from ccua.cli import build_parser; build_parser(); print('torch' in sys.modules)"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "False"

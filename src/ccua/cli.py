@@ -13,6 +13,7 @@ import logging
 import os
 import sys
 from pathlib import Path
+from typing import Callable, Iterable, Iterator
 
 from ccua.config import ConfigError, preset_names
 
@@ -271,10 +272,48 @@ def cmd_compare(args: argparse.Namespace) -> int:
 # Every list of valid values below is asked of its registry (objectives' samplers, feature
 # networks, group modes, data splits, seed groupings), never written out here.
 
-def _sampler_help() -> str:
-    from ccua.diffusion import OBJECTIVES
+class _Names:
+    """A registry's names as argparse choices, read only when argparse needs them (to check a
+    value given, or to show a command's help), so that `ccua --help` does not load torch."""
 
-    return "; ".join(f"{' | '.join(objective.samplers)} ({name} objective)" for name, objective in OBJECTIVES.items())
+    def __init__(self, names: Callable[[], Iterable[str]]):
+        self._names = names
+
+    def __contains__(self, value: object) -> bool:
+        return value in tuple(self._names())
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(tuple(self._names()))
+
+
+def _samplers() -> tuple[str, ...]:
+    from ccua.diffusion import SAMPLERS
+
+    return SAMPLERS
+
+
+def _feature_nets() -> Iterable[str]:
+    from ccua.metrics import FEATURE_NETS
+
+    return FEATURE_NETS
+
+
+def _group_modes() -> tuple[str, ...]:
+    from ccua.data import GROUP_MODES
+
+    return GROUP_MODES
+
+
+def _splits() -> tuple[str, ...]:
+    from ccua.data import SPLITS
+
+    return SPLITS
+
+
+def _seed_groupings() -> Iterable[str]:
+    from ccua.report.tables import SEED_GROUPINGS
+
+    return SEED_GROUPINGS
 
 
 def _add_train(sub) -> None:
@@ -288,12 +327,11 @@ def _add_train(sub) -> None:
 
 
 def _add_sample(sub) -> None:
-    from ccua.diffusion import SAMPLERS
-
     p = sub.add_parser("sample", help="sample a trained run or checkpoint")
     p.add_argument("run", help="run folder or checkpoint file")
     p.add_argument("--out", default=None, help="output folder (default: RUN/samples/<settings>)")
-    p.add_argument("--sampler", default=None, choices=SAMPLERS, help=_sampler_help())
+    p.add_argument("--sampler", default=None, choices=_Names(_samplers), metavar="SAMPLER",
+                   help="%(choices)s: one of the run's objective (an error names the ones that fit)")
     p.add_argument("--steps", type=positive_int, default=None)
     p.add_argument("--eta", type=float, default=None)
     p.add_argument("--guidance", type=float, default=None, help="w in eps_c + w (eps_c - eps_u)")
@@ -316,26 +354,25 @@ def _add_data(sub) -> None:
 
 
 def _add_evaluate(sub) -> None:
-    from ccua.data import GROUP_MODES, SPLITS
-    from ccua.diffusion import SAMPLERS
-    from ccua.metrics import FEATURE_NETS
-
     p = sub.add_parser("evaluate", help="FID, KID, precision/recall, IS per group and class of a run or samples")
     p.add_argument("target", help="run folder, checkpoint, sample folder or a sample .npz (arr_0/arr_1 or "
                                   "images/labels)")
     p.add_argument("overrides", nargs="*", help="data.* overrides naming the reference data set")
     p.add_argument("--out", default=None, help="output folder (default: RUN/eval/<settings> or SAMPLES/eval)")
-    p.add_argument("--features", default="inception", choices=FEATURE_NETS, help="feature network (random: tests only)")
+    p.add_argument("--features", default="inception", choices=_Names(_feature_nets), metavar="NET",
+                   help="feature network: %(choices)s (random: tests only)")
     p.add_argument("--feature-path", default=None, help="weights file of the feature network")
     p.add_argument("--per-class", type=positive_int, default=100, help="generated images per class when sampling a run")
     p.add_argument("--device", default=None)
     p.add_argument("--data", default=None, help="preset or YAML whose data set is the reference (default: the run's)")
-    p.add_argument("--reference", default="train", choices=SPLITS, help="balanced split to compare with")
+    p.add_argument("--reference", default="train", choices=_Names(_splits), metavar="SPLIT",
+                   help="balanced split to compare with: %(choices)s")
     p.add_argument("--reference-stats", default=None,
                    help="published FID statistics (.npz with mu, sigma) as the reference: overall FID only")
-    p.add_argument("--groups", default="thirds", choices=GROUP_MODES,
-                   help="head/body/tail thirds, or many/medium/few by training count")
-    p.add_argument("--sampler", default=None, choices=SAMPLERS, help=_sampler_help())
+    p.add_argument("--groups", default="thirds", choices=_Names(_group_modes), metavar="MODE",
+                   help="%(choices)s: head/body/tail thirds, or many/medium/few by training count")
+    p.add_argument("--sampler", default=None, choices=_Names(_samplers), metavar="SAMPLER",
+                   help="%(choices)s: one of the run's objective (an error names the ones that fit)")
     p.add_argument("--steps", type=positive_int, default=None)
     p.add_argument("--guidance", type=float, default=None)
     p.add_argument("--seed", type=int, default=0)
@@ -362,19 +399,16 @@ def _add_features(sub) -> None:
 
 
 def _add_report(sub) -> None:
-    from ccua.report.tables import SEED_GROUPINGS
-
     p = sub.add_parser("report", help="one comparison of several evaluated runs: table, CSV, plots")
     p.add_argument("runs", nargs="+", help="metrics.json files or folders holding them")
     p.add_argument("--out", required=True)
     p.add_argument("--names", default=None, help="comma-separated display names (equal names = seeds of one method)")
-    p.add_argument("--group", default="name", choices=SEED_GROUPINGS)
+    p.add_argument("--group", default="name", choices=_Names(_seed_groupings), metavar="GROUPING",
+                   help="which runs are seeds of one setting: %(choices)s")
     p.set_defaults(func=cmd_report)
 
 
 def _add_compare(sub) -> None:
-    from ccua.metrics import FEATURE_NETS
-
     p = sub.add_parser("compare", help="train, evaluate and report several methods under one protocol")
     p.add_argument("preset", help="preset or YAML config shared by every run, or a study file (studies/*.yaml)")
     p.add_argument("overrides", nargs="*", help="overrides shared by every run")
@@ -382,8 +416,8 @@ def _add_compare(sub) -> None:
     p.add_argument("--seeds", default=None, help="comma-separated (default 0)")
     p.add_argument("--steps", type=non_negative_int, default=None, help="training steps of every run")
     p.add_argument("--out", default=None, help="output folder (default runs/compare, or runs/<study name>)")
-    p.add_argument("--features", default=None, choices=FEATURE_NETS,
-                   help="feature network (default inception; random: tests only)")
+    p.add_argument("--features", default=None, choices=_Names(_feature_nets), metavar="NET",
+                   help="feature network: %(choices)s (default inception; random: tests only)")
     p.add_argument("--feature-path", default=None, help="weights file of the feature network")
     p.add_argument("--per-class", type=positive_int, default=None, help="generated images per class (default 100)")
     p.add_argument("--device", default=None)
