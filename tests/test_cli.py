@@ -80,3 +80,20 @@ def test_bad_input_gives_one_line_and_exit_code_2(tmp_path):
     missing = subprocess.run([sys.executable, "-m", "ccua.cli", "sample", str(tmp_path / "nothing")],
                              capture_output=True, text=True)
     assert missing.returncode == 2 and "neither a run folder nor a checkpoint" in missing.stderr
+
+
+def test_a_sampler_of_another_objective_is_refused_before_sampling(tmp_path, capsys):
+    import yaml
+
+    from tests.conftest import tiny_config_dict
+
+    config = tmp_path / "tiny.yaml"
+    config.write_text(yaml.safe_dump(tiny_config_dict(tmp_path / "runs", train={"steps": 0})))
+    assert main(["train", str(config), "--device", "cpu"]) == 0
+    run = tmp_path / "runs" / "000-tiny"
+    capsys.readouterr()
+    for command in (["sample", str(run), "--out", str(tmp_path / "s")], ["evaluate", str(run), "--features", "random"]):
+        assert main(command + ["--sampler", "heun"]) == 2
+        assert capsys.readouterr().err.strip() == ("ccua: error: sampler 'heun' is for the flow objective; "
+                                                   "use ddim or ddpm")
+    assert not (tmp_path / "s").exists() and not (run / "eval").exists()

@@ -79,7 +79,8 @@ def _with_dit_size(config: Config) -> Config:
                  if getattr(dit, key) not in (value, getattr(default, key))]
     if conflicts:
         raise ConfigError(f"model.dit.size={dit.size!r} sets {', '.join(f'{k}={v}' for k, v in named.items())}, "
-                          f"but {', '.join(conflicts)} is also given: remove one of them")
+                          f"but {', '.join(conflicts)} {'is' if len(conflicts) == 1 else 'are'} also given: "
+                          "remove one of them")
     return dataclasses.replace(config, model=dataclasses.replace(config.model, dit=dataclasses.replace(dit, **named)))
 
 

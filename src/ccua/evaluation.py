@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from ccua.build import stored_config
+from ccua.build import check_config, stored_config
 from ccua.config import DataConfig
 from ccua.data import is_latent
 from ccua.metrics.weights import DEFAULT_CACHE, feature_weights_path
@@ -78,6 +78,7 @@ def _sample_run(target: Path, out_dir: str | Path | None, per_class: int, seed: 
     loaded = LoadedModel(target, use_ema=use_ema, device=default_device(device))
     changes = {k: v for k, v in overrides.items() if v is not None}
     sample = replace(loaded.config.sample, **changes, use_ema=loaded.use_ema)
+    check_config(replace(loaded.config, sample=sample))  # the sampler fits the objective, before any file is written
     tag = f"step{loaded.step:07d}_{sample.sampler}{sample.steps}_w{sample.guidance:g}_n{per_class}_seed{seed}"
     out = Path(out_dir) if out_dir else loaded.run_dir / "eval" / tag
     # This folder belongs to the evaluation: new samples replace the ones of an earlier evaluation.
