@@ -17,11 +17,8 @@ import time
 
 import torch
 
-from ccua.config import load_config
-from ccua.diffusion import build_objective
-from ccua.methods import build_methods
-from ccua.models import build_model
-from ccua.training.performance import build_optimizer, configure_backends, maybe_compile, to_memory_format
+from ccua.build import build_methods, build_model, build_objective, build_optimizer, load_checked_config
+from ccua.training.performance import configure_backends, maybe_compile, to_memory_format
 from ccua.training.step import PassRunner, training_losses
 
 #: label -> config overrides; "plain" must come first (the reference of the ratio)
@@ -50,7 +47,7 @@ class Variant:
 
     def __init__(self, preset: str, overrides: list[str], model: torch.nn.Module, batch: tuple, num_classes: int,
                  device: torch.device):
-        self.config = load_config(preset, overrides)
+        self.config = load_checked_config(preset, overrides)
         train = self.config.train
         self.device = device
         configure_backends(train.tf32)
@@ -85,7 +82,7 @@ def time_preset(preset: str, variants: dict[str, list[str]], batch_size: int | N
 
     ``batch_size``: None = the preset's train.batch_size.
     """
-    config = load_config(preset, overrides)
+    config = load_checked_config(preset, overrides)
     # the shape of the data without loading it (the cost does not depend on the pixels)
     grey = config.data.name in ("fashion_mnist", "mnist")
     channels = config.data.channels or (4 if config.data.name == "latents" else 1 if grey else 3)

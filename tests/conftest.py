@@ -17,16 +17,23 @@ def tiny_config_dict(out_dir: Path, **sections) -> dict:
     base = {
         "name": "tiny",
         "data": {"name": "fashion_mnist", "resolution": 8, "imbalance": 0.1, "n_max": 40},
-        "model": {"arch": "unet", "ch": 8, "ch_mult": [1, 2], "attn_resolutions": [4], "num_res_blocks": 1,
-                  "dropout": 0.1},
+        "model": {"arch": "unet", "unet": {"ch": 8, "ch_mult": [1, 2], "attn_resolutions": [4], "num_res_blocks": 1,
+                                           "dropout": 0.1}},
         "method": {"names": ["ccua"]},
         "train": {"steps": 6, "batch_size": 8, "lr": 1e-3, "ckpt_every": 3, "log_every": 2, "ema_decay": 0.9,
                   "out_dir": str(out_dir), "progress": False},
         "sample": {"sampler": "ddim", "steps": 3, "grid_per_class": 2, "guidance": 1.0},
     }
-    for key, value in sections.items():
-        base[key] = {**base.get(key, {}), **value} if isinstance(value, dict) else value
-    return base
+    return merge_sections(base, sections)
+
+
+def merge_sections(base: dict, changes: dict) -> dict:
+    """``base`` with ``changes`` merged in, section by section and key by key."""
+    out = dict(base)
+    for key, value in changes.items():
+        nested = isinstance(value, dict) and isinstance(out.get(key), dict)
+        out[key] = merge_sections(out[key], value) if nested else value
+    return out
 
 
 @pytest.fixture

@@ -39,7 +39,7 @@ def workspace(tmp_path_factory) -> Path:
     (root / "b.yaml").write_text("base: a.yaml\n")
     (root / "sub").mkdir()
     (root / "sub" / "base.yaml").write_text(f"base: {config}\ntrain:\n  lr: 1e-4\n  steps: 1e3\n")
-    (root / "sub" / "child.yaml").write_text("base: base.yaml\nmodel:\n  ch: 16\n")
+    (root / "sub" / "child.yaml").write_text("base: base.yaml\nmodel:\n  unet:\n    ch: 16\n")
     (root / "sub" / "orphan.yaml").write_text("base: missing.yaml\n")
     return root
 
@@ -65,7 +65,7 @@ def test_real_command_line_gives_one_line(workspace):
     cases = [
         (["train", f"{w}/syntax.yaml"], "syntax.yaml: not valid YAML at line 4"),
         (["train", f"{w}/a.yaml", "--dry-run"], "base: cycle of config files"),
-        (["train", "fashion_mnist_lt", "model.ch=[8"], "override 'model.ch=[8': not valid YAML"),
+        (["train", "fashion_mnist_lt", "model.unet.ch=[8"], "override 'model.unet.ch=[8': not valid YAML"),
         (["train", f"{w}/tiny.yaml", "train.log_every=0"], "train.log_every=0 must be a positive integer"),
         (["sample", f"{w}/truncated.pt"], "truncated.pt is truncated or corrupt"),
         (["sample", f"{w}/runs/000-tiny", "--per-class", "0"], "argument --per-class: must be a positive integer"),
@@ -98,7 +98,7 @@ def test_base_is_relative_to_the_including_file(workspace, capsys, monkeypatch):
     monkeypatch.chdir(workspace.parent)  # not the folder of the config files
     assert main(["train", f"{workspace}/sub/child.yaml", "--dry-run"]) == 0
     resolved = yaml.safe_load(capsys.readouterr().out)
-    assert (resolved["model"]["ch"], resolved["train"]["lr"], resolved["train"]["steps"]) == (16, 1e-4, 1000)
+    assert (resolved["model"]["unet"]["ch"], resolved["train"]["lr"], resolved["train"]["steps"]) == (16, 1e-4, 1000)
     assert resolved["name"] == "tiny"  # from the grand-parent, given as an absolute path
 
 
@@ -111,12 +111,13 @@ CONFIG_CASES = [
     (["{w}/tiny.yaml", "train.steps=-1"], "train.steps=-1 must be an integer >= 0"),
     (["{w}/tiny.yaml", "train.log_every=0"], "train.log_every=0 must be a positive integer"),
     (["{w}/tiny.yaml", "sample.batch_size=0"], "sample.batch_size=0 must be a positive integer"),
-    (["{w}/tiny.yaml", "model.ch=0"], "model.ch=0 must be a positive integer"),
-    (["{w}/tiny.yaml", "model.ch_mult=[1,2,2,2,2]"], "data.resolution=8 must be divisible by 16"),
+    (["{w}/tiny.yaml", "model.unet.ch=0"], "model.unet.ch=0 must be a positive integer"),
+    (["{w}/tiny.yaml", "model.unet.ch_mult=[1,2,2,2,2]"], "data.resolution=8 must be divisible by 16"),
     (["{w}/tiny.yaml", "sample.steps=2000"], "sample.steps=2000 exceeds diffusion.timesteps=1000"),
     (["{w}/tiny.yaml", "train.lr=0"], "train.lr=0.0 must be > 0"),
     (["{w}/tiny.yaml", "=3"], "the key '' must be dotted names"),
-    (["{w}/tiny.yaml", "model.arch=dit", "model.encoder_depth=N/3"], "model: encoder_depth 'N/3' must be one of"),
+    (["{w}/tiny.yaml", "model.arch=dit", "model.dit.encoder_depth=N/3"],
+     "model.dit: encoder_depth 'N/3' must be one of"),
     (["{w}/tiny.yaml", "--resume", "latest", "name=nobody"], "no checkpoint of a run named 'nobody'"),
     (["{w}/tiny.yaml", "--resume", "{w}/truncated.pt"], "truncated.pt is truncated or corrupt"),
 ]

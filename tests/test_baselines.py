@@ -11,11 +11,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from ccua.build import build_methods
 from ccua.config import CBDMConfig, DispersiveConfig, MethodConfig, OCLTConfig, SupConConfig
 from ccua.diffusion.base import NoisedBatch
 from ccua.diffusion.ddpm import DDPM
 from ccua.methods import (
-    CBDM, CCUA, METHODS, OCLT, Dispersive, PassOutputs, StepContext, SupCon, build_methods,
+    CBDM, CCUA, METHODS, OCLT, Dispersive, PassOutputs, StepContext, SupCon,
     check_batch_size, check_combination, min_batch, ucl_loss,
 )
 from ccua.methods.oclt import reference_log_probs

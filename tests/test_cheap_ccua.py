@@ -7,7 +7,7 @@ import torch
 
 from ccua.config import CCUAConfig, config_from_dict
 from ccua.diffusion import DDPM
-from ccua.methods import build_methods
+from ccua.build import build_methods
 from ccua.methods.ccua import (CCUA, alignment_loss, inclusion_probabilities, subset_ucl_loss, systematic_sample,
                                ucl_loss)
 from ccua.models import UNet

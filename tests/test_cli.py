@@ -62,21 +62,38 @@ def test_data_prints_counts_and_groups(capsys):
 
 
 def test_dry_run_prints_the_resolved_config(capsys):
-    assert main(["train", "cifar10_lt", "model.ch=64", "--dry-run"]) == 0
-    assert yaml.safe_load(capsys.readouterr().out)["model"]["ch"] == 64
+    assert main(["train", "cifar10_lt", "model.unet.ch=64", "--dry-run"]) == 0
+    assert yaml.safe_load(capsys.readouterr().out)["model"]["unet"]["ch"] == 64
     # overrides may also come after the options
-    assert main(["train", "cifar10_lt", "--dry-run", "model.ch=32", "train.lr=0.001"]) == 0
+    assert main(["train", "cifar10_lt", "--dry-run", "model.unet.ch=32", "train.lr=0.001"]) == 0
     resolved = yaml.safe_load(capsys.readouterr().out)
-    assert resolved["model"]["ch"] == 32 and resolved["train"]["lr"] == 0.001
+    assert resolved["model"]["unet"]["ch"] == 32 and resolved["train"]["lr"] == 0.001
 
 
 def test_bad_input_gives_one_line_and_exit_code_2(tmp_path):
-    result = subprocess.run([sys.executable, "-m", "ccua.cli", "train", "fashion_mnist_lt", "model.chh=3"],
+    result = subprocess.run([sys.executable, "-m", "ccua.cli", "train", "fashion_mnist_lt", "model.unet.chh=3"],
                             capture_output=True, text=True)
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [
-        "ccua: error: unknown config key 'chh' in 'model' (valid keys: arch, ch, ch_mult, attn_resolutions, "
-        "num_res_blocks, dropout, dit_size, depth, hidden_size, num_heads, patch_size, mlp_ratio, encoder_depth)"]
+        "ccua: error: unknown config key 'chh' in 'model.unet' (valid keys: ch, ch_mult, attn_resolutions, "
+        "num_res_blocks, dropout)"]
     missing = subprocess.run([sys.executable, "-m", "ccua.cli", "sample", str(tmp_path / "nothing")],
                              capture_output=True, text=True)
     assert missing.returncode == 2 and "neither a run folder nor a checkpoint" in missing.stderr
+
+
+def test_a_sampler_of_another_objective_is_refused_before_sampling(tmp_path, capsys):
+    import yaml
+
+    from tests.conftest import tiny_config_dict
+
+    config = tmp_path / "tiny.yaml"
+    config.write_text(yaml.safe_dump(tiny_config_dict(tmp_path / "runs", train={"steps": 0})))
+    assert main(["train", str(config), "--device", "cpu"]) == 0
+    run = tmp_path / "runs" / "000-tiny"
+    capsys.readouterr()
+    for command in (["sample", str(run), "--out", str(tmp_path / "s")], ["evaluate", str(run), "--features", "random"]):
+        assert main(command + ["--sampler", "heun"]) == 2
+        assert capsys.readouterr().err.strip() == ("ccua: error: sampler 'heun' is for the flow objective; "
+                                                   "use ddim or ddpm")
+    assert not (tmp_path / "s").exists() and not (run / "eval").exists()

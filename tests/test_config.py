@@ -2,6 +2,7 @@
 
 import pytest
 
+from ccua.build import load_checked_config
 from ccua.config import ConfigError, load_config, parse_overrides, preset_names
 
 
@@ -10,9 +11,9 @@ def test_presets_resolve():
     for required in ("fashion_mnist_lt", "mnist_lt", "cifar10_lt", "cifar100_lt", "tinyimagenet_lt"):
         assert required in names
     for name in names:
-        load_config(name)
+        load_checked_config(name)
     cifar = load_config("cifar10_lt")
-    assert (cifar.model.ch, cifar.model.ch_mult, cifar.model.attn_resolutions) == (128, [1, 2, 2, 2], [16])
+    assert (cifar.model.unet.ch, cifar.model.unet.ch_mult, cifar.model.unet.attn_resolutions) == (128, [1, 2, 2, 2], [16])
     assert cifar.method.ccua.alpha == cifar.method.ccua.gamma == 1.0 and cifar.data.hflip
     tiny = load_config("tinyimagenet_lt")
     assert tiny.data.balanced_resampling == 0.1 and tiny.data.name == "image_folder"
@@ -20,9 +21,9 @@ def test_presets_resolve():
 
 
 def test_dotted_overrides():
-    config = load_config("fashion_mnist_lt", ["model.ch=64", "train.batch_size=32", "method.names=[ccua,cbdm]",
+    config = load_config("fashion_mnist_lt", ["model.unet.ch=64", "train.batch_size=32", "method.names=[ccua,cbdm]",
                                               "method.ccua.alpha=0.5", "data.balanced_resampling=0.1"])
-    assert config.model.ch == 64 and config.train.batch_size == 32
+    assert config.model.unet.ch == 64 and config.train.batch_size == 32
     assert config.method.names == ["ccua", "cbdm"] and config.method.ccua.alpha == 0.5
     assert parse_overrides(["a.b=1", "a.c=x"]) == {"a": {"b": 1, "c": "x"}}
 
@@ -35,20 +36,90 @@ def test_yaml_file(tmp_path):
 
 
 @pytest.mark.parametrize("override, message", [
-    ("model.chh=3", r"unknown config key 'chh' in 'model' \(valid keys: arch, ch,"),
+    ("model.unet.chh=3", r"unknown config key 'chh' in 'model.unet' \(valid keys: ch, ch_mult,"),
     ("nope.x=1", r"unknown config key 'nope'"),
     ("method.names=[ccua,magic]", r"unknown method\(s\) \['magic'\] \(valid: plain,"),
     ("method.names=[oclt] diffusion.objective=flow", r"oclt needs the ddpm objective"),
-    ("model.ch=wide", r"model.ch must be an integer"),
+    ("model.unet.ch=wide", r"model.unet.ch must be an integer"),
     ("data.imbalance=2", r"imbalance must be in"),
     ("sample.sampler=euler", r"is for the flow objective"),
     ("train.optimizer=sgd", r"train.optimizer='sgd' is not one of"),
 ])
 def test_bad_settings_name_the_fix(override, message):
     with pytest.raises(ConfigError, match=message):
-        load_config("fashion_mnist_lt", override.split())
+        load_checked_config("fashion_mnist_lt", override.split())
 
 
 def test_unknown_preset_lists_the_presets():
     with pytest.raises(ConfigError, match="presets: .*fashion_mnist_lt"):
         load_config("no_such_preset")
+
+
+# ------------------------------------------------------------------ the model settings of the flat layout
+
+FLAT_MODEL = "model:\n  arch: unet\n  ch: 16\n  ch_mult: [1, 2]\n  attn_resolutions: [4]\n  dropout: 0.2\n"
+
+
+@pytest.fixture
+def fresh_warnings(monkeypatch):
+    """Forget which old keys were already warned about in this process."""
+    import ccua.config
+
+    monkeypatch.setattr(ccua.config, "_warned_keys", set())
+
+
+def test_old_model_keys_of_user_files_are_moved_with_one_warning(tmp_path, caplog, fresh_warnings):
+    path = tmp_path / "old.yaml"
+    path.write_text("base: fashion_mnist_lt\n" + FLAT_MODEL)
+    with caplog.at_level("WARNING", logger="ccua.config"):
+        config = load_checked_config(str(path))
+    unet = config.model.unet
+    assert (unet.ch, unet.ch_mult, unet.attn_resolutions, unet.dropout, unet.num_res_blocks) == (16, [1, 2], [4], 0.2, 1)
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1 and "model.ch -> model.unet.ch" in warnings[0] and "model.dropout -> model.unet.dropout" in warnings[0]
+    assert str(path) in warnings[0]
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="ccua.config"):
+        load_config(str(path), ["model.ch=24"])  # the old name of an override wins over the file's setting
+    assert not caplog.records  # each old key is named once per process
+    assert load_config(str(path), ["model.ch=24"]).model.unet.ch == 24
+    assert load_config("fashion_mnist_lt", ["model.encoder_depth=N/2"]).model.dit.encoder_depth == "N/2"
+
+
+def test_one_setting_under_both_names_must_agree(tmp_path, fresh_warnings):
+    path = tmp_path / "both.yaml"
+    path.write_text("model:\n  ch: 16\n  unet:\n    ch: 32\n")
+    with pytest.raises(ConfigError, match=r"model.ch=16 and model.unet.ch=32 name the same setting .* keep model.unet.ch"):
+        load_config(str(path))
+    path.write_text("model:\n  ch: 32\n  unet:\n    ch: 32\n")
+    assert load_config(str(path)).model.unet.ch == 32
+
+
+def test_a_dit_size_fills_depth_and_width_and_refuses_other_values(fresh_warnings):
+    config = load_checked_config("sit_s2_imagenet_lt256")  # size SiT-S/2
+    dit = config.model.dit
+    assert (dit.size, dit.depth, dit.hidden_size, dit.num_heads, dit.patch_size) == ("SiT-S/2", 12, 384, 6, 2)
+    assert load_checked_config("sit_s2_imagenet_lt256", ["model.dit.depth=12"]).model.dit.depth == 12  # the same
+    for override in ("model.dit.depth=8", "model.depth=8", "model.dit.hidden_size=256"):
+        with pytest.raises(ConfigError, match=r"model.dit.size='SiT-S/2' sets depth=12, hidden_size=384, .*"
+                                              r"but model.dit.(depth=8|hidden_size=256) is also given: remove one"):
+            load_checked_config("sit_s2_imagenet_lt256", [override])
+    with pytest.raises(ConfigError, match="model.dit.size: unknown DiT size 'SiT-M/2'"):
+        load_checked_config("sit_s2_imagenet_lt256", ["model.dit.size=SiT-M/2"])
+
+
+def test_stored_configs_of_the_flat_layout_load_silently(caplog, fresh_warnings):
+    """What a checkpoint of the flat layout holds, including a size next to the depth it overrode
+    when it was trained: read without a warning, the size standing for the architecture."""
+    from ccua.build import stored_config
+
+    flat = {"arch": "dit", "ch": 128, "ch_mult": [1, 2, 2, 2], "attn_resolutions": [16], "num_res_blocks": 2,
+            "dropout": 0.1, "dit_size": "DiT-S/4", "depth": 3, "hidden_size": 128, "num_heads": 4, "patch_size": 2,
+            "mlp_ratio": 4.0, "encoder_depth": "N/2"}
+    with caplog.at_level("WARNING"):
+        config = stored_config({"data": {"resolution": 8}, "model": flat, "diffusion": {"objective": "flow"},
+                                "sample": {"sampler": "euler"}})
+    assert not caplog.records
+    dit = config.model.dit
+    assert (dit.size, dit.depth, dit.hidden_size, dit.patch_size, dit.encoder_depth) == ("DiT-S/4", 12, 384, 4, "N/2")
+    assert config.model.unet.ch_mult == [1, 2, 2, 2]

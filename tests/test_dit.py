@@ -5,11 +5,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from ccua.config import CCUAConfig, ModelConfig, load_config
-from ccua.diffusion import Flow, build_objective
+from ccua.config import CCUAConfig, DiTConfig, ModelConfig, load_config
+from ccua.build import build_objective
+from ccua.diffusion import Flow
 from ccua.methods.base import PassOutputs, StepContext
 from ccua.methods.ccua import CCUA, ucl_loss
-from ccua.models import build_model
+from ccua.build import build_model, load_checked_config
 from ccua.models.dit import DIT_SIZES, DiT, encoder_blocks, resolve_dit_size
 
 
@@ -45,7 +46,7 @@ def test_registry_is_complete_and_rejects_unknown():
 
 
 def test_sit_s2_builds_with_the_published_size():
-    config = ModelConfig(arch="dit", dit_size="SiT-S/2")
+    config = ModelConfig(arch="dit", dit=DiTConfig(size="SiT-S/2"))
     model = build_model(config, in_channels=4, num_classes=1000, resolution=8)
     # N/4 taps the output of block index 3, as the released SiT code: 4 blocks
     assert (model.depth, model.hidden_size, model.patch_size, model.encoder_depth) == (12, 384, 2, 4)
@@ -134,13 +135,13 @@ def test_wrong_input_size_is_refused():
 
 
 def test_build_model_from_config_fields():
-    config = ModelConfig(arch="dit", depth=3, hidden_size=64, num_heads=2, patch_size=4, encoder_depth="N")
+    config = ModelConfig(arch="dit", dit=DiTConfig(depth=3, hidden_size=64, num_heads=2, patch_size=4, encoder_depth="N"))
     model = build_model(config, in_channels=1, num_classes=10, resolution=16)
     assert isinstance(model, DiT)
     assert (model.depth, model.hidden_size, model.patch_size, model.encoder_depth, model.num_tokens) == (3, 64, 4, 3, 16)
     assert model(torch.randn(2, 1, 16, 16), torch.rand(2), torch.tensor([0, 10])).shape == (2, 1, 16, 16)
     with pytest.raises(ValueError, match="encoder_depth"):
-        build_model(ModelConfig(arch="dit", encoder_depth="N/3"), 1, 10, 16)
+        build_model(ModelConfig(arch="dit", dit=DiTConfig(encoder_depth="N/3")), 1, 10, 16)
 
 
 def test_ucl_backprops_into_the_encoder():
@@ -191,8 +192,10 @@ def test_sit_presets_load(preset):
 
 
 def test_sit_s2_preset_is_the_published_setting():
-    config = load_config("sit_s2_imagenet_lt256")
-    assert config.model.dit_size == "SiT-S/2" and config.model.encoder_depth == "N/4"
+    config = load_checked_config("sit_s2_imagenet_lt256")
+    assert config.model.dit.size == "SiT-S/2" and config.model.dit.encoder_depth == "N/4"
+    # the checked config shows the architecture the size names
+    assert (config.model.dit.depth, config.model.dit.hidden_size, config.model.dit.num_heads) == (12, 384, 6)
     assert (config.method.ccua.alpha, config.method.ccua.gamma) == (0.05, 0.05)
     assert (config.train.batch_size, config.train.lr, config.train.ema_decay) == (48, 1e-4, 0.9999)
     assert (config.data.name, config.data.resolution, config.data.balanced_resampling) == ("latents", 32, 0.1)

@@ -8,8 +8,9 @@ import torch
 import torch.nn.functional as F
 
 from ccua.data import ArraySource, LongTailDataset
-from ccua.metrics import (FIDInceptionV3, InceptionWeightsError, build_feature_net, convert_channels, resize_uint8,
-                          state_dict_from_torchscript, to_uint8_nchw, train_classifier)
+from ccua.images import convert_channels, resize_uint8, to_uint8_nchw
+from ccua.metrics import (FIDInceptionV3, InceptionWeightsError, build_feature_net, state_dict_from_torchscript,
+                          train_classifier)
 from ccua.metrics import inception
 from ccua.metrics.inception import fid_helper_weights, inception_input, resize_tf_bilinear
 

@@ -16,7 +16,9 @@ import pytest
 import torch
 
 from ccua.config import DiffusionConfig
-from ccua.diffusion import DDPM, Flow, build_objective, guided_prediction, sample_with_objective
+from ccua.config import SampleConfig
+from ccua.build import build_objective
+from ccua.diffusion import DDPM, Flow, guided_prediction
 from ccua.models.dit import DiT
 
 MU, SIGMA = 1.5, 0.5
@@ -102,9 +104,9 @@ def test_dopri5_reaches_its_tolerance(noise):
     assert max_error(out, noise) < 1e-4  # float32 arithmetic limits it to ~1e-6
 
 
-@pytest.mark.parametrize("sampler,steps", [("euler", 500), ("heun", 50), ("dopri5", 0)])
+@pytest.mark.parametrize("sampler,steps", [("euler", 500), ("heun", 50), ("dopri5", 1)])
 def test_ode_samples_have_the_data_moments(noise, sampler, steps):
-    out = Flow().sample(exact_velocity, noise, sampler, steps=steps, atol=1e-7, rtol=1e-7)
+    out = Flow().sample(exact_velocity, noise, SampleConfig(sampler=sampler, steps=steps, atol=1e-7, rtol=1e-7))
     # The sample moments differ from mu, sigma^2 by the noise's own sampling error
     # (sd sigma / sqrt(n) = 0.004 for the mean, sigma^2 sqrt(2 / n) = 0.003 for the variance)
     # plus the integration error (< 0.01 for Euler with 500 steps).
@@ -159,24 +161,29 @@ def test_samplers_pass_float_model_times_in_order():
     assert seen == pytest.approx([0.0, 0.4, 0.8, 1.0])
 
 
-def test_dispatch_and_errors():
+def test_each_objective_runs_its_own_samplers_and_refuses_the_others():
     flow, noise = Flow(), torch.randn(4, 2)
-    for sampler in ("euler", "heun", "dopri5", "sde"):
-        out = sample_with_objective(flow, exact_velocity, noise, sampler, steps=5, progress=True)
+    assert list(Flow.samplers) == ["euler", "heun", "dopri5", "sde"] and list(DDPM.samplers) == ["ddim", "ddpm"]
+    for sampler in Flow.samplers:
+        out = flow.sample(exact_velocity, noise, SampleConfig(sampler=sampler, steps=5), progress=True)
         assert out.shape == noise.shape and torch.isfinite(out).all()
+    # the mapping runs the method it names with the settings it reads
+    torch.testing.assert_close(flow.sample(exact_velocity, noise, SampleConfig(sampler="heun", steps=7)),
+                               flow.heun(exact_velocity, noise, 7))
     with pytest.raises(ValueError, match="does not fit the flow objective"):
-        sample_with_objective(flow, exact_velocity, noise, "ddim")
+        flow.sample(exact_velocity, noise, SampleConfig(sampler="ddim"))
     with pytest.raises(ValueError, match="does not fit"):
-        flow.sample(exact_velocity, noise, "rk4")
+        flow.sample(exact_velocity, noise, SampleConfig(sampler="rk4"))
     with pytest.raises(ValueError, match="steps"):
         flow.euler(exact_velocity, noise, steps=0)
     ddpm = DDPM(timesteps=10)
     with pytest.raises(ValueError, match="does not fit the ddpm objective"):
-        sample_with_objective(ddpm, exact_velocity, noise, "heun")
+        ddpm.sample(exact_velocity, noise, SampleConfig(sampler="heun"))
     zero_eps = lambda x, t: torch.zeros_like(x)  # noqa: E731
     images = torch.randn(3, 1, 2, 2)
-    assert sample_with_objective(ddpm, zero_eps, images, "ddim", steps=5).shape == images.shape
-    assert sample_with_objective(ddpm, zero_eps, images, "ddpm").shape == images.shape
+    torch.testing.assert_close(ddpm.sample(zero_eps, images, SampleConfig(sampler="ddim", steps=5)),
+                               ddpm.ddim(zero_eps, images, 5))
+    assert ddpm.sample(zero_eps, images, SampleConfig(sampler="ddpm")).shape == images.shape
 
 
 def test_dopri5_without_torchdiffeq_says_how_to_install(monkeypatch):
@@ -191,5 +198,5 @@ def test_guided_sampling_through_a_dit():
     model = DiT(in_channels=2, num_classes=3, input_size=4, patch_size=2, hidden_size=32, depth=2, num_heads=4)
     labels = torch.tensor([0, 2])
     predict = lambda x, t: guided_prediction(model, x, t, labels, 1.5, model.null_label, channels=1)  # noqa: E731
-    out = sample_with_objective(Flow(), predict, torch.randn(2, 2, 4, 4), "heun", steps=3)
+    out = Flow().sample(predict, torch.randn(2, 2, 4, 4), SampleConfig(sampler="heun", steps=3))
     assert out.shape == (2, 2, 4, 4) and torch.isfinite(out).all()

@@ -15,7 +15,7 @@ from ccua.data import (DataError, ResumableBatchSampler, balanced_class_probabil
                        class_groups, load_source)
 from ccua.data.longtail import classes_head_to_tail
 from ccua.metrics import Reference, RandomFeatureNet, evaluate
-from ccua.sampling import initial_noise, load_sample_file, save_samples
+from ccua.generate import initial_noise, load_sample_file, save_samples
 
 # Training counts of the split-file folder below: class 2 is the head, class 0 the tail.
 SPLIT_COUNTS = [2, 5, 20]

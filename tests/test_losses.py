@@ -91,3 +91,16 @@ def test_noise_weights():
     assert torch.equal(noise_weight(s, "noise_level"), s)
     assert torch.equal(noise_weight(s, "flow_time"), 1 - s)
     assert torch.equal(noise_weight(s, "none"), torch.ones(3))
+
+
+def test_weighted_mean_is_the_tail_of_every_per_sample_loss():
+    from ccua.methods.base import weighted_mean
+
+    values = torch.tensor([1.0, 2.0, 4.0], dtype=torch.float64)
+    weight = torch.tensor([0.5, 0.0, 1.0])
+    assert weighted_mean(values, weight).item() == pytest.approx((0.5 + 0.0 + 4.0) / 3)
+    assert weighted_mean(values, weight).dtype == torch.float64  # the weight takes the values' dtype
+    assert weighted_mean(values).item() == pytest.approx(7 / 3)
+    pred, other = torch.randn(3, 2, 4, 4), torch.randn(3, 2, 4, 4)
+    per_sample = (pred - other).pow(2).flatten(1).mean(1)
+    assert torch.equal(alignment_loss(pred, other, weight), weighted_mean(per_sample, weight))

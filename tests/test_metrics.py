@@ -12,9 +12,10 @@ import torch
 
 from ccua.data import ArraySource, LongTailDataset, class_groups, count_groups
 from ccua.metrics import (GaussianStats, ProxyFID, RandomFeatureNet, Reference, class_accuracy, evaluate,
-                          fid_from_features, format_table, frechet_distance, inception_score, kid, precision_recall,
-                          reference_features, stratified_subset, write_metrics)
+                          fid_from_features, frechet_distance, inception_score, kid, precision_recall,
+                          reference_features, stratified_subset)
 from ccua.metrics import scores
+from ccua.report import format_table, write_metrics
 
 
 def _gaussian(n, d, seed, shift=0.0, scale=1.0):
@@ -357,3 +358,32 @@ def test_proxy_fid_computes_reference_statistics_once():
     far = proxy(np.full_like(ref_images[:40], 255), ref_labels[:40])
     assert net.images_seen == 100 + len(ref_images[::3]) + 40  # no reference work per call
     assert 0 <= near < far
+
+
+def test_one_loop_scores_overall_groups_and_classes_from_one_mapping_of_subsets():
+    from ccua.metrics.evaluate import score_subsets, subsets
+
+    parts = subsets({"head": [0, 1], "tail": []}, num_classes=3, per_class=True, class_names=["a", "b"],
+                    counts=[9, 5, 1])
+    assert [(p.scope, p.name, p.classes) for p in parts] == [
+        ("overall", "overall", None), ("group", "head", [0, 1]), ("group", "tail", []),
+        ("class", "a", [0]), ("class", "b", [1]), ("class", "2", [2])]
+    assert parts[3].row == {"class": 0, "name": "a", "train_count": 9}
+    rng = np.random.default_rng(0)
+    labels = np.array([0] * 6 + [1] * 6 + [2])  # class 2: one generated image, too few
+    ref_labels = np.repeat(np.arange(3), 8)
+    gen_f, ref_f = rng.normal(size=(len(labels), 4)), rng.normal(size=(len(ref_labels), 4))
+    settings = {"kid_subsets": 2, "kid_subset_size": 3, "seed": 0, "pr_k": 3, "pr_reference": "match"}
+    scored, skipped = score_subsets(parts, gen_f, None, labels, ref_f, ref_labels, RandomFeatureNet(progress=False),
+                                    settings)
+    assert [(p.scope, p.name) for p, _ in scored] == [("overall", "overall"), ("group", "head"), ("class", "a"),
+                                                       ("class", "b")]
+    assert [(p.name, row["n_gen"], row["n_ref"]) for p, row in scored] == [
+        ("overall", 13, 24), ("head", 12, 16), ("a", 6, 8), ("b", 6, 8)]
+    # each subset's FID is the FID of its slice of the features
+    head = fid_from_features(ref_f[ref_labels < 2], gen_f[labels < 2]).value
+    assert scored[1][1]["fid"] == pytest.approx(head)
+    assert skipped == [
+        {"scope": "group", "name": "tail", "classes": [], "n_gen": 0, "n_ref": 0, "reason": "no classes in this group"},
+        {"scope": "class", "name": "2", "class": 2, "n_gen": 1, "n_ref": 8,
+         "reason": "1 generated and 8 reference images (at least 2 of each are needed)"}]

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ccua.metrics import RandomFeatureNet, Reference, evaluate, write_metrics
-from ccua.report import find_metrics_file, make_report, tail_grid
+from ccua.metrics import RandomFeatureNet, Reference, evaluate
+from ccua.report import find_metrics_file, make_report, tail_grid, write_metrics
 from ccua.report.tables import group_key
 
 
@@ -112,3 +112,25 @@ def test_tail_grid_rows_are_runs_and_columns_are_seeds(tmp_path):
         assert pixel == (int(runs["ddpm"][0, 0, 0, 0]),) * 3
     with pytest.raises(ValueError, match="same image size"):
         tail_grid({"a": runs["ddpm"], "b": rng.integers(0, 256, (5, 8, 8, 1), dtype=np.uint8)}, tmp_path / "x.png")
+
+
+def test_one_grid_writer_for_training_grids_and_labelled_grids(tmp_path):
+    """save_grid without labels keeps grey images grey and lays cells out at scale with the pad
+    given (the trainer passes pad = 2 * scale: the old whole-image upscaling, pixel for pixel)."""
+    from ccua.images import save_grid
+
+    rng = np.random.default_rng(1)
+    rows = [rng.integers(0, 256, (3, 4, 4, 1), dtype=np.uint8), rng.integers(0, 256, (2, 4, 4, 1), dtype=np.uint8)]
+    path = save_grid(rows, tmp_path / "grid.png", scale=2, pad=4)
+    with Image.open(path) as image:
+        assert image.mode == "L" and image.size == (4 + 3 * (8 + 4), 4 + 2 * (8 + 4))
+        pixels = np.asarray(image)
+    # native grid with pad 2, upscaled x2 by nearest neighbour
+    native = np.full((2 + 2 * 6, 2 + 3 * 6), 255, dtype=np.uint8)
+    for i, row in enumerate(rows):
+        for j, tile in enumerate(row):
+            native[2 + i * 6: 6 + i * 6, 2 + j * 6: 6 + j * 6] = tile[..., 0]
+    np.testing.assert_array_equal(pixels, native.repeat(2, axis=0).repeat(2, axis=1))
+    labelled = save_grid(rows, tmp_path / "labelled.png", row_labels=["a", "b"])
+    with Image.open(labelled) as image:
+        assert image.mode == "RGB" and image.width > 2 + 3 * 6

@@ -17,10 +17,10 @@ import yaml
 
 from ccua.config import ConfigError, config_from_dict
 from ccua.training import train
-from ccua.training import checkpoint as checkpoint_module
-from ccua.training.checkpoint import CheckpointError, list_checkpoints, load_checkpoint, save_checkpoint
-from ccua.training.runs import claim_run_dir, resume_candidates
-from tests.conftest import tiny_config_dict
+from ccua import checkpoint as checkpoint_module
+from ccua.checkpoint import CheckpointError, list_checkpoints, load_checkpoint, save_checkpoint
+from ccua.runs import claim_run_dir, resume_candidates
+from tests.conftest import merge_sections, tiny_config_dict
 
 STEPS = {"steps": 6, "ckpt_every": 3, "log_every": 1}
 
@@ -90,14 +90,12 @@ def test_resume_latest_finds_cleaned_names_and_the_highest_number(tmp_path):
 @pytest.mark.parametrize("changed, key", [({"train": {"lr": 5e-4}}, "train.lr"),
                                           ({"method": {"names": ["plain"]}}, "method.names"),
                                           ({"train": {"seed": 1}}, "train.seed"),
-                                          ({"model": {"dropout": 0.0}}, "model.dropout")])
+                                          ({"model": {"unet": {"dropout": 0.0}}}, "model.unet.dropout")])
 def test_resume_refuses_settings_that_change_the_training(tmp_path, finished_run, changed, key):
     run = _copy_run(finished_run, tmp_path / "runs")
     _interrupted(run)
     before = _snapshot(run)
-    values = tiny_config_dict(tmp_path / "runs", train=STEPS)
-    for section, settings in changed.items():
-        values[section].update(settings)
+    values = merge_sections(tiny_config_dict(tmp_path / "runs", train=STEPS), changed)
     with pytest.raises(ConfigError, match=rf"{key}: checkpoint .* vs config"):
         train(config_from_dict(values), resume="latest")
     assert _snapshot(run) == before  # nothing written: no checkpoint, log row or config
@@ -286,3 +284,33 @@ def test_rows_logged_after_the_checkpoint_are_dropped_on_resume(tmp_path, finish
     original = [json.loads(line) for line in (finished_run / "losses.jsonl").read_text().splitlines()]
     resumed = [json.loads(line) for line in (run / "losses.jsonl").read_text().splitlines()]
     assert [r["total"] for r in resumed] == pytest.approx([r["total"] for r in original], rel=1e-6)
+
+
+# ------------------------------------------------------------------ checkpoints of the flat model layout
+
+def _flat_layout(config: dict) -> dict:
+    """A config dict as it was written before the U-Net and DiT settings got sections of their own."""
+    model = config["model"]
+    flat = {"arch": model["arch"], **model["unet"], "dit_size": model["dit"]["size"],
+            **{k: v for k, v in model["dit"].items() if k != "size"}}
+    return {**config, "model": flat}
+
+
+def test_checkpoints_of_the_flat_model_layout_sample_and_resume_exactly(tmp_path, finished_run, caplog):
+    from ccua.generate import LoadedModel
+
+    run = _copy_run(finished_run, tmp_path / "runs")
+    _interrupted(run)
+    checkpoint = run / "checkpoints" / "0000003.pt"
+    state = torch.load(checkpoint, weights_only=True)
+    state["config"] = _flat_layout(state["config"])
+    assert "ch" in state["config"]["model"] and "unet" not in state["config"]["model"]
+    torch.save(state, checkpoint)
+    (run / "config.yaml").write_text(yaml.safe_dump(_flat_layout(yaml.safe_load((run / "config.yaml").read_text()))))
+    with caplog.at_level("WARNING"):
+        loaded = LoadedModel(run)
+        assert loaded.step == 3 and loaded.config.model.unet.ch == 8
+        train(_config(tmp_path / "runs"), resume="latest")
+    assert not [r for r in caplog.records if r.name.startswith("ccua")]  # stored configs are read silently
+    _assert_same_weights(_weights(run / "checkpoints" / "0000006.pt"),
+                         _weights(finished_run / "checkpoints" / "0000006.pt"))

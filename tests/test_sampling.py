@@ -5,7 +5,7 @@ import torch
 
 from ccua.config import SampleConfig
 from ccua.diffusion import DDPM, guided_prediction
-from ccua.sampling import generate, grid_labels, initial_noise
+from ccua.generate import generate, grid_labels, initial_noise
 
 
 def test_ddpm_training_input_closed_form():

@@ -12,7 +12,7 @@ from ccua.config import ConfigError, config_from_dict
 from ccua.methods import METHODS
 from ccua.methods.base import Method
 from ccua.training import Trainer, TrainingDiverged, train
-from ccua.training.checkpoint import list_checkpoints, load_checkpoint
+from ccua.checkpoint import list_checkpoints, load_checkpoint
 from ccua.training.distributed import cleanup
 from tests.conftest import tiny_config_dict
 
@@ -85,8 +85,8 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monk
 
 def test_checkpoint_from_another_config_is_refused(tmp_path):
     run = train(config_from_dict(tiny_config_dict(tmp_path / "runs", train={"steps": 3})))
-    other = config_from_dict(tiny_config_dict(tmp_path / "runs", model={"ch": 16}, train={"steps": 6}))
-    with pytest.raises(ConfigError, match="model.ch: checkpoint 8 vs config 16"):
+    other = config_from_dict(tiny_config_dict(tmp_path / "runs", model={"unet": {"ch": 16}}, train={"steps": 6}))
+    with pytest.raises(ConfigError, match="model.unet.ch: checkpoint 8 vs config 16"):
         train(other, resume=str(run))
 
 

@@ -13,8 +13,9 @@ import logging
 import os
 import sys
 from pathlib import Path
+from typing import Callable, Iterable, Iterator
 
-from ccua.config import ConfigError, load_config, preset_names
+from ccua.config import ConfigError, preset_names
 
 log = logging.getLogger("ccua")
 
@@ -50,6 +51,13 @@ positive_int = _int_at_least(1, "a positive integer")
 non_negative_int = _int_at_least(0, "an integer >= 0")
 
 
+def _load(preset: str | None, overrides: list[str]):
+    """The config of a preset or YAML path with overrides, checked against the registries."""
+    from ccua.build import load_checked_config
+
+    return load_checked_config(preset, overrides)
+
+
 def _split_preset(items: list[str]) -> tuple[str | None, list[str]]:
     """The first positional that is not a key=value override is the preset or YAML path."""
     if items and "=" not in items[0]:
@@ -61,7 +69,7 @@ def _split_preset(items: list[str]) -> tuple[str | None, list[str]]:
 
 def cmd_train(args: argparse.Namespace) -> int:
     preset, overrides = _split_preset(args.config)
-    config = load_config(preset, overrides)
+    config = _load(preset, overrides)
     if args.dry_run:
         import yaml
 
@@ -79,15 +87,15 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_sample(args: argparse.Namespace) -> int:
     import torch
 
-    from ccua.sampling import LoadedModel, sample_to_folder
-    from ccua.training.distributed import default_device
+    from ccua.build import check_config
+    from ccua.devices import default_device
+    from ccua.generate import LoadedModel, sample_to_folder
 
     loaded = LoadedModel(args.run, use_ema=not args.no_ema, device=default_device(args.device))
     changes = {k: v for k, v in {"sampler": args.sampler, "steps": args.steps, "eta": args.eta,
                                   "guidance": args.guidance, "batch_size": args.batch_size}.items() if v is not None}
-    sample = dataclasses.replace(loaded.config.sample, **changes)
-    sample.use_ema = loaded.use_ema
-    _check_sampler(loaded.config.diffusion.objective, sample.sampler)
+    sample = dataclasses.replace(loaded.config.sample, **changes, use_ema=loaded.use_ema)
+    check_config(dataclasses.replace(loaded.config, sample=sample))  # the sampler fits the objective
     labels = None
     if args.labels:
         try:
@@ -102,14 +110,6 @@ def cmd_sample(args: argparse.Namespace) -> int:
     return 0
 
 
-def _check_sampler(objective: str, sampler: str) -> None:
-    from ccua.diffusion.sampling import SAMPLERS
-
-    fits = SAMPLERS[objective]
-    if sampler not in fits:
-        raise ConfigError(f"sampler {sampler!r} does not fit the {objective} objective (use one of: {', '.join(fits)})")
-
-
 # --------------------------------------------------------------------------- data
 
 def cmd_data(args: argparse.Namespace) -> int:
@@ -121,7 +121,7 @@ def cmd_data(args: argparse.Namespace) -> int:
     parser.add_argument("--verify", action="store_true")
     rest = parser.parse_args(args.config)
     preset, overrides = _split_preset(rest.config)
-    config = load_config(preset, overrides)
+    config = _load(preset, overrides)
     from ccua.data import build_training_set, class_groups, count_groups
 
     if args.verify or rest.verify:
@@ -177,7 +177,7 @@ def cmd_data_encode(argv: list[str]) -> int:
     parser.add_argument("--allow-download", action="store_true", help="let diffusers fetch the VAE from the hub")
     args = parser.parse_args(argv)
     preset, overrides = _split_preset(args.config)
-    config = load_config(preset, overrides)
+    config = _load(preset, overrides)
     from ccua.data import build_training_set
     from ccua.latent import encode_dataset, load_vae
 
@@ -196,13 +196,12 @@ def cmd_data_encode(argv: list[str]) -> int:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from ccua.evaluation import evaluate_target
-    from ccua.metrics import format_table
-    from ccua.metrics.evaluate import copies_table
+    from ccua.report import copies_table, format_table
 
     data = None
     if args.data or args.overrides:
         preset, overrides = _split_preset(([args.data] if args.data else []) + args.overrides)
-        data = load_config(preset, overrides).data
+        data = _load(preset, overrides).data
     result, out = evaluate_target(
         args.target, args.out, features=args.features, feature_path=args.feature_path,
         reference_split=args.reference, per_class=args.per_class, sampler=args.sampler, steps=args.steps,
@@ -216,11 +215,11 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_features(args: argparse.Namespace) -> int:
-    from ccua.evaluation import default_classifier_path
+    from ccua.metrics.weights import default_classifier_path
     from ccua.metrics import train_classifier
 
     preset, overrides = _split_preset(args.config)
-    config = load_config(preset, overrides)
+    config = _load(preset, overrides)
     out = Path(args.out) if args.out else default_classifier_path(config.data)
     out.parent.mkdir(parents=True, exist_ok=True)
     meta = train_classifier(config.data, out, epochs=args.epochs, batch_size=args.batch_size, seed=args.seed,
@@ -269,31 +268,70 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
-def _add_eval_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--features", default="inception", help="inception | classifier | random (tests only)")
-    p.add_argument("--feature-path", default=None, help="weights file of the feature network")
-    p.add_argument("--per-class", type=positive_int, default=100, help="generated images per class when sampling a run")
-    p.add_argument("--device", default=None)
+# --------------------------------------------------------------------------- the parser
+# Every list of valid values below is asked of its registry (objectives' samplers, feature
+# networks, group modes, data splits, seed groupings), never written out here.
+
+class _Names:
+    """A registry's names as argparse choices, read only when argparse needs them (to check a
+    value given, or to show a command's help), so that `ccua --help` does not load torch."""
+
+    def __init__(self, names: Callable[[], Iterable[str]]):
+        self._names = names
+
+    def __contains__(self, value: object) -> bool:
+        return value in tuple(self._names())
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(tuple(self._names()))
 
 
-# --------------------------------------------------------------------------- entry point
+def _samplers() -> tuple[str, ...]:
+    from ccua.diffusion import SAMPLERS
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="ccua", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
+    return SAMPLERS
 
+
+def _feature_nets() -> Iterable[str]:
+    from ccua.metrics import FEATURE_NETS
+
+    return FEATURE_NETS
+
+
+def _group_modes() -> tuple[str, ...]:
+    from ccua.data import GROUP_MODES
+
+    return GROUP_MODES
+
+
+def _splits() -> tuple[str, ...]:
+    from ccua.data import SPLITS
+
+    return SPLITS
+
+
+def _seed_groupings() -> Iterable[str]:
+    from ccua.report.tables import SEED_GROUPINGS
+
+    return SEED_GROUPINGS
+
+
+def _add_train(sub) -> None:
     p = sub.add_parser("train", help="train from a preset or YAML config with key=value overrides")
     p.add_argument("config", nargs="*", help=f"preset ({', '.join(preset_names())}) or YAML path, then overrides "
-                                             "such as model.ch=64 train.batch_size=32")
+                                             "such as model.unet.ch=64 train.batch_size=32")
     p.add_argument("--resume", default=None, help='"latest" or a run folder or checkpoint file')
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     p.add_argument("--dry-run", action="store_true", help="print the resolved config and stop")
     p.set_defaults(func=cmd_train)
 
+
+def _add_sample(sub) -> None:
     p = sub.add_parser("sample", help="sample a trained run or checkpoint")
     p.add_argument("run", help="run folder or checkpoint file")
     p.add_argument("--out", default=None, help="output folder (default: RUN/samples/<settings>)")
-    p.add_argument("--sampler", default=None, help="ddim | ddpm (DDPM objective); euler | heun | dopri5 | sde (flow)")
+    p.add_argument("--sampler", default=None, choices=_Names(_samplers), metavar="SAMPLER",
+                   help="%(choices)s: one of the run's objective (an error names the ones that fit)")
     p.add_argument("--steps", type=positive_int, default=None)
     p.add_argument("--eta", type=float, default=None)
     p.add_argument("--guidance", type=float, default=None, help="w in eps_c + w (eps_c - eps_u)")
@@ -307,24 +345,34 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default=None)
     p.set_defaults(func=cmd_sample)
 
+
+def _add_data(sub) -> None:
     p = sub.add_parser("data", help="per-class counts after long-tail subsampling; `data encode` for latents")
     p.add_argument("config", nargs=argparse.REMAINDER, help="preset or YAML, then overrides")
     p.add_argument("--verify", action="store_true", help="open every image file once and list the unreadable ones")
     p.set_defaults(func=cmd_data)
 
+
+def _add_evaluate(sub) -> None:
     p = sub.add_parser("evaluate", help="FID, KID, precision/recall, IS per group and class of a run or samples")
     p.add_argument("target", help="run folder, checkpoint, sample folder or a sample .npz (arr_0/arr_1 or "
                                   "images/labels)")
     p.add_argument("overrides", nargs="*", help="data.* overrides naming the reference data set")
     p.add_argument("--out", default=None, help="output folder (default: RUN/eval/<settings> or SAMPLES/eval)")
-    _add_eval_options(p)
+    p.add_argument("--features", default="inception", choices=_Names(_feature_nets), metavar="NET",
+                   help="feature network: %(choices)s (random: tests only)")
+    p.add_argument("--feature-path", default=None, help="weights file of the feature network")
+    p.add_argument("--per-class", type=positive_int, default=100, help="generated images per class when sampling a run")
+    p.add_argument("--device", default=None)
     p.add_argument("--data", default=None, help="preset or YAML whose data set is the reference (default: the run's)")
-    p.add_argument("--reference", default="train", choices=["train", "test"], help="balanced split to compare with")
+    p.add_argument("--reference", default="train", choices=_Names(_splits), metavar="SPLIT",
+                   help="balanced split to compare with: %(choices)s")
     p.add_argument("--reference-stats", default=None,
                    help="published FID statistics (.npz with mu, sigma) as the reference: overall FID only")
-    p.add_argument("--groups", default="thirds", choices=["thirds", "counts"],
-                   help="head/body/tail thirds, or many/medium/few by training count")
-    p.add_argument("--sampler", default=None)
+    p.add_argument("--groups", default="thirds", choices=_Names(_group_modes), metavar="MODE",
+                   help="%(choices)s: head/body/tail thirds, or many/medium/few by training count")
+    p.add_argument("--sampler", default=None, choices=_Names(_samplers), metavar="SAMPLER",
+                   help="%(choices)s: one of the run's objective (an error names the ones that fit)")
     p.add_argument("--steps", type=positive_int, default=None)
     p.add_argument("--guidance", type=float, default=None)
     p.add_argument("--seed", type=int, default=0)
@@ -337,6 +385,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="skip the near-copy test against the training images (it reads the whole training set)")
     p.set_defaults(func=cmd_evaluate)
 
+
+def _add_features(sub) -> None:
     p = sub.add_parser("features", help="`features train`: the domain classifier used as a fast feature network")
     p.add_argument("action", choices=["train"])
     p.add_argument("config", nargs="*", help="preset or YAML (its data set and resolution), then overrides")
@@ -347,13 +397,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default=None)
     p.set_defaults(func=cmd_features)
 
+
+def _add_report(sub) -> None:
     p = sub.add_parser("report", help="one comparison of several evaluated runs: table, CSV, plots")
     p.add_argument("runs", nargs="+", help="metrics.json files or folders holding them")
     p.add_argument("--out", required=True)
     p.add_argument("--names", default=None, help="comma-separated display names (equal names = seeds of one method)")
-    p.add_argument("--group", default="name", choices=["name", "strip_seed", "none"])
+    p.add_argument("--group", default="name", choices=_Names(_seed_groupings), metavar="GROUPING",
+                   help="which runs are seeds of one setting: %(choices)s")
     p.set_defaults(func=cmd_report)
 
+
+def _add_compare(sub) -> None:
     p = sub.add_parser("compare", help="train, evaluate and report several methods under one protocol")
     p.add_argument("preset", help="preset or YAML config shared by every run, or a study file (studies/*.yaml)")
     p.add_argument("overrides", nargs="*", help="overrides shared by every run")
@@ -361,7 +416,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seeds", default=None, help="comma-separated (default 0)")
     p.add_argument("--steps", type=non_negative_int, default=None, help="training steps of every run")
     p.add_argument("--out", default=None, help="output folder (default runs/compare, or runs/<study name>)")
-    p.add_argument("--features", default=None, help="inception (default) | classifier | random (tests only)")
+    p.add_argument("--features", default=None, choices=_Names(_feature_nets), metavar="NET",
+                   help="feature network: %(choices)s (default inception; random: tests only)")
     p.add_argument("--feature-path", default=None, help="weights file of the feature network")
     p.add_argument("--per-class", type=positive_int, default=None, help="generated images per class (default 100)")
     p.add_argument("--device", default=None)
@@ -376,8 +432,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--jobs", type=positive_int, default=None,
                    help="runs side by side, each with cores/jobs threads or its own GPU (default 1)")
     p.set_defaults(func=cmd_compare)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="ccua", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    for add in (_add_train, _add_sample, _add_data, _add_evaluate, _add_features, _add_report, _add_compare):
+        add(sub)
     return parser
 
+
+# --------------------------------------------------------------------------- entry point
 
 def main(argv: list[str] | None = None) -> int:
     _setup_logging()
@@ -408,7 +473,7 @@ def _is_user_error(error: Exception) -> bool:
     files (an OS error naming its file), unreadable checkpoints, a diverged run."""
     from ccua.data.sources import DataError
     from ccua.jobs import JobsFailed
-    from ccua.training.checkpoint import CheckpointError
+    from ccua.checkpoint import CheckpointError
     from ccua.training.trainer import TrainingDiverged
 
     if isinstance(error, OSError) and error.filename is not None:

@@ -26,16 +26,15 @@ from typing import Any
 import torch
 import yaml
 
-from ccua.config import Config, ConfigError, load_config
+from ccua.build import load_checked_config
+from ccua.checkpoint import load_checkpoint
+from ccua.config import Config, ConfigError
+from ccua.data import SPLITS
 from ccua.jobs import Job, JobsFailed, run_jobs
-from ccua.training.checkpoint import list_checkpoints, load_checkpoint
+from ccua.methods import METHODS
+from ccua.runs import run_checkpoints
 
 log = logging.getLogger(__name__)
-
-#: published sampling guidance (eps_c + w (eps_c - eps_u)) where the preset does not set its own
-PUBLISHED_GUIDANCE = {"cbdm": 1.6, "oclt": 1.5}
-REFERENCES = ("train", "test")
-
 
 @dataclass
 class Variant:
@@ -79,9 +78,9 @@ class CompareSettings:
         names = [v.name for v in self.variants]
         if len(set(names)) != len(names):
             raise ConfigError(f"variant names must be unique, got {names}")
-        bad = [r for r in self.references if r not in REFERENCES]
+        bad = [r for r in self.references if r not in SPLITS]
         if bad or not self.references:
-            raise ConfigError(f"references must be a non-empty list of {REFERENCES}, got {self.references}")
+            raise ConfigError(f"references must be a non-empty list of {SPLITS}, got {self.references}")
         if self.baseline is not None and self.baseline not in names:
             raise ConfigError(f"baseline {self.baseline!r} is not one of the variants {names}")
         if self.jobs < 1 or self.per_class < 1 or self.proxy_per_class < 1:
@@ -161,9 +160,11 @@ def variant_config(settings: CompareSettings, variant: Variant, seed: int) -> Co
         overrides.append(f"train.steps={settings.steps}")
     if settings.jobs > 1:
         overrides.append("train.progress=false")  # side-by-side bars would interleave
-    config = load_config(settings.preset, overrides)
+    config = load_checked_config(settings.preset, overrides)
     chose_guidance = any(o.startswith("sample.guidance=") for o in settings.overrides + variant.overrides)
-    published = [PUBLISHED_GUIDANCE[n] for n in config.method.names if n in PUBLISHED_GUIDANCE]
+    # the guidance a method's authors evaluate with, where the preset does not set its own
+    published = [METHODS[n].published_guidance for n in config.method.names
+                 if n in METHODS and METHODS[n].published_guidance is not None]
     if settings.guidance is not None:
         config.sample.guidance = settings.guidance
     elif published and not chose_guidance:
@@ -188,7 +189,7 @@ def planned_runs(settings: CompareSettings) -> list[PlannedRun]:
 
 
 def is_finished(run_dir: Path, steps: int) -> bool:
-    found = list_checkpoints(run_dir / "checkpoints")
+    found = run_checkpoints(run_dir)
     return bool(found) and int(load_checkpoint(found[-1])["step"]) >= steps
 
 
@@ -200,7 +201,7 @@ def train_one(config: Config, run_dir: Path, device: str | None = None) -> Path:
     if is_finished(run_dir, config.train.steps):
         log.info("%s: finished, skipped", run_dir.name)
         return run_dir
-    found = list_checkpoints(run_dir / "checkpoints")
+    found = run_checkpoints(run_dir)
     trainer = Trainer(config, resume=str(run_dir) if found else None, run_dir=run_dir, device=device)
     try:
         trainer.train()
@@ -263,8 +264,8 @@ def tail_samples(run_dir: Path, num_seeds: int, guidance: float, device: str | N
     """uint8 [tail classes * num_seeds, H, W, C] and column labels: every run's tail classes, drawn
     from the same initial noise (sample i of the stream) in every run."""
     from ccua.data import class_groups, to_uint8
-    from ccua.sampling import LoadedModel
-    from ccua.training.distributed import default_device
+    from ccua.generate import LoadedModel
+    from ccua.devices import default_device
 
     loaded = LoadedModel(run_dir, device=default_device(device))
     tail = class_groups(len(loaded.class_counts), loaded.class_counts)["tail"]

@@ -1,12 +1,15 @@
 """Configuration: nested dataclasses, YAML presets and dotted command-line overrides.
 
 Every setting lives here with its default, so a run folder's ``config.yaml`` is the complete
-record of what was trained. Unknown keys are rejected with the list of valid ones.
+record of what was trained. This module is data only: unknown keys (with the list of valid ones),
+types and numeric ranges are checked here; whether a name exists (a data set, a method, a
+sampler, ...) is asked of its registry by :func:`ccua.build.check_config`.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import logging
 import re
 from dataclasses import dataclass, field, fields, is_dataclass
 from importlib import resources
@@ -14,6 +17,8 @@ from pathlib import Path
 from typing import Any, Iterator, get_args, get_origin, get_type_hints
 
 import yaml
+
+log = logging.getLogger(__name__)
 
 
 class ConfigError(ValueError):
@@ -24,7 +29,7 @@ class ConfigError(ValueError):
 class DataConfig:
     """Which images, how they are made long-tailed, and how batches are drawn."""
 
-    name: str = "fashion_mnist"  # fashion_mnist | mnist | cifar10 | cifar100 | image_folder | latents
+    name: str = "fashion_mnist"  # one of ccua.data.DATA_SETS: an image source, or "latents"
     root: str | None = None  # where the source files are; None = the source's default place
     split_file: str | None = None  # image_folder: "relative/path label" lines (ImageNet-LT format)
     # image_folder: the test split in the same format (ImageNet_LT_test.txt): the balanced reference
@@ -42,17 +47,24 @@ class DataConfig:
 
 
 @dataclass
-class ModelConfig:
-    """The backbone. U-Net fields apply to ``arch: unet``, DiT fields to ``arch: dit``."""
+class UNetConfig:
+    """The DDPM U-Net (``model.arch: unet``)."""
 
-    arch: str = "unet"  # unet | dit
     ch: int = 128
     ch_mult: list[int] = field(default_factory=lambda: [1, 2, 2, 2])
     attn_resolutions: list[int] = field(default_factory=lambda: [16])
     num_res_blocks: int = 2
     dropout: float = 0.1
-    # DiT / SiT
-    dit_size: str | None = None  # a named size such as "SiT-S/2"; overrides the fields below
+
+
+@dataclass
+class DiTConfig:
+    """DiT / SiT (``model.arch: dit``): a published size, or explicit depth and width (not both)."""
+
+    # a published size such as "SiT-S/2": it sets depth, hidden_size, num_heads, patch_size and
+    # mlp_ratio (written into them when the config is checked); giving one of those as well, with
+    # another value than the size's, is an error
+    size: str | None = None
     depth: int = 4
     hidden_size: int = 128
     num_heads: int = 4
@@ -62,10 +74,19 @@ class ModelConfig:
 
 
 @dataclass
+class ModelConfig:
+    """The backbone: ``arch`` names it; its settings are the section of the same name."""
+
+    arch: str = "unet"  # one of ccua.models.BACKBONES (unet, dit)
+    unet: UNetConfig = field(default_factory=UNetConfig)
+    dit: DiTConfig = field(default_factory=DiTConfig)
+
+
+@dataclass
 class DiffusionConfig:
     """The training objective and classifier-free guidance training."""
 
-    objective: str = "ddpm"  # ddpm | flow
+    objective: str = "ddpm"  # one of ccua.diffusion.OBJECTIVES (ddpm, flow)
     timesteps: int = 1000
     beta_start: float = 1e-4
     beta_end: float = 0.02
@@ -123,7 +144,7 @@ class SupConConfig:
 
     weight: float = 1.0
     temperature: float = 0.1
-    weighting: str = "noise_level"  # per-sample weight, as CCUA's: noise_level | flow_time | none
+    weighting: str = "noise_level"  # per-sample weight, as CCUA's (methods.ccua.WEIGHTINGS)
 
 
 @dataclass
@@ -146,7 +167,7 @@ class TrainConfig:
 
     steps: int = 1000
     batch_size: int = 64  # global: split evenly over the processes
-    optimizer: str = "adamw"  # adam | adamw
+    optimizer: str = "adamw"  # one of ccua.build.OPTIMIZERS (adam, adamw)
     lr: float = 2e-4
     weight_decay: float = 0.0
     warmup_steps: int = 0
@@ -169,7 +190,7 @@ class TrainConfig:
     # with the fast feature network, every proxy_every steps, logged to TensorBoard.
     proxy_every: int = 0
     proxy_samples: int = 500
-    proxy_features: str = "classifier"  # classifier | inception | random
+    proxy_features: str = "classifier"  # one of ccua.metrics.FEATURE_NETS
     proxy_feature_path: str | None = None  # default: the classifier `ccua features train` wrote
     proxy_sampler_steps: int = 20
 
@@ -178,7 +199,7 @@ class TrainConfig:
 class SampleConfig:
     """How samples are drawn (training-time grids and ``ccua sample``)."""
 
-    sampler: str = "ddim"  # ddim | ddpm (ancestral) | euler | heun | dopri5 | sde
+    sampler: str = "ddim"  # one of the objective's samplers (ddim, ddpm = ancestral; euler, heun, dopri5, sde)
     steps: int = 100
     eta: float = 0.0
     # DDPM objective only. clip_x0: clip the predicted x0 to [-1, 1] at every step, with the
@@ -287,17 +308,107 @@ def _merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def with_defaults(values: dict[str, Any] | None) -> dict[str, Any]:
-    """A (possibly partial, possibly older) config mapping completed with today's defaults."""
-    return _merge(Config().to_dict(), values or {})
+def with_defaults(values: dict[str, Any] | None, stored: bool = False) -> dict[str, Any]:
+    """A (possibly partial, possibly older) config mapping completed with today's defaults, old
+    key names moved to the new ones (:func:`upgrade_keys`)."""
+    return _merge(Config().to_dict(), upgrade_keys(values or {}, "config", stored))
 
 
-def config_from_dict(values: dict[str, Any]) -> Config:
-    """Build and validate a :class:`Config` from a (possibly partial) nested mapping."""
-    merged = with_defaults(values)
+def config_from_dict(values: dict[str, Any], stored: bool = False) -> Config:
+    """A :class:`Config` from a (possibly partial) nested mapping: keys, types and ranges checked.
+
+    ``stored``: the mapping was written by an earlier run (a checkpoint, a run's config.yaml), so
+    settings under old names are moved without a warning (see :func:`upgrade_keys`).
+    """
+    merged = with_defaults(values, stored)
     config = _build(Config, merged)
-    validate(config)
+    problem = next(_range_problems(config), None)
+    if problem is not None:
+        raise ConfigError(problem)
     return config
+
+
+# --------------------------------------------------------------------------- settings that moved
+
+#: old dotted key -> where the setting lives now. The model section was flat before the U-Net and
+#: DiT settings got sections of their own; configs written then (checkpoints, config.yaml, presets
+#: and YAML files of users) are read with these keys moved.
+MOVED_KEYS = {
+    **{f"model.{key}": f"model.unet.{key}" for key in ("ch", "ch_mult", "attn_resolutions", "num_res_blocks",
+                                                       "dropout")},
+    "model.dit_size": "model.dit.size",
+    **{f"model.{key}": f"model.dit.{key}" for key in ("depth", "hidden_size", "num_heads", "patch_size", "mlp_ratio",
+                                                      "encoder_depth")},
+}
+#: the DiT settings a named size decides
+DIT_SIZE_FIELDS = ("depth", "hidden_size", "num_heads", "patch_size", "mlp_ratio")
+_warned_keys: set[str] = set()
+
+
+def upgrade_keys(values: dict[str, Any], source: str, stored: bool = False) -> dict[str, Any]:
+    """``values`` (a nested mapping) with settings under their old names (:data:`MOVED_KEYS`)
+    moved to the new ones.
+
+    User input (``stored=False``: a preset or YAML file, an override, a mapping given to
+    :func:`config_from_dict`) gets a warning, once per old key, naming the new key; the same
+    setting given under both names with different values is a ConfigError. Stored configs
+    (checkpoints, the config.yaml of earlier runs) are moved silently, and where they name a DiT
+    size, that size stands for their depth and width, as it did when they were trained.
+    """
+    values = _copy_nested(values)
+    moved = []
+    for old, new in MOVED_KEYS.items():
+        found, value = _pop_dotted(values, old)
+        if not found:
+            continue
+        present, current = _get_dotted(values, new)
+        if present and current != value and not stored:
+            raise ConfigError(f"{source}: {old}={value!r} and {new}={current!r} name the same setting ({old} is its "
+                              f"old name): keep {new}")
+        if not present:
+            _set_dotted(values, new, value)
+        if not stored and old not in _warned_keys:
+            _warned_keys.add(old)
+            moved.append(f"{old} -> {new}")
+    if moved:
+        log.warning("%s: settings renamed (read under the old names for now; write the new ones): %s", source,
+                    ", ".join(moved))
+    dit = values.get("model", {}).get("dit") if isinstance(values.get("model"), dict) else None
+    if stored and isinstance(dit, dict) and dit.get("size") is not None:
+        for key in DIT_SIZE_FIELDS:
+            dit.pop(key, None)
+    return values
+
+
+def _copy_nested(values: dict[str, Any]) -> dict[str, Any]:
+    return {k: _copy_nested(v) if isinstance(v, dict) else v for k, v in values.items()}
+
+
+def _get_dotted(values: dict[str, Any], key: str) -> tuple[bool, Any]:
+    node: Any = values
+    for part in key.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return False, None
+        node = node[part]
+    return True, node
+
+
+def _pop_dotted(values: dict[str, Any], key: str) -> tuple[bool, Any]:
+    *parents, last = key.split(".")
+    present, node = _get_dotted(values, ".".join(parents))
+    if not present or not isinstance(node, dict) or last not in node:
+        return False, None
+    return True, node.pop(last)
+
+
+def _set_dotted(values: dict[str, Any], key: str, value: Any) -> None:
+    *parents, last = key.split(".")
+    node = values
+    for part in parents:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"{'.'.join(parents)} must be a mapping, got {node!r}")
+    node[last] = value
 
 
 def preset_names() -> list[str]:
@@ -365,6 +476,7 @@ def _read_yaml(name_or_path: str, folder: Path | None = None, chain: tuple[str, 
     data = parse_yaml(text, identity) or {}
     if not isinstance(data, dict):
         raise ConfigError(f"{identity} must hold a mapping at the top level, got {type(data).__name__}")
+    data = upgrade_keys(data, identity)
     base = data.pop("base", None)
     if base is None:
         return data
@@ -374,7 +486,7 @@ def _read_yaml(name_or_path: str, folder: Path | None = None, chain: tuple[str, 
 
 
 def parse_overrides(overrides: list[str]) -> dict[str, Any]:
-    """Turn ``["model.ch=64", "method.names=[ccua,cbdm]"]`` into a nested mapping."""
+    """Turn ``["model.unet.ch=64", "method.names=[ccua,cbdm]"]`` into a nested mapping."""
     nested: dict[str, Any] = {}
     for item in overrides:
         if "=" not in item:
@@ -394,9 +506,10 @@ def parse_overrides(overrides: list[str]) -> dict[str, Any]:
 
 
 def load_config(preset_or_path: str | None = None, overrides: list[str] | None = None) -> Config:
-    """Load a preset (by name) or a YAML file, then apply dotted overrides."""
+    """Load a preset (by name) or a YAML file, then apply dotted overrides (keys, types and ranges
+    checked; :func:`ccua.build.load_checked_config` also asks the registries)."""
     values = _read_yaml(preset_or_path) if preset_or_path else {}
-    values = _merge(values, parse_overrides(overrides or []))
+    values = _merge(values, upgrade_keys(parse_overrides(overrides or []), "overrides"))
     return config_from_dict(values)
 
 
@@ -404,41 +517,15 @@ def save_config(config: Config, path: str | Path) -> None:
     Path(path).write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
 
 
-def validate(config: Config) -> None:
-    """Reject settings that cannot work, before anything is loaded or trained."""
-    from ccua.methods import check_combination  # local import: methods import config
-
-    choices = {
-        "data.name": (config.data.name, ("fashion_mnist", "mnist", "cifar10", "cifar100", "image_folder", "latents")),
-        "model.arch": (config.model.arch, ("unet", "dit")),
-        "diffusion.objective": (config.diffusion.objective, ("ddpm", "flow")),
-        "diffusion.label_drop_mode": (config.diffusion.label_drop_mode, ("sample", "batch")),
-        "train.optimizer": (config.train.optimizer, ("adam", "adamw")),
-        "sample.sampler": (config.sample.sampler, ("ddim", "ddpm", "euler", "heun", "dopri5", "sde")),
-        "sample.ddpm_variance": (config.sample.ddpm_variance, ("large", "posterior")),
-        "method.ccua.weighting": (config.method.ccua.weighting, ("noise_level", "flow_time", "none")),
-        "method.cbdm.prior": (config.method.cbdm.prior, ("empirical", "uniform")),
-        "method.oclt.mode": (config.method.oclt.mode, ("t2h",)),
-        "method.supcon.weighting": (config.method.supcon.weighting, ("noise_level", "flow_time", "none")),
-    }
-    for key, (value, valid) in choices.items():
-        if value not in valid:
-            raise ConfigError(f"{key}={value!r} is not one of: {', '.join(valid)}")
-    try:
-        check_combination(list(config.method.names), config.diffusion.objective)
-    except ValueError as error:
-        raise ConfigError(f"method.names={config.method.names}: {error}") from None
-    problem = next(_range_problems(config), None)
-    if problem is not None:
-        raise ConfigError(problem)
-    _check_sampling(config)
-    _check_shapes(config)
-
-
 def _range_problems(config: Config) -> Iterator[str]:
     """One message per numeric setting outside the range where it means something."""
-    data, model, diffusion, train, sample = config.data, config.model, config.diffusion, config.train, config.sample
-    # (key, value, minimum, what it is): integers that count something
+    yield from _count_problems(config)
+    yield from _value_problems(config)
+
+
+def _count_problems(config: Config) -> Iterator[str]:
+    """Integers that count something, each with its minimum and what it counts."""
+    data, unet, dit, train, sample = config.data, config.model.unet, config.model.dit, config.train, config.sample
     at_least = [
         ("train.batch_size", train.batch_size, 1, "images per optimiser step, over all processes"),
         ("train.steps", train.steps, 0, "optimiser steps to train to; 0 writes only the initial checkpoint"),
@@ -456,13 +543,13 @@ def _range_problems(config: Config) -> Iterator[str]:
         ("sample.grid_per_class", sample.grid_per_class, 1, "images per class in the sample grid"),
         ("data.resolution", data.resolution, 1, "image side in pixels (latent grid side for latents)"),
         ("data.num_workers", data.num_workers, 0, "DataLoader worker processes"),
-        ("model.ch", model.ch, 1, "U-Net base channels"),
-        ("model.num_res_blocks", model.num_res_blocks, 0, "U-Net residual blocks per level"),
-        ("model.depth", model.depth, 1, "DiT blocks"),
-        ("model.hidden_size", model.hidden_size, 1, "DiT width"),
-        ("model.num_heads", model.num_heads, 1, "DiT attention heads"),
-        ("model.patch_size", model.patch_size, 1, "DiT patch side"),
-        ("diffusion.timesteps", diffusion.timesteps, 1, "DDPM steps T"),
+        ("model.unet.ch", unet.ch, 1, "U-Net base channels"),
+        ("model.unet.num_res_blocks", unet.num_res_blocks, 0, "U-Net residual blocks per level"),
+        ("model.dit.depth", dit.depth, 1, "DiT blocks"),
+        ("model.dit.hidden_size", dit.hidden_size, 1, "DiT width"),
+        ("model.dit.num_heads", dit.num_heads, 1, "DiT attention heads"),
+        ("model.dit.patch_size", dit.patch_size, 1, "DiT patch side"),
+        ("diffusion.timesteps", config.diffusion.timesteps, 1, "DDPM steps T"),
     ]
     optional = [("data.n_max", data.n_max, 1, "images of the head class"),
                 ("data.channels", data.channels, 1, "image channels"),
@@ -471,12 +558,18 @@ def _range_problems(config: Config) -> Iterator[str]:
         if value < minimum:
             bound = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
             yield f"{key}={value} must be {bound} ({what})"
-    if not model.ch_mult or min(model.ch_mult) < 1:
-        yield f"model.ch_mult={model.ch_mult} must be a non-empty list of positive integers"
-    positive = [("train.lr", train.lr), ("model.mlp_ratio", model.mlp_ratio), ("sample.atol", sample.atol),
-                ("sample.rtol", sample.rtol), ("method.ccua.temperature", config.method.ccua.temperature),
-                ("method.supcon.temperature", config.method.supcon.temperature),
-                ("method.dispersive.temperature", config.method.dispersive.temperature)]
+    if not unet.ch_mult or min(unet.ch_mult) < 1:
+        yield f"model.unet.ch_mult={unet.ch_mult} must be a non-empty list of positive integers"
+
+
+def _value_problems(config: Config) -> Iterator[str]:
+    """Real numbers that must be positive, non-negative or in an interval."""
+    data, diffusion, train, sample, method = config.data, config.diffusion, config.train, config.sample, config.method
+    positive = [("train.lr", train.lr), ("model.dit.mlp_ratio", config.model.dit.mlp_ratio),
+                ("sample.atol", sample.atol), ("sample.rtol", sample.rtol),
+                ("method.ccua.temperature", method.ccua.temperature),
+                ("method.supcon.temperature", method.supcon.temperature),
+                ("method.dispersive.temperature", method.dispersive.temperature)]
     if train.grad_clip is not None:
         positive.append(("train.grad_clip", train.grad_clip))
     for key, value in positive:
@@ -486,7 +579,7 @@ def _range_problems(config: Config) -> Iterator[str]:
         if value < 0:
             yield f"{key}={value} must be >= 0"
     intervals = [("train.ema_decay", train.ema_decay, 0, 1, "[0, 1]"),
-                 ("model.dropout", model.dropout, 0, 1, "[0, 1)"),
+                 ("model.unet.dropout", config.model.unet.dropout, 0, 1, "[0, 1)"),
                  ("diffusion.label_drop_prob", diffusion.label_drop_prob, 0, 1, "[0, 1)")]
     for key, value, low, high, shown in intervals:
         if not (low <= value < high or (shown.endswith("]") and value == high)):
@@ -497,37 +590,7 @@ def _range_problems(config: Config) -> Iterator[str]:
     for key, value in [("data.imbalance", data.imbalance), ("data.balanced_resampling", data.balanced_resampling)]:
         if value is not None and not 0 < value <= 1:
             yield f"{key} must be in (0, 1], got {value}"
-    ccua = config.method.ccua
+    ccua = method.ccua
     if not 0 < ccua.uncond_fraction <= ccua.ucl_fraction <= 1:
         yield (f"method.ccua needs 0 < uncond_fraction <= ucl_fraction <= 1, got "
                f"uncond_fraction={ccua.uncond_fraction}, ucl_fraction={ccua.ucl_fraction}")
-
-
-def _check_sampling(config: Config) -> None:
-    """The sampler and its options fit the objective and the data."""
-    sample, objective = config.sample, config.diffusion.objective
-    if objective == "ddpm" and sample.sampler not in ("ddim", "ddpm"):
-        raise ConfigError(f"sampler {sample.sampler!r} is for the flow objective; use ddim or ddpm")
-    if objective == "flow" and sample.sampler in ("ddim", "ddpm"):
-        raise ConfigError(f"sampler {sample.sampler!r} is for the ddpm objective; use euler, heun, dopri5 or sde")
-    if objective == "ddpm" and sample.sampler == "ddim" and sample.steps > config.diffusion.timesteps:
-        raise ConfigError(f"sample.steps={sample.steps} exceeds diffusion.timesteps={config.diffusion.timesteps}")
-    if sample.clip_x0 and (objective != "ddpm" or config.data.name == "latents"):
-        raise ConfigError("sample.clip_x0=true clips x0 to the pixel range [-1, 1]: it needs the ddpm objective "
-                          "on pixel data (latents are not bounded)")
-
-
-def _check_shapes(config: Config) -> None:
-    """Model settings that do not fit the data resolution (checked before any data is read)."""
-    model, resolution = config.model, config.data.resolution
-    if model.arch == "unet":
-        factor = 2 ** (len(model.ch_mult) - 1)
-        if resolution % factor:
-            raise ConfigError(f"data.resolution={resolution} must be divisible by {factor}: the U-Net halves it "
-                              f"{len(model.ch_mult) - 1} times (model.ch_mult={model.ch_mult})")
-    elif model.dit_size is None:
-        if resolution % model.patch_size:
-            raise ConfigError(f"data.resolution={resolution} is not divisible by model.patch_size={model.patch_size}")
-        if model.hidden_size % model.num_heads or model.hidden_size % 4:
-            raise ConfigError(f"model.hidden_size={model.hidden_size} must be divisible by 4 (position embedding) "
-                              f"and by model.num_heads={model.num_heads}")

@@ -14,33 +14,16 @@ from typing import Any
 
 import numpy as np
 
-from ccua.config import DataConfig, config_from_dict
+from ccua.build import check_config, stored_config
+from ccua.config import DataConfig
+from ccua.data import is_latent
+from ccua.metrics.weights import DEFAULT_CACHE, feature_weights_path
 
 log = logging.getLogger(__name__)
 
-DEFAULT_CACHE = Path(".cache/ccua")
-
-
-def default_classifier_path(data: DataConfig, cache_dir: Path = DEFAULT_CACHE) -> Path:
-    """Where ``ccua features train`` puts the domain classifier of a data set and resolution."""
-    return cache_dir / "classifiers" / f"{data.name}-{data.resolution}px.pt"
-
-
-def feature_weights_path(features: str, path: str | None, data: DataConfig,
-                         cache_dir: Path = DEFAULT_CACHE) -> str | None:
-    """``path``, or for the classifier the file ``ccua features train`` writes (which must exist)."""
-    if features != "classifier" or path is not None:
-        return path
-    path = str(default_classifier_path(data, cache_dir))
-    if not Path(path).exists():
-        raise FileNotFoundError(f"no domain classifier at {path}: train it with "
-                                f"`ccua features train` for data.name={data.name} data.resolution={data.resolution}")
-    return path
-
-
 def _sample_file(path: Path) -> Path | None:
     """The sample .npz a target names: the file itself, or a sample folder's images.npz."""
-    from ccua.sampling import SAMPLE_FILE
+    from ccua.generate import SAMPLE_FILE
 
     if path.suffix.lower() == ".npz":
         return path
@@ -56,7 +39,7 @@ def load_samples(path: str | Path) -> tuple[np.ndarray, np.ndarray | None, dict[
     The provenance is the folder's sample_info.json when it describes this file (it names the
     file it was written with), else empty.
     """
-    from ccua.sampling import SAMPLE_FILE, load_sample_file
+    from ccua.generate import SAMPLE_FILE, load_sample_file
 
     path = Path(path)
     npz = _sample_file(path) or path / SAMPLE_FILE
@@ -89,12 +72,13 @@ def _training_counts(info: dict[str, Any], data: DataConfig) -> tuple[list[int] 
 def _sample_run(target: Path, out_dir: str | Path | None, per_class: int, seed: int, use_ema: bool,
                 device: str | None, overrides: dict[str, Any]) -> tuple[Path, Path]:
     """Sample a run folder or checkpoint into ``out/samples``; returns (the .npz, out)."""
-    from ccua.sampling import SAMPLE_FILE, LoadedModel, sample_to_folder
-    from ccua.training.distributed import default_device
+    from ccua.generate import SAMPLE_FILE, LoadedModel, sample_to_folder
+    from ccua.devices import default_device
 
     loaded = LoadedModel(target, use_ema=use_ema, device=default_device(device))
     changes = {k: v for k, v in overrides.items() if v is not None}
     sample = replace(loaded.config.sample, **changes, use_ema=loaded.use_ema)
+    check_config(replace(loaded.config, sample=sample))  # the sampler fits the objective, before any file is written
     tag = f"step{loaded.step:07d}_{sample.sampler}{sample.steps}_w{sample.guidance:g}_n{per_class}_seed{seed}"
     out = Path(out_dir) if out_dir else loaded.run_dir / "eval" / tag
     # This folder belongs to the evaluation: new samples replace the ones of an earlier evaluation.
@@ -149,14 +133,14 @@ def evaluate_target(target: str | Path, out_dir: str | Path | None = None, *, fe
     ``memorisation``: also measure near-copies of the (long-tailed) training images per group.
     Returns the metrics and the folder holding metrics.json and metrics.md.
     """
-    from ccua.metrics import write_metrics
+    from ccua.report import write_metrics
 
     options = _Options(features, feature_path, bf16, allow_download, device, Path(cache_dir), reference_split,
                        group_mode, per_class_metrics, max_reference, seed, memorisation)
     target = Path(target)
     npz = _sample_file(target)
     if npz is not None:
-        from ccua.sampling import SAMPLE_FILE
+        from ccua.generate import SAMPLE_FILE
 
         # Each sample file gets its own metrics folder, so two files of one folder never share one.
         out = Path(out_dir) if out_dir else npz.parent / ("eval" if npz.name == SAMPLE_FILE else f"eval_{npz.stem}")
@@ -165,7 +149,7 @@ def evaluate_target(target: str | Path, out_dir: str | Path | None = None, *, fe
                                {"sampler": sampler, "steps": steps, "guidance": guidance})
     images, labels, info = load_samples(npz)
     if data is None and "data" in info:
-        data = config_from_dict({"data": info["data"]}).data  # validated: a stale key is one clear error
+        data = stored_config({"data": info["data"]}).data  # validated: a stale key is one clear error
     if reference_stats is not None:
         from ccua.metrics import evaluate_against_stats, load_reference_stats
 
@@ -189,7 +173,7 @@ def _evaluate_against_data(images: np.ndarray, labels: np.ndarray | None, info: 
     if data is None:
         raise ValueError(f"{npz} has no sample_info.json naming its data set: pass the data set "
                          "(--data PRESET or data.* overrides)")
-    if data.name == "latents":
+    if is_latent(data):
         raise ValueError("the run was trained on a latent cache: name the pixel data set for the reference "
                          "(--data PRESET or data.name=... overrides)")
     net = options.feature_net(data)
@@ -208,7 +192,7 @@ def training_copies(images: np.ndarray, labels: np.ndarray, data: DataConfig, re
     """Near-copies of the training images the model saw (the long-tailed subset of ``data``), per
     group of ``result``; None (with a warning in ``result``) when the images' shape differs."""
     from ccua.data import build_training_set
-    from ccua.metrics.features import to_uint8_nchw
+    from ccua.images import to_uint8_nchw
     from ccua.metrics.memorisation import memorisation
 
     train = build_training_set(data)

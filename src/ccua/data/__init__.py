@@ -1,4 +1,8 @@
-"""Long-tailed data: sources, the exponential profile, the training set and its batch order."""
+"""Long-tailed data: sources, the exponential profile, the training set and its batch order.
+
+The names of ``data.name`` are the image sources of :data:`ccua.data.sources.SOURCES` and
+``latents`` (a cache of VAE latents written by ``ccua data encode``): :data:`DATA_SETS`.
+"""
 
 from __future__ import annotations
 
@@ -8,16 +12,26 @@ import numpy as np
 
 from ccua.config import DataConfig
 from ccua.data.dataset import LongTailDataset, to_model_range, to_uint8
-from ccua.data.longtail import (balanced_class_probabilities, class_groups, class_label, classes_head_to_tail,
-                                count_groups, longtail_counts, longtail_indices)
-from ccua.data.sampler import ResumableBatchSampler
-from ccua.data.sources import ArraySource, DataError, FolderSource, ImageSource, load_source
+from ccua.data.longtail import (GROUP_MODES, balanced_class_probabilities, class_groups, class_label,
+                                classes_head_to_tail, count_groups, longtail_counts, longtail_indices)
+from ccua.data.batches import ResumableBatchSampler
+from ccua.data.sources import SOURCES, SPLITS, ArraySource, DataError, FolderSource, ImageSource, load_source
 
 log = logging.getLogger(__name__)
 
 # A reference whose largest class has more than this many times the images of its smallest is
 # called imbalanced in evaluation results.
 BALANCE_TOLERANCE = 2.0
+
+#: the data set of cached VAE latents (its images are not pixels)
+LATENTS = "latents"
+#: every valid ``data.name``
+DATA_SETS = (*SOURCES, LATENTS)
+
+
+def is_latent(config: DataConfig) -> bool:
+    """Whether the data set is a latent cache (samples then go through the VAE decoder)."""
+    return config.name == LATENTS
 
 
 def source_channels(config: DataConfig, source: ImageSource) -> int:
@@ -48,7 +62,7 @@ def longtail_subset(labels: np.ndarray, num_classes: int, config: DataConfig,
 
 def build_training_set(config: DataConfig):
     """The training data set described by ``config``: a LongTailDataset, or cached latents."""
-    if config.name == "latents":
+    if is_latent(config):
         from ccua.latent import LatentDataset
 
         if not config.root:
@@ -72,7 +86,7 @@ def build_reference_set(config: DataConfig, split: str = "train") -> LongTailDat
     For a split-file data set the train split is the long-tailed split file itself and the test
     split is ``data.test_split_file``; :func:`describe_reference` says which it is.
     """
-    if config.name == "latents":
+    if is_latent(config):
         raise DataError("a latent cache has no pixel reference set; evaluate against the image source")
     source = _load(config, split)
     return LongTailDataset(source, np.arange(len(source)), config.resolution, source_channels(config, source))
@@ -112,7 +126,7 @@ def verify_images(config: DataConfig, progress: bool = True) -> tuple[int, list[
     sources (Fashion-MNIST, MNIST, CIFAR) are decoded whole when loaded: loading them is the check,
     and they count no files.
     """
-    if config.name == "latents":
+    if is_latent(config):
         raise DataError("a latent cache holds no image files to verify; verify the pixel data set it was "
                         "encoded from")
     splits = ["train"] + (["test"] if config.name == "image_folder" and config.test_split_file else [])
@@ -126,8 +140,9 @@ def verify_images(config: DataConfig, progress: bool = True) -> tuple[int, list[
 
 
 __all__ = [
-    "ArraySource", "DataError", "FolderSource", "ImageSource", "LongTailDataset", "ResumableBatchSampler",
-    "balanced_class_probabilities", "build_reference_set", "build_training_set", "class_groups",
-    "classes_head_to_tail", "count_groups", "describe_reference", "load_source", "longtail_counts",
-    "longtail_indices", "longtail_subset", "to_model_range", "to_uint8", "training_class_counts", "verify_images",
+    "BALANCE_TOLERANCE", "DATA_SETS", "GROUP_MODES", "LATENTS", "SOURCES", "SPLITS", "ArraySource", "DataError",
+    "FolderSource", "ImageSource", "LongTailDataset", "ResumableBatchSampler", "balanced_class_probabilities",
+    "build_reference_set", "build_training_set", "class_groups", "classes_head_to_tail", "count_groups",
+    "describe_reference", "is_latent", "load_source", "longtail_counts", "longtail_indices", "longtail_subset",
+    "to_model_range", "to_uint8", "training_class_counts", "verify_images",
 ]

@@ -8,6 +8,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from ccua.data.sources import ArraySource, ImageSource
+from ccua.images import pil_image
 
 
 def resize_square(image: np.ndarray, resolution: int, channels: int) -> np.ndarray:
@@ -20,8 +21,7 @@ def resize_square(image: np.ndarray, resolution: int, channels: int) -> np.ndarr
         top, left = (height - side) // 2, (width - side) // 2
         image = image[top: top + side, left: left + side]
     if image.shape[0] != resolution:
-        mode_image = Image.fromarray(image[..., 0] if image.shape[2] == 1 else image)
-        image = np.asarray(mode_image.resize((resolution, resolution), Image.BICUBIC))
+        image = np.asarray(pil_image(image).resize((resolution, resolution), Image.BICUBIC))
         if image.ndim == 2:
             image = image[..., None]
     if image.shape[2] != channels:

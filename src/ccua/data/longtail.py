@@ -97,6 +97,11 @@ def count_groups(class_counts: list[int] | np.ndarray) -> dict[str, list[int]]:
     }
 
 
+#: how evaluation groups the classes: ``thirds`` (head / body / tail, :func:`class_groups`) or
+#: ``counts`` (many / medium / few, :func:`count_groups`)
+GROUP_MODES = ("thirds", "counts")
+
+
 def balanced_class_probabilities(num_classes: int, rho: float,
                                  class_counts: Sequence[int] | None = None) -> np.ndarray:
     """Class-balanced resampling: p_c proportional to rho^(r_c / (C - 1)), r_c the head-to-tail rank.

@@ -21,7 +21,7 @@ import zlib
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Callable, Protocol
 
 import numpy as np
 from PIL import Image
@@ -498,17 +498,41 @@ def load_image_folder(root: str | Path | None, split_file: str | Path | None = N
     return _class_folders(root)
 
 
+def _fashion_mnist(root, split, split_file, download, test_split_file) -> ImageSource:
+    return load_fashion_mnist(root, split)
+
+
+def _mnist(root, split, split_file, download, test_split_file) -> ImageSource:
+    return load_mnist(root, split)
+
+
+def _cifar10(root, split, split_file, download, test_split_file) -> ImageSource:
+    return load_cifar("cifar10", root, split, download)
+
+
+def _cifar100(root, split, split_file, download, test_split_file) -> ImageSource:
+    return load_cifar("cifar100", root, split, download)
+
+
+def _image_folder(root, split, split_file, download, test_split_file) -> ImageSource:
+    return load_image_folder(root, split_file, split, test_split_file)
+
+
+#: ``data.name`` -> the loader of that image source; called with (root, split, split_file,
+#: download, test_split_file), each loader reads what it needs
+SOURCES: dict[str, Callable[..., ImageSource]] = {
+    "fashion_mnist": _fashion_mnist, "mnist": _mnist, "cifar10": _cifar10, "cifar100": _cifar100,
+    "image_folder": _image_folder,
+}
+#: the splits every source has
+SPLITS = ("train", "test")
+
+
 def load_source(name: str, root: str | None = None, split: str = "train", split_file: str | None = None,
                 download: bool = False, test_split_file: str | None = None) -> ImageSource:
     """The balanced source data set ``name`` (before any long-tail subsampling)."""
-    if split not in ("train", "test"):
-        raise DataError(f"split must be train or test, got {split!r}")
-    if name == "fashion_mnist":
-        return load_fashion_mnist(root, split)
-    if name == "mnist":
-        return load_mnist(root, split)
-    if name in ("cifar10", "cifar100"):
-        return load_cifar(name, root, split, download)
-    if name == "image_folder":
-        return load_image_folder(root, split_file, split, test_split_file)
-    raise DataError(f"unknown data set {name!r}")
+    if split not in SPLITS:
+        raise DataError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
+    if name not in SOURCES:
+        raise DataError(f"unknown data set {name!r} (valid: {', '.join(SOURCES)})")
+    return SOURCES[name](root, split, split_file, download, test_split_file)

@@ -3,10 +3,17 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Callable, ClassVar
 
 import torch
 from torch import Tensor
+
+from ccua.config import DiffusionConfig, SampleConfig
+
+# A prediction function: (x_t, model time [B]) -> the objective's prediction, guidance applied.
+PredictFn = Callable[[Tensor, Tensor], Tensor]
+# How a sampler runs from a SampleConfig: (objective, predict, initial noise, settings, progress) -> data.
+SamplerFn = Callable[..., Tensor]
 
 
 @dataclass
@@ -25,16 +32,41 @@ class NoisedBatch:
     target: Tensor
 
 
-class Objective(Protocol):
-    """A diffusion objective: how x_t and the regression target are built."""
+class Objective:
+    """A diffusion objective: how x_t and the regression target are built, and its samplers.
 
-    name: str
+    ``samplers`` maps each ``sample.sampler`` name the objective offers to the function that runs
+    it with the settings of a :class:`SampleConfig`; it is the one list of valid samplers.
+    """
+
+    name: ClassVar[str] = "objective"
+    samplers: ClassVar[dict[str, SamplerFn]] = {}
+
+    @classmethod
+    def from_config(cls, config: DiffusionConfig) -> "Objective":
+        """The objective of the ``diffusion`` settings (those it uses)."""
+        return cls()
 
     def noise_batch(self, x0: Tensor) -> NoisedBatch:
         """Draw times and noise (from torch's global generator) and build x_t and the target."""
+        raise NotImplementedError
 
     def model_time(self, s: Tensor) -> Tensor:
         """The network's time input for a noise level s."""
+        raise NotImplementedError
+
+    def sample(self, predict: PredictFn, noise: Tensor, settings: SampleConfig, progress: bool = False) -> Tensor:
+        """Run the sampler ``settings.sampler`` from the initial ``noise`` to data.
+
+        ``predict(x, t)`` takes this objective's model time and returns its prediction (epsilon
+        for DDPM, velocity for flow) with guidance already applied (:func:`guided_prediction`).
+        ValueError for a sampler this objective does not offer.
+        """
+        run = self.samplers.get(settings.sampler)
+        if run is None:
+            raise ValueError(f"sampler {settings.sampler!r} does not fit the {self.name} objective "
+                             f"(valid: {', '.join(self.samplers)})")
+        return run(self, predict, noise, settings, progress)
 
 
 def per_sample_mse(pred: Tensor, target: Tensor) -> Tensor:
@@ -62,3 +94,21 @@ def guided_prediction(model, x: Tensor, t: Tensor, y: Tensor, guidance: float,
     if channels is not None:
         guided = torch.cat([guided[:, :channels], cond[:, channels:]], dim=1)
     return guided
+
+
+#: ``diffusion.label_drop_mode``: one coin per image, or one for the whole batch
+LABEL_DROP_MODES = ("sample", "batch")
+
+
+def drop_labels(labels: Tensor, null_label: int, prob: float, mode: str) -> tuple[Tensor, Tensor]:
+    """Classifier-free guidance training: replace labels by the null class with probability ``prob``.
+
+    mode "sample": one coin per image (SiT); "batch": one coin for the whole batch (released U-Net code).
+    """
+    if mode == "sample":
+        dropped = torch.rand(labels.shape[0], device=labels.device) < prob
+    elif mode == "batch":
+        dropped = (torch.rand((), device=labels.device) < prob).expand(labels.shape[0]).clone()
+    else:
+        raise ValueError(f"unknown label drop mode {mode!r} (valid: {', '.join(LABEL_DROP_MODES)})")
+    return torch.where(dropped, torch.full_like(labels, null_label), labels), dropped

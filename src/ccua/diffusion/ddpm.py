@@ -2,23 +2,19 @@
 
 from __future__ import annotations
 
-from typing import Callable
-
 import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from ccua.diffusion.base import NoisedBatch, expand_like
-
-# A prediction function: (x_t, model time [B]) -> predicted epsilon, guidance already applied.
-PredictFn = Callable[[Tensor, Tensor], Tensor]
+from ccua.config import DiffusionConfig, SampleConfig
+from ccua.diffusion.base import NoisedBatch, Objective, PredictFn, expand_like
 
 #: the ancestral sampler's noise variance: beta_t (released, default) or the posterior's beta-tilde_t
 ANCESTRAL_VARIANCES = ("large", "posterior")
 
 
-class DDPM:
-    """Discrete-time DDPM with T steps; time t = 0 .. T-1, large t = noisy."""
+class DDPM(Objective):
+    """Discrete-time DDPM with T steps; time t = 0 .. T-1, large t = noisy. ``predict`` gives epsilon."""
 
     name = "ddpm"
 
@@ -27,6 +23,11 @@ class DDPM:
         betas = torch.linspace(beta_start, beta_end, timesteps, dtype=torch.float64)
         self.betas = betas
         self.alphas_cumprod = torch.cumprod(1.0 - betas, dim=0)
+
+    @classmethod
+    def from_config(cls, config: DiffusionConfig) -> "DDPM":
+        """T steps of the linear schedule from ``beta_start`` to ``beta_end``."""
+        return cls(config.timesteps, config.beta_start, config.beta_end)
 
     def alpha_bar(self, t: Tensor) -> Tensor:
         """alphabar_t for integer timesteps t (float32, on t's device)."""
@@ -123,3 +124,15 @@ class DDPM:
 
     def _eps_from_x0(self, x: Tensor, x0: Tensor, alpha_bar: float) -> Tensor:
         return (x - alpha_bar**0.5 * x0) / (1 - alpha_bar) ** 0.5
+
+    # ------------------------------------------------------------------ samplers by name
+
+    def _run_ddim(self, predict: PredictFn, noise: Tensor, settings: SampleConfig, progress: bool) -> Tensor:
+        return self.ddim(predict, noise, settings.steps, settings.eta, progress, clip_x0=settings.clip_x0)
+
+    def _run_ancestral(self, predict: PredictFn, noise: Tensor, settings: SampleConfig, progress: bool) -> Tensor:
+        return self.ancestral(predict, noise, progress, clip_x0=settings.clip_x0, variance=settings.ddpm_variance)
+
+    #: ``sample.sampler`` -> how it runs: ddim (steps, eta) or ddpm (ancestral over all T steps;
+    #: ``steps`` unused), both clipping the predicted x0 only with ``clip_x0``
+    samplers = {"ddim": _run_ddim, "ddpm": _run_ancestral}

@@ -7,18 +7,12 @@ methods see is s = 1 - t. Samplers integrate t from 0 to 1.
 
 from __future__ import annotations
 
-from typing import Callable
-
 import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from ccua.diffusion.base import NoisedBatch, expand_like
-
-# A prediction function: (x_t, model time [B]) -> predicted velocity, guidance already applied.
-PredictFn = Callable[[Tensor, Tensor], Tensor]
-
-FLOW_SAMPLERS = ("euler", "heun", "dopri5", "sde")
+from ccua.config import SampleConfig
+from ccua.diffusion.base import NoisedBatch, Objective, PredictFn, expand_like
 
 
 def _times(x: Tensor, value: float | Tensor) -> Tensor:
@@ -26,8 +20,9 @@ def _times(x: Tensor, value: float | Tensor) -> Tensor:
     return torch.full((x.shape[0],), float(value), device=x.device, dtype=torch.float32)
 
 
-class Flow:
-    """Linear-interpolant flow matching: x_t = t x1 + (1 - t) x0, target u = x1 - x0."""
+class Flow(Objective):
+    """Linear-interpolant flow matching: x_t = t x1 + (1 - t) x0, target u = x1 - x0.
+    ``predict`` gives the velocity."""
 
     name = "flow"
 
@@ -136,18 +131,22 @@ class Flow:
         v_data = predict(x + last_step_size * v_end, _times(x, 1.0)).float()
         return x + 0.5 * last_step_size * (v_end + v_data)
 
-    def sample(self, predict: PredictFn, noise: Tensor, sampler: str = "heun", steps: int = 50,
-               atol: float = 1e-6, rtol: float = 1e-3, progress: bool = False) -> Tensor:
-        """Dispatch to one of euler | heun | dopri5 | sde (``steps`` is unused by dopri5)."""
-        if sampler == "euler":
-            return self.euler(predict, noise, steps, progress=progress)
-        if sampler == "heun":
-            return self.heun(predict, noise, steps, progress=progress)
-        if sampler == "dopri5":
-            return self.dopri5(predict, noise, atol=atol, rtol=rtol, progress=progress)
-        if sampler == "sde":
-            return self.sde(predict, noise, steps, progress=progress)
-        raise ValueError(f"sampler {sampler!r} does not fit the flow objective (valid: {', '.join(FLOW_SAMPLERS)})")
+    # ------------------------------------------------------------------ samplers by name
+
+    def _run_euler(self, predict: PredictFn, noise: Tensor, settings: SampleConfig, progress: bool) -> Tensor:
+        return self.euler(predict, noise, settings.steps, progress=progress)
+
+    def _run_heun(self, predict: PredictFn, noise: Tensor, settings: SampleConfig, progress: bool) -> Tensor:
+        return self.heun(predict, noise, settings.steps, progress=progress)
+
+    def _run_dopri5(self, predict: PredictFn, noise: Tensor, settings: SampleConfig, progress: bool) -> Tensor:
+        return self.dopri5(predict, noise, atol=settings.atol, rtol=settings.rtol, progress=progress)
+
+    def _run_sde(self, predict: PredictFn, noise: Tensor, settings: SampleConfig, progress: bool) -> Tensor:
+        return self.sde(predict, noise, settings.steps, progress=progress)
+
+    #: ``sample.sampler`` -> how it runs: euler, heun, sde (``steps``) or dopri5 (``atol``, ``rtol``)
+    samplers = {"euler": _run_euler, "heun": _run_heun, "dopri5": _run_dopri5, "sde": _run_sde}
 
 
 def _check_steps(steps: int) -> None:

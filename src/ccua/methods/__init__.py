@@ -1,4 +1,9 @@
-"""Training methods added to the denoising loss. ``plain`` means none."""
+"""Training methods added to the denoising loss. ``plain`` means none.
+
+``METHODS`` is the registry of ``method.names``; each method's settings are the section of
+``MethodConfig`` with the same name, and a method's ``choices`` list the valid values of its
+settings that have a fixed set of them.
+"""
 
 from __future__ import annotations
 
@@ -17,25 +22,11 @@ METHODS: dict[str, type[Method]] = {
     "dispersive": Dispersive,
     "supcon": SupCon,
 }
-
-#: methods that only work with one objective, and why
-_OBJECTIVE_ONLY: dict[str, tuple[str, str]] = {
-    "oclt": ("ddpm", "its transfer rule uses the DDPM sigma_t^2 = 1/alphabar_t - 1 and an epsilon target"),
-}
+#: the name that means no method (plain denoising training)
+PLAIN = "plain"
 
 # Passes the trainer provides itself; any other pass name is filled by exactly one method.
 _SHARED_PASSES = ("cond", "uncond")
-
-
-def build_methods(method_config) -> list[Method]:
-    """Instantiate the methods listed in ``method_config.names`` with their settings."""
-    methods = []
-    for name in method_config.names:
-        if name == "plain":
-            continue
-        cls = METHODS[name]
-        methods.append(cls(getattr(method_config, name)))
-    return methods
 
 
 def check_combination(names: list[str], objective_name: str) -> None:
@@ -46,21 +37,20 @@ def check_combination(names: list[str], objective_name: str) -> None:
     What cannot work: unknown or repeated names, ``plain`` next to a method, a method on an
     objective it does not support, and two methods filling the same extra pass.
     """
-    unknown = [n for n in names if n != "plain" and n not in METHODS]
+    unknown = [n for n in names if n != PLAIN and n not in METHODS]
     if unknown:
-        raise ValueError(f"unknown method(s) {unknown} (valid: plain, {', '.join(sorted(METHODS))})")
+        raise ValueError(f"unknown method(s) {unknown} (valid: {PLAIN}, {', '.join(sorted(METHODS))})")
     if len(set(names)) != len(names):
         raise ValueError(f"a method is listed twice: {names}")
-    if "plain" in names and len(names) > 1:
+    if PLAIN in names and len(names) > 1:
         raise ValueError(f"'plain' means no method and cannot be combined with others: {names}")
     for name in names:
-        if name in _OBJECTIVE_ONLY:
-            needed, why = _OBJECTIVE_ONLY[name]
-            if objective_name != needed:
-                raise ValueError(f"{name} needs the {needed} objective, not {objective_name!r}: {why}")
+        only = METHODS[name].only_objective if name != PLAIN else None
+        if only is not None and objective_name != only[0]:
+            raise ValueError(f"{name} needs the {only[0]} objective, not {objective_name!r}: {only[1]}")
     owner: dict[str, str] = {}
     for name in names:
-        if name == "plain":
+        if name == PLAIN:
             continue
         for pass_name in METHODS[name].passes:
             if pass_name in _SHARED_PASSES:
@@ -72,17 +62,17 @@ def check_combination(names: list[str], objective_name: str) -> None:
 
 def min_batch(names: list[str]) -> int:
     """The smallest per-process batch for which every listed method is defined."""
-    return max([METHODS[n].min_batch for n in names if n != "plain"], default=1)
+    return max([METHODS[n].min_batch for n in names if n != PLAIN], default=1)
 
 
 def check_batch_size(names: list[str], batch_size: int) -> None:
     """Raise ValueError naming each method that needs a larger per-process batch than ``batch_size``."""
     short = [f"{n} needs {METHODS[n].min_batch}" for n in names
-             if n != "plain" and METHODS[n].min_batch > batch_size]
+             if n != PLAIN and METHODS[n].min_batch > batch_size]
     if short:
         raise ValueError(f"per-process batch size {batch_size} is too small: {'; '.join(short)}")
 
 
-__all__ = ["CBDM", "CCUA", "Dispersive", "METHODS", "Method", "OCLT", "PassOutputs", "StepContext",
-           "SupCon", "alignment_loss", "build_methods", "cbdm_loss", "check_batch_size", "check_combination",
-           "class_prior", "dispersive_loss", "min_batch", "supcon_loss", "ucl_loss"]
+__all__ = ["CBDM", "CCUA", "Dispersive", "METHODS", "Method", "OCLT", "PLAIN", "PassOutputs", "StepContext",
+           "SupCon", "alignment_loss", "cbdm_loss", "check_batch_size", "check_combination", "class_prior",
+           "dispersive_loss", "min_batch", "supcon_loss", "ucl_loss"]

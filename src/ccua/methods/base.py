@@ -9,7 +9,7 @@ No method calls the network itself, so passes are shared and batched.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 from torch import Tensor
 
@@ -51,6 +51,14 @@ class PassOutputs:
     representations: dict[str, Tensor]
 
 
+def weighted_mean(per_sample: Tensor, weight: Tensor | None = None) -> Tensor:
+    """mean_i weight_i * per_sample_i over the batch (the plain mean without a weight); the weight
+    is cast to the values' dtype. Every per-sample loss of the methods ends here."""
+    if weight is not None:
+        per_sample = per_sample * weight.to(per_sample.dtype)
+    return per_sample.mean()
+
+
 class Method:
     """Base class: a method adds loss terms to the denoising loss, or changes its target."""
 
@@ -59,6 +67,12 @@ class Method:
     passes: tuple[str, ...] = ()
     #: the smallest per-process batch for which the method's loss is defined
     min_batch: int = 1
+    #: settings (of the method's config section) with a fixed set of valid values: name -> values
+    choices: ClassVar[dict[str, tuple[str, ...]]] = {}
+    #: the sampling guidance w (eps_c + w (eps_c - eps_u)) its authors evaluate with; None: none published
+    published_guidance: ClassVar[float | None] = None
+    #: (objective, why) when the method works with one objective only; None: with every objective
+    only_objective: ClassVar[tuple[str, str] | None] = None
 
     def prepare(self, context: StepContext) -> None:
         """Called after noising, before the forward pass. Default: nothing."""

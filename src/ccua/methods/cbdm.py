@@ -19,7 +19,7 @@ from torch import Tensor
 
 from ccua.config import CBDMConfig
 from ccua.diffusion.base import per_sample_mse
-from ccua.methods.base import Method, PassOutputs, StepContext
+from ccua.methods.base import Method, PassOutputs, StepContext, weighted_mean
 
 PRIORS = ("empirical", "uniform")
 
@@ -44,10 +44,7 @@ def cbdm_loss(pred_y: Tensor, pred_other: Tensor, weight: Tensor | None = None) 
     """
     regulariser = per_sample_mse(pred_y, pred_other.detach())
     commitment = per_sample_mse(pred_y.detach(), pred_other)
-    per_sample = regulariser + 0.25 * commitment
-    if weight is not None:
-        per_sample = per_sample * weight.float()
-    return per_sample.mean()
+    return weighted_mean(regulariser + 0.25 * commitment, weight)
 
 
 class CBDM(Method):
@@ -56,6 +53,8 @@ class CBDM(Method):
     name = "cbdm"
     passes = ("other",)
     min_batch = 1  # a per-sample loss: defined for any batch size
+    choices = {"prior": PRIORS}
+    published_guidance = 1.6  # CBDM-pytorch's README evaluates CBDM models with omega 1.6
 
     def __init__(self, config: CBDMConfig | None = None):
         self.config = config if config is not None else CBDMConfig()

@@ -15,7 +15,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ccua.config import CCUAConfig
-from ccua.methods.base import Method, PassOutputs, StepContext
+from ccua.diffusion.base import per_sample_mse
+from ccua.methods.base import Method, PassOutputs, StepContext, weighted_mean
 
 
 def ucl_loss(h: Tensor, temperature: float = 0.1, weight: Tensor | None = None) -> Tensor:
@@ -34,17 +35,12 @@ def ucl_loss(h: Tensor, temperature: float = 0.1, weight: Tensor | None = None) 
     # Every logit is <= 0 (cosines <= 1): exp cannot overflow, and log1p stays exact for small sums.
     eye = torch.eye(z.shape[0], dtype=torch.bool, device=z.device)
     per_sample = torch.log1p(logits.masked_fill(eye, float("-inf")).exp().sum(dim=1))
-    if weight is not None:
-        per_sample = per_sample * weight.to(per_sample.dtype)
-    return per_sample.mean()
+    return weighted_mean(per_sample, weight)
 
 
 def alignment_loss(pred_cond: Tensor, pred_uncond: Tensor, weight: Tensor | None = None) -> Tensor:
     """Mean over samples and elements of weight_i * (pred_cond - pred_uncond)^2."""
-    per_sample = (pred_cond.float() - pred_uncond.float()).pow(2).flatten(1).mean(dim=1)
-    if weight is not None:
-        per_sample = per_sample * weight.float()
-    return per_sample.mean()
+    return weighted_mean(per_sample_mse(pred_cond, pred_uncond), weight)
 
 
 def inclusion_probabilities(weights: Tensor, size: int) -> Tensor:
@@ -105,6 +101,10 @@ def subset_ucl_loss(h: Tensor, temperature: float, weight: Tensor, probabilities
     return per_anchor.sum() / batch_size
 
 
+#: the per-sample weights :func:`noise_weight` knows (``method.ccua.weighting``, ``method.supcon.weighting``)
+WEIGHTINGS = ("noise_level", "flow_time", "none")
+
+
 def noise_weight(s: Tensor, weighting: str) -> Tensor:
     """Per-sample weight from the noise level s (1 = pure noise).
 
@@ -117,7 +117,7 @@ def noise_weight(s: Tensor, weighting: str) -> Tensor:
         return 1.0 - s.float()
     if weighting == "none":
         return torch.ones_like(s, dtype=torch.float32)
-    raise ValueError(f"unknown weighting {weighting!r}")
+    raise ValueError(f"unknown weighting {weighting!r} (valid: {', '.join(WEIGHTINGS)})")
 
 
 class CCUA(Method):
@@ -132,6 +132,7 @@ class CCUA(Method):
     name = "ccua"
     passes = ("uncond",)
     min_batch = 2
+    choices = {"weighting": WEIGHTINGS}
 
     def __init__(self, config: CCUAConfig):
         self.config = config

@@ -64,6 +64,9 @@ class OCLT(Method):
     passes = ()
     # At B = 1 the only reference is the sample itself: the method would silently do nothing.
     min_batch = 2
+    choices = {"mode": MODES}
+    published_guidance = 1.5  # the guidance its authors sample with
+    only_objective = ("ddpm", "its transfer rule uses the DDPM sigma_t^2 = 1/alphabar_t - 1 and an epsilon target")
 
     def __init__(self, config: OCLTConfig | None = None):
         self.config = config if config is not None else OCLTConfig()

@@ -19,10 +19,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ccua.config import SupConConfig
-from ccua.methods.base import Method, PassOutputs, StepContext
-from ccua.methods.ccua import noise_weight
-
-WEIGHTINGS = ("noise_level", "flow_time", "none")
+from ccua.methods.base import Method, PassOutputs, StepContext, weighted_mean
+from ccua.methods.ccua import WEIGHTINGS, noise_weight
 
 
 def supcon_loss(h: Tensor, labels: Tensor, temperature: float = 0.1, weight: Tensor | None = None) -> Tensor:
@@ -37,10 +35,7 @@ def supcon_loss(h: Tensor, labels: Tensor, temperature: float = 0.1, weight: Ten
     logits = logits.masked_fill(eye, 0.0)
     log_prob = logits - torch.logsumexp(logits, dim=1, keepdim=True)
     positives = (labels[:, None] == labels[None, :]).float()
-    per_sample = -(log_prob * positives).sum(1) / positives.sum(1)
-    if weight is not None:
-        per_sample = per_sample * weight.float()
-    return per_sample.mean()
+    return weighted_mean(-(log_prob * positives).sum(1) / positives.sum(1), weight)
 
 
 class SupCon(Method):
@@ -49,6 +44,7 @@ class SupCon(Method):
     name = "supcon"
     passes = ("uncond",)
     min_batch = 2
+    choices = {"weighting": WEIGHTINGS}
 
     def __init__(self, config: SupConConfig | None = None):
         self.config = config if config is not None else SupConConfig()

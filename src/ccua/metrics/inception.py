@@ -15,7 +15,6 @@ to check that the two implementations give the same features.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import warnings
 import zipfile
@@ -26,6 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ccua.metrics.features import FeatureNet
+from ccua.metrics.weights import file_sha256
 
 logger = logging.getLogger(__name__)
 
@@ -350,14 +350,6 @@ def inception_input(images: Tensor, preprocess: str = "tf") -> Tensor:
 
 
 # --------------------------------------------------------------------------- finding the weights
-
-def file_sha256(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
 
 def is_torchscript_file(path: str | Path) -> bool:
     """TorchScript archives hold a ``code/`` folder; torch.save archives and legacy pickles do not."""

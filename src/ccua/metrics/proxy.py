@@ -8,8 +8,9 @@ from typing import Any
 
 import numpy as np
 
-from ccua.metrics.evaluate import _match_reference
-from ccua.metrics.features import FeatureNet, to_uint8_nchw
+from ccua.images import to_uint8_nchw
+from ccua.metrics.evaluate import match_reference
+from ccua.metrics.features import FeatureNet
 from ccua.metrics.reference import Reference, reference_features
 from ccua.metrics.scores import fid_from_features
 
@@ -46,6 +47,6 @@ class ProxyFID:
         if len(images) < 2:
             raise ValueError("ProxyFID needs at least 2 images")
         if tuple(images.shape[1:]) != self.reference_shape:
-            images = _match_reference(images, self.reference_shape, [])
+            images = match_reference(images, self.reference_shape, [])
         features, _ = self.feature_net.extract(images, want_logits=False, desc="proxy FID")
         return fid_from_features(self.reference_features, features.numpy(), stats1=self.reference_stats).value

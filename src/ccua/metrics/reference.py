@@ -22,7 +22,8 @@ import numpy as np
 import torch
 
 from ccua.data.sources import open_npz
-from ccua.metrics.features import DatasetImages, FeatureNet, TensorImages, to_uint8_nchw
+from ccua.images import to_uint8_nchw
+from ccua.metrics.features import DatasetImages, FeatureNet, TensorImages
 from ccua.metrics.scores import GaussianStats
 
 logger = logging.getLogger(__name__)

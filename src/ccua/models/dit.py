@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ccua.config import DiTConfig
 from ccua.models.unet import timestep_embedding
 
 
@@ -190,6 +191,14 @@ class DiT(nn.Module):
     (it passes ``null_label`` where a label is dropped). There is no dropout, as in DiT.
     """
 
+    @classmethod
+    def from_config(cls, config: DiTConfig, in_channels: int, num_classes: int, resolution: int) -> "DiT":
+        """The DiT of the ``model.dit`` settings: its named size when set, else its depth and width."""
+        size = size_from_config(config)
+        return cls(in_channels=in_channels, num_classes=num_classes, input_size=resolution,
+                   patch_size=size.patch_size, hidden_size=size.hidden_size, depth=size.depth,
+                   num_heads=size.num_heads, mlp_ratio=size.mlp_ratio, encoder_depth=config.encoder_depth)
+
     def __init__(self, in_channels: int, num_classes: int, input_size: int, patch_size: int = 2,
                  hidden_size: int = 384, depth: int = 12, num_heads: int = 6, mlp_ratio: float = 4.0,
                  encoder_depth: str | int = "N/4"):
@@ -274,20 +283,12 @@ class DiT(nn.Module):
         return self.decode(*self.encode(x, t, y))
 
 
-def size_from_config(config) -> DiTSize:
-    """The architecture a ModelConfig names (``dit_size`` when set, else its depth/width fields),
-    with ``encoder_depth`` checked against it: ValueError naming the setting, before any data is read."""
-    if config.dit_size:
-        size = resolve_dit_size(config.dit_size)
+def size_from_config(config: DiTConfig) -> DiTSize:
+    """The architecture the ``model.dit`` settings name (``size`` when set, else the depth and width
+    fields), with ``encoder_depth`` checked against it: ValueError naming the setting."""
+    if config.size:
+        size = resolve_dit_size(config.size)
     else:
         size = DiTSize(config.depth, config.hidden_size, config.num_heads, config.patch_size, config.mlp_ratio)
     encoder_blocks(config.encoder_depth, size.depth)
     return size
-
-
-def dit_from_config(config, in_channels: int, num_classes: int, resolution: int) -> DiT:
-    """A :class:`DiT` from a ModelConfig: ``dit_size`` when set, else its depth/width fields."""
-    size = size_from_config(config)
-    return DiT(in_channels=in_channels, num_classes=num_classes, input_size=resolution,
-               patch_size=size.patch_size, hidden_size=size.hidden_size, depth=size.depth,
-               num_heads=size.num_heads, mlp_ratio=size.mlp_ratio, encoder_depth=config.encoder_depth)

@@ -14,6 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ccua.config import UNetConfig
+
 
 def timestep_embedding(t: Tensor, dim: int, max_period: float = 10000.0) -> Tensor:
     """Sinusoidal embedding of (possibly fractional) times t: [B] -> [B, dim]."""
@@ -97,6 +99,13 @@ class UNetContext:
 
 class UNet(nn.Module):
     """Class-conditional DDPM U-Net. Label ``num_classes`` is the learned null class."""
+
+    @classmethod
+    def from_config(cls, config: UNetConfig, in_channels: int, num_classes: int, resolution: int) -> "UNet":
+        """The U-Net of the ``model.unet`` settings for data of the given shape and class count."""
+        return cls(in_channels=in_channels, num_classes=num_classes, resolution=resolution, ch=config.ch,
+                   ch_mult=tuple(config.ch_mult), attn_resolutions=tuple(config.attn_resolutions),
+                   num_res_blocks=config.num_res_blocks, dropout=config.dropout)
 
     def __init__(self, in_channels: int, num_classes: int, resolution: int, ch: int = 128,
                  ch_mult: tuple[int, ...] = (1, 2, 2, 2), attn_resolutions: tuple[int, ...] = (16,),

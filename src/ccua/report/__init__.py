@@ -1,4 +1,5 @@
-"""Reports across runs: comparison tables (markdown + CSV), per-class plots, cross-run grids."""
+"""Reports: the files of one evaluation (metrics.json, metrics.md) and comparisons across runs
+(tables in Markdown and CSV, paired differences, per-class plots, cross-run grids)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from pathlib import Path
 from typing import Callable
 
 from ccua.report.grids import tail_grid
+from ccua.report.metrics_files import copies_table, format_table, library_versions, load_metrics, write_metrics
 from ccua.report.plots import available_metric, plot_per_class
 from ccua.report.tables import (COPY_COLUMN, GROUP_METRICS, OVERALL_METRICS, Run, comparability_notes,
                                 find_metrics_file, group_key, group_names, load_runs, markdown_table, metric_columns,
@@ -42,37 +44,17 @@ def make_report(metric_files_or_run_dirs: list[str | Path], out_dir: str | Path,
     columns = metric_columns(groups)
     paths = {"csv": write_csv(rows, out_dir / "comparison.csv")}
 
-    shown = ["name", "seed", "guidance", "n_gen"] + [column for _, column in OVERALL_METRICS] + [COPY_COLUMN]
-    for group in groups:  # each group's image count beside its numbers
-        shown += [f"n_gen_{group}"] + [f"{column}_{group}" for _, column in GROUP_METRICS] + [f"{COPY_COLUMN}_{group}"]
-    shown = [c for c in shown if c in ("name", "seed", "guidance") or any(r.get(c) is not None for r in rows)]
-    parts = [f"# {title}", "", markdown_table(rows, shown)]
-    repeated = any(keys.count(k) > 1 for k in keys if k is not None)
-    if repeated:
-        summary = summary_rows(rows, keys, columns)
-        paths["summary_csv"] = write_csv(summary, out_dir / "summary.csv")
-        summary_columns = [c for c in columns if any(s[f"{c}_mean"] is not None for s in summary)]
-        parts += ["", "## Mean ± std over runs of the same setting (sample std)", "",
-                  summary_markdown(summary, summary_columns)]
+    parts = [f"# {title}", "", markdown_table(rows, _shown_columns(rows, groups))]
+    if any(keys.count(k) > 1 for k in keys if k is not None):
+        parts += _summary_section(rows, keys, columns, out_dir, paths)
     if baseline is not None and baseline in keys:
-        differences = paired_rows(rows, keys, baseline, columns)
-        if differences:
-            paths["differences_csv"] = write_csv(
-                [{"name": name, "metric": column, "mean": d.mean, "low": d.low, "high": d.high, "n_seeds": d.n,
-                  "detectable": d.detectable}
-                 for name, per_column in differences.items() for column, d in per_column.items() if d is not None],
-                out_dir / "differences.csv")
-            parts += ["", f"## Difference to {baseline}, paired over seeds (mean [95% t interval])", "",
-                      "Lower is better for fid, kid and copies; higher for precision, recall, is and "
-                      "class_accuracy. \"no detectable difference\": the interval covers 0.", "",
-                      paired_markdown(differences, columns)]
+        parts += _differences_section(rows, keys, baseline, columns, out_dir, paths)
     notes = comparability_notes(runs)
     for note in notes:
         logger.warning(note)
     parts += ["", "## Sources", ""] + [f"- {run.name}: {run.path}" for run in runs]
     if notes:
         parts += ["", "## Warnings", ""] + [f"- {n}" for n in notes]
-
     second = available_metric(runs, ("recall", "kid_mean", "precision"))
     plot_metrics = tuple(m for m in ("fid", second) if m and available_metric(runs, (m,)))
     if plot_metrics:
@@ -83,5 +65,41 @@ def make_report(metric_files_or_run_dirs: list[str | Path], out_dir: str | Path,
     return paths
 
 
-__all__ = ["Run", "find_metrics_file", "load_runs", "make_report", "plot_per_class", "run_row", "summary_rows",
-           "tail_grid"]
+def _shown_columns(rows: list[dict], groups: list[str]) -> list[str]:
+    """The comparison table's columns: overall numbers, then each group's image count and numbers,
+    leaving out columns no run has."""
+    shown = ["name", "seed", "guidance", "n_gen"] + [column for _, column in OVERALL_METRICS] + [COPY_COLUMN]
+    for group in groups:
+        shown += [f"n_gen_{group}"] + [f"{column}_{group}" for _, column in GROUP_METRICS] + [f"{COPY_COLUMN}_{group}"]
+    return [c for c in shown if c in ("name", "seed", "guidance") or any(r.get(c) is not None for r in rows)]
+
+
+def _summary_section(rows: list[dict], keys: list[str | None], columns: list[str], out_dir: Path,
+                     paths: dict[str, Path]) -> list[str]:
+    """Mean and std over the runs of one setting (summary.csv and a Markdown section)."""
+    summary = summary_rows(rows, keys, columns)
+    paths["summary_csv"] = write_csv(summary, out_dir / "summary.csv")
+    summary_columns = [c for c in columns if any(s[f"{c}_mean"] is not None for s in summary)]
+    return ["", "## Mean ± std over runs of the same setting (sample std)", "",
+            summary_markdown(summary, summary_columns)]
+
+
+def _differences_section(rows: list[dict], keys: list[str | None], baseline: str, columns: list[str], out_dir: Path,
+                         paths: dict[str, Path]) -> list[str]:
+    """Each setting's paired difference to ``baseline`` over shared seeds (differences.csv and a section)."""
+    differences = paired_rows(rows, keys, baseline, columns)
+    if not differences:
+        return []
+    paths["differences_csv"] = write_csv(
+        [{"name": name, "metric": column, "mean": d.mean, "low": d.low, "high": d.high, "n_seeds": d.n,
+          "detectable": d.detectable}
+         for name, per_column in differences.items() for column, d in per_column.items() if d is not None],
+        out_dir / "differences.csv")
+    return ["", f"## Difference to {baseline}, paired over seeds (mean [95% t interval])", "",
+            "Lower is better for fid, kid and copies; higher for precision, recall, is and "
+            "class_accuracy. \"no detectable difference\": the interval covers 0.", "",
+            paired_markdown(differences, columns)]
+
+
+__all__ = ["Run", "copies_table", "find_metrics_file", "format_table", "library_versions", "load_metrics", "load_runs",
+           "make_report", "plot_per_class", "run_row", "summary_rows", "tail_grid", "write_metrics"]

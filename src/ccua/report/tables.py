@@ -10,7 +10,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from ccua.metrics.evaluate import load_metrics
+from ccua.report.markdown import markdown
+from ccua.report.metrics_files import load_metrics
 from ccua.report.stats import PairedDifference, paired_difference
 
 logger = logging.getLogger(__name__)
@@ -66,18 +67,23 @@ def load_runs(inputs: list[str | Path], names: list[str] | None = None) -> list[
     return runs
 
 
+#: which runs are seeds of one setting, by name: -> the key two runs of one setting share (None: no group)
+SEED_GROUPINGS: dict[str, Callable[[str], str | None]] = {
+    "name": lambda name: name,  # the same name
+    "strip_seed": lambda name: _SEED_SUFFIX.sub("", name) or name,  # the same up to a tag such as -seed1 / _s2
+    "none": lambda name: None,  # never
+}
+
+
 def group_key(name: str, seeds_grouping: str | Callable[[str], str]) -> str | None:
-    """Which runs are seeds of one setting: same name ("name"), same name without a trailing
-    seed tag such as -seed1 / _s2 ("strip_seed"), a callable name -> key, or never ("none")."""
+    """The key of run ``name`` under ``seeds_grouping``: a :data:`SEED_GROUPINGS` name or a callable
+    name -> key; runs with the same key are seeds of one setting."""
     if callable(seeds_grouping):
         return seeds_grouping(name)
-    if seeds_grouping == "name":
-        return name
-    if seeds_grouping == "strip_seed":
-        return _SEED_SUFFIX.sub("", name) or name
-    if seeds_grouping == "none":
-        return None
-    raise ValueError(f"seeds_grouping must be 'name', 'strip_seed', 'none' or a callable, got {seeds_grouping!r}")
+    if seeds_grouping not in SEED_GROUPINGS:
+        raise ValueError(f"seeds_grouping must be one of {', '.join(map(repr, SEED_GROUPINGS))} or a callable, "
+                         f"got {seeds_grouping!r}")
+    return SEED_GROUPINGS[seeds_grouping](name)
 
 
 def group_names(runs: list[Run]) -> list[str]:
@@ -148,7 +154,7 @@ def paired_rows(rows: list[dict[str, Any]], keys: list[str | None], baseline: st
 def paired_markdown(differences: dict[str, dict[str, PairedDifference | None]], columns: list[str]) -> str:
     """One row per metric, one column per setting: mean difference [interval], or the verdict."""
     names = list(differences)
-    lines = ["| metric | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
+    rows = []
     for column in columns:
         cells = []
         for name in names:
@@ -156,8 +162,8 @@ def paired_markdown(differences: dict[str, dict[str, PairedDifference | None]], 
             digits = 5 if column.startswith("kid") else 3 if abs(diff.mean if diff else 0) < 10 else 2
             cells.append("-" if diff is None else diff.describe(digits))
         if any(cell != "-" for cell in cells):
-            lines.append(f"| {column} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+            rows.append([column] + cells)
+    return markdown(["metric"] + names, rows)
 
 
 def summary_rows(rows: list[dict[str, Any]], keys: list[str | None], columns: list[str]) -> list[dict[str, Any]]:
@@ -210,22 +216,18 @@ def _cell(value: Any, column: str) -> str:
 
 
 def markdown_table(rows: list[dict[str, Any]], columns: list[str]) -> str:
-    lines = ["| " + " | ".join(columns) + " |", "|" + "|".join("---" for _ in columns) + "|"]
-    for row in rows:
-        lines.append("| " + " | ".join(_cell(row.get(c), c) for c in columns) + " |")
-    return "\n".join(lines)
+    return markdown(columns, [[_cell(row.get(c), c) for c in columns] for row in rows])
 
 
 def summary_markdown(summary: list[dict[str, Any]], columns: list[str]) -> str:
-    header = ["name", "n_runs"] + columns
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    rows = []
     for row in summary:
         cells = [row["name"], str(row["n_runs"])]
         for column in columns:
             mean, std = row[f"{column}_mean"], row[f"{column}_std"]
             cells.append("-" if mean is None else _cell(mean, column) + ("" if std is None else f" ± {_cell(std, column)}"))
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+        rows.append(cells)
+    return markdown(["name", "n_runs"] + columns, rows)
 
 
 def comparability_notes(runs: list[Run]) -> list[str]:

@@ -1,14 +1,7 @@
-"""Training: the step, the loop, checkpoints, EMA and distributed helpers."""
+"""Training: the loop (trainer), one step's batched passes (step), EMA, distributed and speed helpers."""
 
 from __future__ import annotations
 
+from ccua.training.trainer import Trainer, TrainingDiverged, train
+
 __all__ = ["Trainer", "TrainingDiverged", "train"]
-
-
-def __getattr__(name: str):
-    # Imported lazily: sampling needs training.checkpoint, and the trainer needs sampling.
-    if name in __all__:
-        from ccua.training import trainer
-
-        return getattr(trainer, name)
-    raise AttributeError(name)

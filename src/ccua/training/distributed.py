@@ -8,6 +8,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from ccua.devices import default_device
+
 
 @dataclass
 class DistInfo:
@@ -25,25 +27,18 @@ class DistInfo:
         return self.world_size > 1
 
 
-def default_device(device: str | None = None) -> str:
-    """The device every command uses unless told otherwise: cuda when available, else cpu."""
-    if device is not None:
-        return device
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
 def init_distributed(device: str | None = None) -> DistInfo:
     """Join the process group when launched by torchrun (RANK/WORLD_SIZE set); else one process."""
     device = default_device(device)
     if "RANK" not in os.environ or int(os.environ.get("WORLD_SIZE", "1")) <= 1:
-        return DistInfo(device=torch.device(device))
+        return DistInfo(device=device)
     rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    if device == "cuda":
+    if device.type == "cuda":
         torch.cuda.set_device(local_rank)
         dev = torch.device("cuda", local_rank)
     else:
-        dev = torch.device(device)
+        dev = device
     if not dist.is_initialized():
         dist.init_process_group("nccl" if dev.type == "cuda" else "gloo", rank=rank, world_size=world)
     return DistInfo(rank=rank, world_size=world, local_rank=local_rank, device=dev)

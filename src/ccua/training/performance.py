@@ -1,4 +1,5 @@
-"""Speed settings, mostly for GPUs: TF32 matmuls, channels-last memory, fused AdamW, torch.compile.
+"""Speed settings, mostly for GPUs: TF32 matmuls, channels-last memory, torch.compile (the fused
+AdamW kernel is chosen where the optimizer is built, in :mod:`ccua.build`).
 
 Each is a ``train.*`` key (see config.py) so a run folder records how it was trained. None of them
 changes what is optimised; TF32 and bf16 change the arithmetic precision, which is why they are
@@ -8,7 +9,6 @@ recorded, and bf16 stays off by default (on CPUs without AVX-512 BF16 it is also
 from __future__ import annotations
 
 import logging
-from typing import Iterable
 
 import torch
 from torch import nn
@@ -20,14 +20,6 @@ def configure_backends(tf32: bool) -> None:
     """TF32 for CUDA matmuls and convolutions (Ampere and newer); no effect on CPUs."""
     torch.backends.cuda.matmul.allow_tf32 = tf32
     torch.backends.cudnn.allow_tf32 = tf32
-
-
-def build_optimizer(parameters: Iterable[nn.Parameter], name: str, lr: float, weight_decay: float,
-                    device: torch.device) -> torch.optim.Optimizer:
-    """Adam or AdamW; the fused CUDA kernel on GPUs (the same update, one launch for all tensors)."""
-    cls = torch.optim.AdamW if name == "adamw" else torch.optim.Adam
-    extra = {"fused": True} if device.type == "cuda" else {}
-    return cls(parameters, lr=lr, weight_decay=weight_decay, **extra)
 
 
 def to_memory_format(model: nn.Module, channels_last: bool) -> nn.Module:
@@ -44,4 +36,4 @@ def maybe_compile(module: nn.Module, enabled: bool) -> nn.Module:
     return torch.compile(module)
 
 
-__all__ = ["build_optimizer", "configure_backends", "maybe_compile", "to_memory_format"]
+__all__ = ["configure_backends", "maybe_compile", "to_memory_format"]

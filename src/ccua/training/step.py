@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ccua.diffusion.base import Objective, per_sample_mse
+from ccua.diffusion.base import Objective, drop_labels, per_sample_mse
 from ccua.methods.base import Method, PassOutputs, StepContext
 
 
@@ -45,20 +45,6 @@ class PassRunner(nn.Module):
         if decode_index is None:
             return self.backbone.decode(h, context), h
         return self.backbone.decode(h[decode_index], select_rows(context, decode_index)), h
-
-
-def drop_labels(labels: Tensor, null_label: int, prob: float, mode: str) -> tuple[Tensor, Tensor]:
-    """Classifier-free guidance training: replace labels by the null class with probability ``prob``.
-
-    mode "sample": one coin per image (SiT); "batch": one coin for the whole batch (released U-Net code).
-    """
-    if mode == "sample":
-        dropped = torch.rand(labels.shape[0], device=labels.device) < prob
-    elif mode == "batch":
-        dropped = (torch.rand((), device=labels.device) < prob).expand(labels.shape[0]).clone()
-    else:
-        raise ValueError(f"unknown label drop mode {mode!r}")
-    return torch.where(dropped, torch.full_like(labels, null_label), labels), dropped
 
 
 def run_passes(runner: nn.Module, x_t: Tensor, t: Tensor, pass_labels: dict[str, Tensor],

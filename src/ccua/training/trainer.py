@@ -2,7 +2,7 @@
 
 Run folders are numbered (``runs/003-name``) and hold the resolved config, checkpoints, TensorBoard
 events, a JSON-lines log of every loss term, sample grids, the loss-curve plot and, after a resume,
-``resumes.jsonl`` (see :mod:`ccua.training.runs`).
+``resumes.jsonl`` (see :mod:`ccua.runs`).
 """
 
 from __future__ import annotations
@@ -22,24 +22,19 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from ccua.config import Config, ConfigError, config_from_dict, parse_yaml, save_config
-from ccua.data import build_training_set
-from ccua.data.sampler import ResumableBatchSampler, batch_generator_seed, seed_everything
-from ccua.diffusion import build_objective
+from ccua.build import build_methods, build_model, build_objective, build_optimizer, check_config, stored_config
+from ccua.checkpoint import (RESUME_KEYS, CheckpointError, list_checkpoints, load_checkpoint, preserved_rng,
+                             remove_stale_temporaries, rng_state, save_checkpoint, set_rng_state)
+from ccua.config import Config, ConfigError, parse_yaml, save_config
+from ccua.data import build_training_set, is_latent, to_uint8
+from ccua.data.batches import ResumableBatchSampler, batch_generator_seed, seed_everything
+from ccua.generate import generate, grid_labels, vae_decoder
 from ccua.images import save_grid
-from ccua.methods import build_methods
-from ccua.models import build_model
-from ccua.data.dataset import to_uint8
-from ccua.sampling import generate, grid_labels, vae_decoder
-from ccua.training.checkpoint import (RESUME_KEYS, CheckpointError, list_checkpoints, load_checkpoint,
-                                     preserved_rng, remove_stale_temporaries, rng_state, save_checkpoint,
-                                     set_rng_state)
-from ccua.training.distributed import (DistInfo, all_reduce_mean, barrier, cleanup, gather_objects,
-                                       init_distributed)
+from ccua.runs import (LOSS_LOG, check_writable, checkpoint_folder, claim_run_dir, record_resume, refuse_changes,
+                       resume_candidates, resume_changes, run_folder_of, truncate_loss_log)
+from ccua.training.distributed import DistInfo, all_reduce_mean, barrier, cleanup, gather_objects, init_distributed
 from ccua.training.ema import EMA
-from ccua.training.runs import (LOSS_LOG, check_writable, claim_run_dir, record_resume, refuse_changes,
-                                resume_candidates, resume_changes, truncate_loss_log)
-from ccua.training.performance import build_optimizer, configure_backends, maybe_compile, to_memory_format
+from ccua.training.performance import configure_backends, maybe_compile, to_memory_format
 from ccua.training.step import PassRunner, training_losses
 
 log = logging.getLogger(__name__)
@@ -77,7 +72,7 @@ class Trainer:
 
     def __init__(self, config: Config, resume: str | None = None, run_dir: str | Path | None = None,
                  device: str | None = None):
-        self.config = config
+        self.config = config = check_config(config)  # names and shapes, before any data is read
         self.dist: DistInfo = init_distributed(device)
         self.device = self.dist.device
         train = config.train
@@ -87,15 +82,14 @@ class Trainer:
         # Everything that can be checked without the data is checked before it is read.
         self.methods = build_methods(config.method)
         self._check_methods()
-        self._check_model()
         self.resume_from: Path | None = None
         self.resume_changes: dict[str, list] = {}
         self.unreadable: list[Path] = []  # newer checkpoints of the run that could not be read
         resume_state = None
         if resume:
             self.resume_from, resume_state = self._load_resume(resume)
-            run_dir = self.resume_from.parent.parent
-        check_writable(Path(run_dir) / "checkpoints" if run_dir is not None else Path(train.out_dir))
+            run_dir = run_folder_of(self.resume_from)
+        check_writable(checkpoint_folder(run_dir) if run_dir is not None else Path(train.out_dir))
 
         seed_everything(train.seed)  # the same initial weights in every process
         self.dataset = build_training_set(config.data)
@@ -106,7 +100,7 @@ class Trainer:
         self.model = to_memory_format(build_model(config.model, self.data_shape[0], self.dataset.num_classes,
                                                   self.data_shape[1]).to(self.device), train.channels_last)
         self.objective = build_objective(config.diffusion)
-        self.latent = config.data.name == "latents"
+        self.latent = is_latent(config.data)
         self.ema = EMA(self.model, train.ema_decay)
         self.optimizer = build_optimizer(self.model.parameters(), train.optimizer, train.lr, train.weight_decay,
                                          self.device)
@@ -119,7 +113,7 @@ class Trainer:
             run_dir = claim_run_dir(train.out_dir, config.name) if self.dist.is_main else None
             run_dir = gather_objects(run_dir, self.dist)[0]
         self.run_dir = Path(run_dir)
-        self.checkpoint_dir = self.run_dir / "checkpoints"
+        self.checkpoint_dir = checkpoint_folder(self.run_dir)
         if resume_state is not None:
             self._restore(self.resume_from, resume_state)
         seed_rank = batch_generator_seed(train.seed, self.dist.rank)
@@ -143,15 +137,6 @@ class Trainer:
                     f"method {method.name!r} needs a per-process batch of at least {method.min_batch}; "
                     f"train.batch_size={self.config.train.batch_size} over {self.dist.world_size} processes "
                     f"gives {self.local_batch}")
-
-    def _check_model(self) -> None:
-        if self.config.model.arch == "dit":
-            from ccua.models.dit import size_from_config
-
-            try:
-                size_from_config(self.config.model)
-            except ValueError as error:
-                raise ConfigError(f"model: {error}") from None
 
     def _load_resume(self, resume: str) -> tuple[Path, dict]:
         """The checkpoint ``--resume`` names and its contents.
@@ -178,7 +163,7 @@ class Trainer:
         raise CheckpointError(f"no readable checkpoint to resume: {'; '.join(problems)}")
 
     def _restore(self, path: Path, state: dict) -> None:
-        allowed, refused = resume_changes(state["config"], self.config)
+        allowed, refused = resume_changes(stored_config(state["config"]), self.config)
         refuse_changes(path, refused)
         saved_counts = [int(c) for c in state["class_counts"]]
         if saved_counts != list(self.class_counts):
@@ -204,13 +189,13 @@ class Trainer:
             log.info("resumed %s at step %d", path, self.step)
 
     def _loader(self) -> DataLoader:
-        sampler = ResumableBatchSampler(
+        batches = ResumableBatchSampler(
             self.dataset.labels, self.dataset.num_classes, self.config.train.batch_size, seed=self.config.train.seed,
             rank=self.dist.rank, world_size=self.dist.world_size, start_step=self.step,
             balanced_rho=self.config.data.balanced_resampling)
         # A private generator: DataLoader would otherwise draw its worker seed from the global RNG,
         # which would make a resumed run diverge from an uninterrupted one.
-        return DataLoader(self.dataset, batch_sampler=sampler, num_workers=self.config.data.num_workers,
+        return DataLoader(self.dataset, batch_sampler=batches, num_workers=self.config.data.num_workers,
                           generator=torch.Generator().manual_seed(self.config.train.seed),
                           persistent_workers=self.config.data.num_workers > 0)
 
@@ -250,8 +235,8 @@ class Trainer:
                           seed=self._grid_noise_seed, device=self.device, progress=False, decode=self._decoder())
         images = to_uint8(images).numpy()
         rows = [images[i: i + sample.grid_per_class] for i in range(0, len(images), sample.grid_per_class)]
-        path = save_grid(rows, self.run_dir / "samples" / f"grid_{self.step:07d}.png",
-                         scale=max(1, 64 // self.data_shape[1]))
+        scale = max(1, 64 // self.data_shape[1])
+        path = save_grid(rows, self.run_dir / "samples" / f"grid_{self.step:07d}.png", scale=scale, pad=2 * scale)
         if self.writer is not None:
             with Image.open(path) as grid:
                 self.writer.add_image("samples/grid", np.asarray(grid.convert("RGB")), self.step, dataformats="HWC")
@@ -265,8 +250,8 @@ class Trainer:
             return None
         train = self.config.train
         if self._proxy is None:
-            from ccua.evaluation import DEFAULT_CACHE, feature_weights_path
             from ccua.metrics import ProxyFID, Reference, build_feature_net
+            from ccua.metrics.weights import DEFAULT_CACHE, feature_weights_path
 
             path = feature_weights_path(train.proxy_features, train.proxy_feature_path, self.config.data)
             net = build_feature_net(train.proxy_features, path=path, device=self.device, progress=False)
@@ -420,4 +405,4 @@ def train(config: Config, resume: str | None = None, device: str | None = None) 
 def load_run_config(run_dir: str | Path) -> Config:
     """The settings a run was started with (its config.yaml)."""
     path = Path(run_dir) / "config.yaml"
-    return config_from_dict(parse_yaml(path.read_text(), str(path)))
+    return stored_config(parse_yaml(path.read_text(), str(path)))

@@ -1,5 +1,5 @@
-"""Run folders: claiming a new one, finding the checkpoint to resume, which settings a resume may
-change, and what a resume records.
+"""Run folders: claiming a new one, finding a run's checkpoints (to sample or evaluate it, or to
+resume it), which settings a resume may change, and what a resume records.
 
 A run folder is ``out_dir/NNN-<name>`` with ``<name>`` the run name made safe for a file name.
 ``config.yaml`` holds the settings the run was started with and is never rewritten; every resume
@@ -16,13 +16,14 @@ import re
 import time
 from pathlib import Path
 
-from ccua.config import Config, ConfigError, with_defaults
-from ccua.training.checkpoint import list_checkpoints
+from ccua.config import Config, ConfigError
+from ccua.checkpoint import list_checkpoints
 
 log = logging.getLogger(__name__)
 
 RESUME_RECORD = "resumes.jsonl"
 LOSS_LOG = "losses.jsonl"
+CHECKPOINT_FOLDER = "checkpoints"  # a run's checkpoints: run_dir/checkpoints/0001000.pt
 
 #: settings a resumed run may change (dotted keys or whole sections); :func:`resume_changes` says why
 RESUMABLE = (
@@ -86,6 +87,16 @@ def check_writable(folder: Path) -> None:
         raise ConfigError(f"cannot write into {folder}: {reason} (set train.out_dir to a writable folder)") from None
 
 
+def checkpoint_folder(run_dir: str | Path) -> Path:
+    """Where a run folder keeps its checkpoints."""
+    return Path(run_dir) / CHECKPOINT_FOLDER
+
+
+def run_checkpoints(run_dir: str | Path) -> list[Path]:
+    """The checkpoints of a run folder, oldest first."""
+    return list_checkpoints(checkpoint_folder(run_dir))
+
+
 def resume_candidates(resume: str, out_dir: str | Path, name: str) -> tuple[list[Path], bool]:
     """Checkpoints to try for ``--resume``, newest first, and whether older ones may stand in.
 
@@ -95,20 +106,40 @@ def resume_candidates(resume: str, out_dir: str | Path, name: str) -> tuple[list
     """
     if resume == "latest":
         for run in run_dirs(out_dir, name):
-            found = list_checkpoints(run / "checkpoints")
+            found = run_checkpoints(run)
             if found:
                 return found[::-1], True
         raise FileNotFoundError(f"--resume latest: no checkpoint of a run named {name!r} "
                                 f"(folders {Path(out_dir)}/NNN-{safe_name(name)})")
     path = Path(resume)
     if path.is_dir():
-        found = list_checkpoints(path / "checkpoints")
+        found = run_checkpoints(path)
         if not found:
             raise FileNotFoundError(f"--resume {resume}: the run folder has no checkpoint")
         return found[::-1], True
     if not path.is_file():
         raise FileNotFoundError(f"--resume {resume}: no such run folder or checkpoint")
     return [path], False
+
+
+def resolve_checkpoint(run_or_checkpoint: str | Path) -> Path:
+    """A checkpoint file as given, or the newest checkpoint of a run folder (in its ``checkpoints/``,
+    or directly in the folder given)."""
+    path = Path(run_or_checkpoint)
+    if path.is_file():
+        return path
+    if path.is_dir():
+        found = run_checkpoints(path) or list_checkpoints(path)
+        if found:
+            return found[-1]
+        raise FileNotFoundError(f"no checkpoint in run folder {path}")
+    raise FileNotFoundError(f"{path} is neither a run folder nor a checkpoint file")
+
+
+def run_folder_of(checkpoint: Path) -> Path:
+    """The run folder a checkpoint belongs to (the parent of its ``checkpoints/`` folder)."""
+    parent = checkpoint.parent
+    return parent.parent if parent.name == CHECKPOINT_FOLDER else parent
 
 
 def _flatten(values: dict, prefix: str = "") -> dict[str, object]:
@@ -126,7 +157,7 @@ def _resumable(key: str) -> bool:
     return any(key == allowed or key.startswith(allowed + ".") for allowed in RESUMABLE)
 
 
-def resume_changes(saved: dict, current: Config) -> tuple[dict[str, list], dict[str, list]]:
+def resume_changes(saved: Config, current: Config) -> tuple[dict[str, list], dict[str, list]]:
     """(allowed, refused): dotted keys whose value differs between a checkpoint's config and
     ``current``, each as [checkpoint value, new value].
 
@@ -151,7 +182,7 @@ def resume_changes(saved: dict, current: Config) -> tuple[dict[str, list], dict[
     and data order continue the old settings: a change there would silently train something that
     is neither run, while config.yaml claimed the new values.
     """
-    old = _flatten(with_defaults(saved))  # an older checkpoint lacks settings added since
+    old = _flatten(saved.to_dict())  # read as today's config: settings added since have their defaults
     new = _flatten(current.to_dict())
     differing = {k: [old.get(k), new.get(k)] for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)}
     allowed = {k: v for k, v in differing.items() if _resumable(k)}

@@ -1,4 +1,5 @@
-"""Drawing samples from a trained model and writing them out (PNGs, .npz, grids, provenance)."""
+"""Generating sample sets: a trained model loaded from its checkpoint, samples drawn with its
+objective's sampler, and written out (PNGs, the .npz of DiT/ADM's evaluation suite, grids, provenance)."""
 
 from __future__ import annotations
 
@@ -14,14 +15,14 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from ccua.config import Config, SampleConfig, config_from_dict
-from ccua.data.dataset import to_uint8
-from ccua.data.longtail import classes_head_to_tail
+from ccua.build import build_model, build_objective, stored_config
+from ccua.checkpoint import load_checkpoint
+from ccua.config import Config, SampleConfig
+from ccua.data import classes_head_to_tail, is_latent, to_uint8
 from ccua.data.sources import open_npz
-from ccua.diffusion import build_objective, guided_prediction
-from ccua.images import save_grid
-from ccua.models import build_model
-from ccua.training.checkpoint import list_checkpoints, load_checkpoint
+from ccua.diffusion import guided_prediction
+from ccua.images import pil_image, save_grid
+from ccua.runs import resolve_checkpoint, run_folder_of
 
 log = logging.getLogger(__name__)
 
@@ -50,8 +51,6 @@ def generate(model: nn.Module, objective, labels: Tensor, data_shape: tuple[int,
     Sampling runs in batches of ``sample.batch_size``; noise of sample i depends only on (seed, i).
     ``decode`` maps latents to pixels (latent models).
     """
-    from ccua.diffusion.sampling import sample_with_objective
-
     model.eval()
     null_label = model.null_label
     outputs = []
@@ -64,9 +63,7 @@ def generate(model: nn.Module, objective, labels: Tensor, data_shape: tuple[int,
         def predict(x: Tensor, t: Tensor, y=y) -> Tensor:
             return guided_prediction(model, x, t, y, sample.guidance, null_label, sample.guidance_channels)
 
-        x = sample_with_objective(objective, predict, noise, sample.sampler, steps=sample.steps, eta=sample.eta,
-                                  atol=sample.atol, rtol=sample.rtol, progress=progress and len(batches) == 1,
-                                  clip_x0=sample.clip_x0, ddpm_variance=sample.ddpm_variance)
+        x = objective.sample(predict, noise, sample, progress=progress and len(batches) == 1)
         outputs.append(decode(x) if decode is not None else x)
     return torch.cat(outputs).cpu()
 
@@ -85,20 +82,7 @@ def grid_labels(class_counts: list[int], per_class: int) -> Tensor:
                         dtype=torch.long)
 
 
-# --------------------------------------------------------------------------- runs and checkpoints
-
-def resolve_checkpoint(run_or_checkpoint: str | Path) -> Path:
-    """A checkpoint file, or the newest checkpoint of a run folder."""
-    path = Path(run_or_checkpoint)
-    if path.is_file():
-        return path
-    if path.is_dir():
-        found = list_checkpoints(path / "checkpoints") or list_checkpoints(path)
-        if found:
-            return found[-1]
-        raise FileNotFoundError(f"no checkpoint in run folder {path}")
-    raise FileNotFoundError(f"{path} is neither a run folder nor a checkpoint file")
-
+# --------------------------------------------------------------------------- trained models
 
 class LoadedModel:
     """A model restored from a checkpoint, with what is needed to sample from it."""
@@ -106,7 +90,7 @@ class LoadedModel:
     def __init__(self, run_or_checkpoint: str | Path, use_ema: bool = True, device: str | torch.device = "cpu"):
         self.checkpoint_path = resolve_checkpoint(run_or_checkpoint)
         state = load_checkpoint(self.checkpoint_path)
-        self.config: Config = config_from_dict(state["config"])
+        self.config: Config = stored_config(state["config"])
         self.step: int = int(state["step"])
         self.class_counts: list[int] = [int(c) for c in state["class_counts"]]
         self.data_shape: tuple[int, int, int] = tuple(int(v) for v in state["data_shape"])
@@ -116,14 +100,11 @@ class LoadedModel:
         model.load_state_dict(state["ema"] if self.use_ema else state["model"])
         self.model = model.to(self.device).eval()
         self.objective = build_objective(self.config.diffusion)
-        self.latent = self.config.data.name == "latents"
-        if self.latent and hasattr(self.objective, "clip"):
-            self.objective.clip = False
+        self.latent = is_latent(self.config.data)
 
     @property
     def run_dir(self) -> Path:
-        parent = self.checkpoint_path.parent
-        return parent.parent if parent.name == "checkpoints" else parent
+        return run_folder_of(self.checkpoint_path)
 
     def decoder(self):
         """Latent models: a function from latents to pixels through the configured VAE."""
@@ -238,10 +219,8 @@ def sample_to_folder(loaded: LoadedModel, out_dir: str | Path, sample: SampleCon
     if write_pngs:
         png_dir = out / "png"
         png_dir.mkdir(exist_ok=True)
-        from PIL import Image
-
         for i, (image, label) in enumerate(zip(images, labels.tolist())):
-            Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image).save(png_dir / f"{i:06d}_c{label}.png")
+            pil_image(image).save(png_dir / f"{i:06d}_c{label}.png")
     order = grid_labels(loaded.class_counts, 1)
     rows = [images[labels.numpy() == c][:10] for c in order.tolist()]
     rows = [r for r in rows if len(r)]

@@ -1,0 +1,178 @@
+"""From a config to the parts of a run, for training and for sampling alike.
+
+:mod:`ccua.config` is data only; this module sits above the registries and asks them:
+
+- :func:`check_config`: every name a config uses exists in its registry (data sets, backbones,
+  objectives and their samplers, methods and the choices of their settings, feature networks,
+  optimizers), and the parts fit together (the sampler fits the objective, the methods the
+  objective, the model the resolution), before any data is read;
+- :func:`build_model`, :func:`build_objective`, :func:`build_methods`, :func:`build_optimizer`:
+  each part built from its settings in one place, used by the trainer and by the sample loader.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+from typing import Iterable, Iterator
+
+import torch
+from torch import nn
+
+from ccua.config import (DIT_SIZE_FIELDS, Config, ConfigError, DiffusionConfig, DiTConfig, MethodConfig, ModelConfig,
+                         config_from_dict, load_config)
+from ccua.data import DATA_SETS, is_latent
+from ccua.diffusion import LABEL_DROP_MODES, OBJECTIVES, SAMPLERS, Objective
+from ccua.diffusion.ddpm import ANCESTRAL_VARIANCES
+from ccua.methods import METHODS, PLAIN, Method, check_combination
+from ccua.metrics import FEATURE_NETS
+from ccua.models import BACKBONES
+from ccua.models.dit import resolve_dit_size, size_from_config
+
+#: ``train.optimizer`` -> the optimizer class
+OPTIMIZERS: dict[str, type[torch.optim.Optimizer]] = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}
+
+
+# --------------------------------------------------------------------------- checks
+
+def load_checked_config(preset_or_path: str | None = None, overrides: list[str] | None = None) -> Config:
+    """A preset or YAML file with dotted overrides (:func:`ccua.config.load_config`), checked
+    against the registries: what the command line trains, samples or evaluates with."""
+    return check_config(load_config(preset_or_path, overrides))
+
+
+def stored_config(values: dict) -> Config:
+    """The config a checkpoint or a run folder's config.yaml recorded, checked like a new one.
+
+    Settings it names under old names are moved to today's (:func:`ccua.config.upgrade_keys`)
+    without a warning, so checkpoints of earlier versions load for sampling, evaluation and resume.
+    """
+    return check_config(config_from_dict(values, stored=True))
+
+
+def check_config(config: Config) -> Config:
+    """``config`` when every registry knows its names and its parts fit together, with a named
+    DiT size written into ``model.dit``'s depth and width (so config.yaml shows the architecture
+    trained); else a ConfigError naming the first setting that does not, with the valid values."""
+    problems = itertools.chain(_choice_problems(config), _method_problems(config), _sampling_problems(config))
+    problem = next(problems, None)
+    if problem is None:
+        config = _with_dit_size(config)
+        problem = next(_model_problems(config), None)
+    if problem is not None:
+        raise ConfigError(problem)
+    return config
+
+
+def _with_dit_size(config: Config) -> Config:
+    """A DiT config with its named size's numbers in its fields. A field set to a value that is
+    neither its default nor the size's conflicts with the size: ConfigError."""
+    dit = config.model.dit
+    if config.model.arch != "dit" or dit.size is None:
+        return config
+    try:
+        size = resolve_dit_size(dit.size)
+    except ValueError as error:
+        raise ConfigError(f"model.dit.size: {error}") from None
+    named, default = {key: getattr(size, key) for key in DIT_SIZE_FIELDS}, DiTConfig()
+    conflicts = [f"model.dit.{key}={getattr(dit, key)}" for key, value in named.items()
+                 if getattr(dit, key) not in (value, getattr(default, key))]
+    if conflicts:
+        raise ConfigError(f"model.dit.size={dit.size!r} sets {', '.join(f'{k}={v}' for k, v in named.items())}, "
+                          f"but {', '.join(conflicts)} {'is' if len(conflicts) == 1 else 'are'} also given: "
+                          "remove one of them")
+    return dataclasses.replace(config, model=dataclasses.replace(config.model, dit=dataclasses.replace(dit, **named)))
+
+
+def _choice_problems(config: Config) -> Iterator[str]:
+    """Settings that name something: each must be one of its registry's names."""
+    choices: dict[str, tuple[object, Iterable[str]]] = {
+        "data.name": (config.data.name, DATA_SETS),
+        "model.arch": (config.model.arch, BACKBONES),
+        "diffusion.objective": (config.diffusion.objective, OBJECTIVES),
+        "diffusion.label_drop_mode": (config.diffusion.label_drop_mode, LABEL_DROP_MODES),
+        "train.optimizer": (config.train.optimizer, OPTIMIZERS),
+        "train.proxy_features": (config.train.proxy_features, FEATURE_NETS),
+        "sample.sampler": (config.sample.sampler, SAMPLERS),
+        "sample.ddpm_variance": (config.sample.ddpm_variance, ANCESTRAL_VARIANCES),
+    }
+    for name, method in METHODS.items():
+        section = getattr(config.method, name)
+        for setting, valid in method.choices.items():
+            choices[f"method.{name}.{setting}"] = (getattr(section, setting), valid)
+    for key, (value, valid) in choices.items():
+        if value not in valid:
+            yield f"{key}={value!r} is not one of: {', '.join(valid)}"
+
+
+def _method_problems(config: Config) -> Iterator[str]:
+    try:
+        check_combination(list(config.method.names), config.diffusion.objective)
+    except ValueError as error:
+        yield f"method.names={config.method.names}: {error}"
+
+
+def _one_of(names: Iterable[str]) -> str:
+    names = list(names)
+    return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} or {names[-1]}"
+
+
+def _sampling_problems(config: Config) -> Iterator[str]:
+    """The sampler and its options fit the objective and the data."""
+    sample, diffusion = config.sample, config.diffusion
+    offered = OBJECTIVES[diffusion.objective].samplers
+    if sample.sampler not in offered:
+        owner = next(name for name, objective in OBJECTIVES.items() if sample.sampler in objective.samplers)
+        yield f"sampler {sample.sampler!r} is for the {owner} objective; use {_one_of(offered)}"
+    if diffusion.objective == "ddpm" and sample.sampler == "ddim" and sample.steps > diffusion.timesteps:
+        yield f"sample.steps={sample.steps} exceeds diffusion.timesteps={diffusion.timesteps}"
+    if sample.clip_x0 and (diffusion.objective != "ddpm" or is_latent(config.data)):
+        yield ("sample.clip_x0=true clips x0 to the pixel range [-1, 1]: it needs the ddpm objective on pixel data "
+               "(latents are not bounded)")
+
+
+def _model_problems(config: Config) -> Iterator[str]:
+    """Backbone settings that do not fit the data resolution or each other."""
+    resolution = config.data.resolution
+    if config.model.arch == "unet":
+        unet = config.model.unet
+        factor = 2 ** (len(unet.ch_mult) - 1)
+        if resolution % factor:
+            yield (f"data.resolution={resolution} must be divisible by {factor}: the U-Net halves it "
+                   f"{len(unet.ch_mult) - 1} times (model.unet.ch_mult={unet.ch_mult})")
+        return
+    dit = config.model.dit
+    try:
+        size_from_config(dit)
+    except ValueError as error:
+        yield f"model.dit: {error}"
+        return
+    if resolution % dit.patch_size:
+        yield f"data.resolution={resolution} is not divisible by model.dit.patch_size={dit.patch_size}"
+    elif dit.hidden_size % dit.num_heads or dit.hidden_size % 4:
+        yield (f"model.dit.hidden_size={dit.hidden_size} must be divisible by 4 (position embedding) and by "
+               f"model.dit.num_heads={dit.num_heads}")
+
+
+# --------------------------------------------------------------------------- parts
+
+def build_model(config: ModelConfig, in_channels: int, num_classes: int, resolution: int) -> nn.Module:
+    """The backbone ``config.arch``, from its section of settings, for data of the given shape and class count."""
+    return BACKBONES[config.arch].from_config(getattr(config, config.arch), in_channels, num_classes, resolution)
+
+
+def build_objective(config: DiffusionConfig) -> Objective:
+    """The objective ``config.objective`` with the settings it uses."""
+    return OBJECTIVES[config.objective].from_config(config)
+
+
+def build_methods(config: MethodConfig) -> list[Method]:
+    """The methods listed in ``config.names``, each with its section of settings (none for plain)."""
+    return [METHODS[name](getattr(config, name)) for name in config.names if name != PLAIN]
+
+
+def build_optimizer(parameters: Iterable[nn.Parameter], name: str, lr: float, weight_decay: float,
+                    device: torch.device) -> torch.optim.Optimizer:
+    """Adam or AdamW; the fused CUDA kernel on GPUs (the same update, one launch for all tensors)."""
+    extra = {"fused": True} if device.type == "cuda" else {}
+    return OPTIMIZERS[name](parameters, lr=lr, weight_decay=weight_decay, **extra)
