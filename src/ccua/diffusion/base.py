@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import abc
 from dataclasses import dataclass
 from typing import Callable, ClassVar
 
@@ -32,7 +33,7 @@ class NoisedBatch:
     target: Tensor
 
 
-class Objective:
+class Objective(abc.ABC):
     """A diffusion objective: how x_t and the regression target are built, and its samplers.
 
     ``samplers`` maps each ``sample.sampler`` name the objective offers to the function that runs
@@ -47,13 +48,13 @@ class Objective:
         """The objective of the ``diffusion`` settings (those it uses)."""
         return cls()
 
+    @abc.abstractmethod
     def noise_batch(self, x0: Tensor) -> NoisedBatch:
         """Draw times and noise (from torch's global generator) and build x_t and the target."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def model_time(self, s: Tensor) -> Tensor:
         """The network's time input for a noise level s."""
-        raise NotImplementedError
 
     def sample(self, predict: PredictFn, noise: Tensor, settings: SampleConfig, progress: bool = False) -> Tensor:
         """Run the sampler ``settings.sampler`` from the initial ``noise`` to data.
