@@ -239,6 +239,15 @@ def evaluate_one(settings: CompareSettings, run: PlannedRun, guidance: float) ->
     return files
 
 
+def evaluate_mode(settings: CompareSettings, run: PlannedRun, mode: str, tuned_on: PlannedRun) -> tuple[float, list[Path]]:
+    """Evaluate at the variant's fixed w, or at the w tuned on ``tuned_on`` (its first seed)."""
+    if mode == "fixed":
+        guidance = run.config.sample.guidance
+    else:
+        guidance, _ = tune_guidance(settings, tuned_on, settings.guidance_grid)  # reads the sweep's files
+    return guidance, evaluate_one(settings, run, guidance)
+
+
 def tune_guidance(settings: CompareSettings, run: PlannedRun, grid: list[float]) -> tuple[float, dict[str, float]]:
     """The w of ``grid`` with the lowest FID on a small held-out proxy: few samples from their own
     noise seed, against the balanced test split (not the training-set reference of the final numbers)."""
@@ -284,67 +293,78 @@ def _check(results, what: str) -> list[str]:
     return failed
 
 
-def _guidance_phase(settings: CompareSettings, runs: list[PlannedRun]) -> tuple[dict[str, dict[str, Any]], list[str]]:
-    """w per variant: 'fixed' (the config's) and, with a grid, 'tuned' on the variant's first seed."""
-    path = settings.out_dir / "guidance.json"
-    record = json.loads(path.read_text()) if path.exists() else {}
-    firsts: dict[str, PlannedRun] = {}
+def comparison_jobs(settings: CompareSettings, runs: list[PlannedRun]) -> list[Job]:
+    """Every job of the comparison, in priority order: a variant's trainings, its guidance sweep,
+    then its evaluations, before the next variant, so finished variants are evaluated while
+    later ones still train."""
+    by_variant: dict[str, list[PlannedRun]] = {}
     for run in runs:
-        firsts.setdefault(run.variant, run)
-    for variant, run in firsts.items():
-        if record.get(variant, {}).get("step") != run.config.train.steps:  # tuned for another budget
-            record[variant] = {"step": run.config.train.steps}
-        record[variant]["fixed"] = run.config.sample.guidance
-    failed: list[str] = []
-    if settings.guidance_grid:
-        todo = [run for variant, run in firsts.items() if "tuned" not in record[variant]]
-        results = run_jobs([Job(run.name, tune_guidance, (settings, run, settings.guidance_grid))
-                            for run in todo], settings.jobs)
-        for run, result in zip(todo, results):
-            if result.error is None:
-                best, scores = result.value
-                record[run.variant].update(tuned=best, proxy_fid=scores, grid=settings.guidance_grid)
-        failed = _check(results, "guidance tuning")
-    path.write_text(json.dumps(record, indent=2))
-    return record, failed
+        by_variant.setdefault(run.variant, []).append(run)
+    jobs = []
+    for variant, variant_runs in by_variant.items():
+        first = variant_runs[0]
+        jobs += [Job(f"train {run.name}", train_one, (run.config, run.run_dir, settings.device)) for run in variant_runs]
+        if settings.guidance_grid:
+            jobs.append(Job(f"tune {variant}", tune_guidance, (settings, first, settings.guidance_grid),
+                            after=(f"train {first.name}",)))
+        for run in variant_runs:
+            jobs.append(Job(f"evaluate {run.name} fixed", evaluate_mode, (settings, run, "fixed", first),
+                            after=(f"train {run.name}",)))
+            if settings.guidance_grid:  # after the fixed one: both may pick the same w (and folder)
+                jobs.append(Job(f"evaluate {run.name} tuned", evaluate_mode, (settings, run, "tuned", first),
+                                after=(f"tune {variant}", f"evaluate {run.name} fixed")))
+    return jobs
+
+
+def _write_guidance(settings: CompareSettings, runs: list[PlannedRun], results: dict[str, Any]) -> None:
+    """guidance.json: per variant the fixed w and, with a grid, the tuned w and its proxy FIDs."""
+    record = {}
+    for run in runs:
+        if run.variant in record:
+            continue
+        record[run.variant] = {"step": run.config.train.steps, "fixed": run.config.sample.guidance}
+        tuned = results.get(f"tune {run.variant}")
+        if tuned is not None and tuned.error is None:
+            best, scores = tuned.value
+            record[run.variant].update(tuned=best, proxy_fid=scores, grid=settings.guidance_grid)
+    (settings.out_dir / "guidance.json").write_text(json.dumps(record, indent=2))
+
+
+def _write_reports(settings: CompareSettings, runs: list[PlannedRun], results: dict[str, Any]) -> Path:
+    """One report per (guidance mode, reference) over the runs evaluated so."""
+    from ccua.report import make_report
+
+    baseline = settings.baseline or settings.variants[0].name
+    main_report = settings.out_dir / "report"
+    for mode in ["fixed"] + (["tuned"] if settings.guidance_grid else []):
+        evaluated = [(run, results[f"evaluate {run.name} {mode}"]) for run in runs]
+        evaluated = [(run, result.value[1]) for run, result in evaluated if result.error is None]
+        for index, reference in enumerate(settings.references):
+            if not evaluated:
+                continue
+            folder = main_report if (mode, index) == ("fixed", 0) else main_report / f"{mode}_{reference}"
+            make_report([files[index] for _, files in evaluated], folder, names=[run.variant for run, _ in evaluated],
+                        baseline=baseline, title=f"Comparison ({mode} guidance, reference: balanced {reference} split)")
+    return main_report
 
 
 def compare(settings: CompareSettings) -> Path:
     """Train, evaluate and report every (variant, seed); returns the main report folder."""
-    from ccua.report import make_report, tail_grid
+    from ccua.report import tail_grid
 
     settings.out_dir.mkdir(parents=True, exist_ok=True)
     runs = planned_runs(settings)
-    failed = _check(run_jobs([Job(run.name, train_one, (run.config, run.run_dir, settings.device)) for run in runs],
-                             settings.jobs), "training")
-    trained = [run for run in runs if not any(line.startswith(f"{run.name}:") for line in failed)]
-    guidance, tuning_failed = _guidance_phase(settings, trained)
-    failed += tuning_failed
-    modes = ["fixed"] + (["tuned"] if settings.guidance_grid else [])
-    evaluations = [(run, mode, guidance[run.variant][mode]) for run in trained for mode in modes
-                   if mode in guidance[run.variant]]
-    unique = {(run.name, w): run for run, _, w in evaluations}
-    results = run_jobs([Job(f"{name} w={w:g}", evaluate_one, (settings, run, w)) for (name, w), run in unique.items()],
-                       settings.jobs)
-    failed += _check(results, "evaluation")
-    files = {job_key: result.value for job_key, result in zip(unique, results) if result.error is None}
-
-    baseline = settings.baseline or settings.variants[0].name
-    main_report = settings.out_dir / "report"
-    for mode in modes:
-        for index, reference in enumerate(settings.references):
-            chosen = [(run, files[(run.name, w)][index]) for run, m, w in evaluations
-                      if m == mode and (run.name, w) in files]
-            if not chosen:
-                continue
-            folder = main_report if (mode, index) == ("fixed", 0) else main_report / f"{mode}_{reference}"
-            make_report([path for _, path in chosen], folder, names=[run.variant for run, _ in chosen],
-                        baseline=baseline, title=f"Comparison ({mode} guidance, reference: balanced {reference} split)")
+    jobs = comparison_jobs(settings, runs)
+    results = {job.name: result for job, result in zip(jobs, run_jobs(jobs, settings.jobs))}
+    failed = _check(results.values(), "a job")
+    _write_guidance(settings, runs, results)
+    main_report = _write_reports(settings, runs, results)
+    trained = [run for run in runs if results[f"train {run.name}"].error is None]
     if settings.tail_seeds and trained:
         tails, columns = {}, []
         for run in trained:
             if run.variant not in tails:
-                images, columns = tail_samples(run.run_dir, settings.tail_seeds, guidance[run.variant]["fixed"],
+                images, columns = tail_samples(run.run_dir, settings.tail_seeds, run.config.sample.guidance,
                                                settings.device)
                 tails[run.variant] = images.numpy()
         tail_grid(tails, main_report / "tail_grid.png", column_labels=columns)

@@ -1,9 +1,11 @@
-"""Independent jobs side by side: K worker processes, each with its share of the CPU cores or its GPU.
+"""Jobs side by side: K worker processes, each with its share of the CPU cores or its GPU.
 
 On a CPU, K small trainings at cores/K threads each beat one after another at all cores (their
 threads do not fight); running several multi-threaded jobs at once is far slower than either
 alone, so every worker gets ``threads_per_job`` threads. With CUDA, worker i uses GPU i mod #GPUs.
-A job that fails is reported with its name and does not stop the others.
+A job may wait for others (``after``): it starts once they have succeeded, and is skipped if one
+failed. Among the jobs ready to start, the earliest in the list goes first, so the list order is
+the priority. A job that fails is reported with its name and does not stop the others.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ class Job:
     function: Callable[..., Any]
     args: tuple = ()
     kwargs: dict[str, Any] = field(default_factory=dict)
+    after: tuple[str, ...] = ()  # names of jobs (earlier in the list) that must succeed first
 
 
 @dataclass
@@ -68,20 +71,40 @@ def _init_worker(threads: int, counter: Any, log_level: int) -> None:
 
 def run_jobs(jobs: list[Job], workers: int = 1) -> list[JobResult]:
     """Run every job, ``workers`` at a time (1: in this process, in order). Results in job order."""
+    names = [job.name for job in jobs]
+    if len(set(names)) != len(names):
+        raise ValueError(f"job names must be unique: {names}")
+    for index, job in enumerate(jobs):  # dependencies come first: the list is a valid running order
+        later = [dep for dep in job.after if dep not in names[:index]]
+        if later:
+            raise ValueError(f"job {job.name!r} waits for {later}, which are not earlier in the list")
+    results: dict[str, JobResult] = {}
     if workers <= 1 or len(jobs) <= 1:
-        return [_run_here(job) for job in jobs]
+        for job in jobs:
+            results[job.name] = _skipped(job, results) or _run_here(job)
+        return [results[job.name] for job in jobs]
     context = multiprocessing.get_context("spawn")  # fresh interpreters: no forked torch thread pools
     counter = context.Value("i", 0)
     threads = threads_per_job(workers)
     log.info("running %d jobs, %d at a time, %d thread(s) each", len(jobs), workers, threads)
-    results: dict[str, JobResult] = {}
+    waiting = list(jobs)
     with ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=_init_worker,
                              initargs=(threads, counter, logging.getLogger().getEffectiveLevel())) as pool:
-        pending: dict[Future, Job] = {pool.submit(job.function, *job.args, **job.kwargs): job for job in jobs}
-        while pending:
-            done, _ = wait(pending, return_when=FIRST_COMPLETED)
+        running: dict[Future, Job] = {}
+        while waiting or running:
+            for job in list(waiting):  # skip what can never run, start what can, in list order
+                skipped = _skipped(job, results)
+                if skipped:
+                    results[job.name] = skipped
+                    waiting.remove(job)
+                elif len(running) < workers and all(dep in results for dep in job.after):
+                    running[pool.submit(job.function, *job.args, **job.kwargs)] = job
+                    waiting.remove(job)
+            if not running:
+                continue
+            done, _ = wait(running, return_when=FIRST_COMPLETED)
             for future in done:
-                job = pending.pop(future)
+                job = running.pop(future)
                 try:
                     results[job.name] = JobResult(job.name, value=future.result())
                     log.info("finished: %s", job.name)
@@ -89,6 +112,12 @@ def run_jobs(jobs: list[Job], workers: int = 1) -> list[JobResult]:
                     results[job.name] = JobResult(job.name, error=f"{type(error).__name__}: {error}")
                     log.error("failed: %s: %s", job.name, error)
     return [results[job.name] for job in jobs]
+
+
+def _skipped(job: Job, results: dict[str, JobResult]) -> JobResult | None:
+    """A result saying why ``job`` cannot run (a job it waits for failed), else None."""
+    failed = [dep for dep in job.after if dep in results and results[dep].error is not None]
+    return JobResult(job.name, error=f"skipped: {', '.join(failed)} failed") if failed else None
 
 
 def _run_here(job: Job) -> JobResult:
