@@ -29,7 +29,8 @@ SRC = Path(ccua.__file__).parent
 #: never one above, not even inside a function
 LAYERS = [
     {"config"},
-    {"devices", "images", "checkpoint", "runs", "jobs", "latent", "data", "models", "diffusion"},
+    {"devices", "images", "checkpoint", "runs", "jobs", "latent", "launch", "distributed", "data", "models",
+     "diffusion"},
     {"methods", "metrics", "report"},
     {"build"},
     {"training", "generate"},

@@ -21,8 +21,7 @@ log = logging.getLogger("ccua")
 
 
 def _setup_logging() -> None:
-    rank = int(os.environ.get("RANK", "0"))
-    logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING,
+    logging.basicConfig(level=logging.INFO if _is_main_process() else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
 
 
@@ -75,11 +74,20 @@ def cmd_train(args: argparse.Namespace) -> int:
 
         print(yaml.safe_dump(config.to_dict(), sort_keys=False), end="")
         return 0
+    if args.run_dir and args.resume not in (None, "auto"):
+        raise ConfigError(f"--run-dir goes with --resume auto or no --resume, not --resume {args.resume} "
+                          "(which names its own run folder)")
     from ccua.training import train
 
-    run_dir = train(config, resume=args.resume, device=args.device)
-    print(f"run folder: {run_dir}")
+    run_dir = train(config, resume=args.resume, device=args.device, run_dir=args.run_dir)
+    if _is_main_process():
+        print(f"run folder: {run_dir}")
     return 0
+
+
+def _is_main_process() -> bool:
+    """Process 0 of a launch (torchrun's RANK or srun's SLURM_PROCID), or a single process."""
+    return int(os.environ.get("RANK", os.environ.get("SLURM_PROCID", "0")) or 0) == 0
 
 
 # --------------------------------------------------------------------------- sample
@@ -320,7 +328,13 @@ def _add_train(sub) -> None:
     p = sub.add_parser("train", help="train from a preset or YAML config with key=value overrides")
     p.add_argument("config", nargs="*", help=f"preset ({', '.join(preset_names())}) or YAML path, then overrides "
                                              "such as model.unet.ch=64 train.batch_size=32")
-    p.add_argument("--resume", default=None, help='"latest" or a run folder or checkpoint file')
+    p.add_argument("--resume", default=None,
+                   help='"auto" (continue the newest run of this name if it has a checkpoint, else start it: the '
+                        'same command for the first launch and every requeue), "latest", a run folder or a '
+                        'checkpoint file')
+    p.add_argument("--run-dir", default=None,
+                   help="train in exactly this folder instead of a new numbered one (with --resume auto: continue "
+                        "it if it has a checkpoint)")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     p.add_argument("--dry-run", action="store_true", help="print the resolved config and stop")
     p.set_defaults(func=cmd_train)

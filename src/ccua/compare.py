@@ -195,7 +195,7 @@ def is_finished(run_dir: Path, steps: int) -> bool:
 
 def train_one(config: Config, run_dir: Path, device: str | None = None) -> Path:
     """Train a run to its step budget: skipped when finished, resumed when a checkpoint exists."""
-    from ccua.training.distributed import cleanup
+    from ccua.distributed import cleanup
     from ccua.training.trainer import Trainer
 
     if is_finished(run_dir, config.train.steps):
