@@ -93,13 +93,22 @@ def _is_main_process() -> bool:
 # --------------------------------------------------------------------------- sample
 
 def cmd_sample(args: argparse.Namespace) -> int:
+    from ccua.distributed import process_group
+
+    with process_group(args.device) as dist:  # one process, or the processes of torchrun / srun sharing the work
+        folder = _sample(args, dist)
+    if dist.is_main:
+        print(f"samples: {folder}")
+    return 0
+
+
+def _sample(args: argparse.Namespace, dist) -> Path:
     import torch
 
     from ccua.build import check_config
-    from ccua.devices import default_device
     from ccua.generate import LoadedModel, sample_to_folder
 
-    loaded = LoadedModel(args.run, use_ema=not args.no_ema, device=default_device(args.device))
+    loaded = LoadedModel(args.run, use_ema=not args.no_ema, device=dist.device)
     changes = {k: v for k, v in {"sampler": args.sampler, "steps": args.steps, "eta": args.eta,
                                   "guidance": args.guidance, "batch_size": args.batch_size}.items() if v is not None}
     sample = dataclasses.replace(loaded.config.sample, **changes, use_ema=loaded.use_ema)
@@ -112,10 +121,8 @@ def cmd_sample(args: argparse.Namespace) -> int:
             raise ConfigError(f"--labels must be comma-separated class indices, got {args.labels!r}") from None
         labels = labels.repeat_interleave(args.per_class)
     out = args.out or loaded.run_dir / "samples" / f"step{loaded.step:07d}_{sample.sampler}{sample.steps}_w{sample.guidance:g}_seed{args.seed}"
-    folder = sample_to_folder(loaded, out, sample, labels=labels, per_class=args.per_class, seed=args.seed,
-                              write_pngs=not args.no_png, overwrite=args.overwrite)
-    print(f"samples: {folder}")
-    return 0
+    return sample_to_folder(loaded, out, sample, labels=labels, per_class=args.per_class, seed=args.seed,
+                            write_pngs=not args.no_png, overwrite=args.overwrite, dist=dist)
 
 
 # --------------------------------------------------------------------------- data
@@ -203,6 +210,7 @@ def cmd_data_encode(argv: list[str]) -> int:
 # --------------------------------------------------------------------------- evaluation
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
+    from ccua.distributed import process_group
     from ccua.evaluation import evaluate_target
     from ccua.report import copies_table, format_table
 
@@ -210,12 +218,15 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if args.data or args.overrides:
         preset, overrides = _split_preset(([args.data] if args.data else []) + args.overrides)
         data = _load(preset, overrides).data
-    result, out = evaluate_target(
-        args.target, args.out, features=args.features, feature_path=args.feature_path,
-        reference_split=args.reference, per_class=args.per_class, sampler=args.sampler, steps=args.steps,
-        guidance=args.guidance, seed=args.seed, use_ema=not args.no_ema, group_mode=args.groups,
-        bf16=args.bf16, allow_download=args.allow_download, data=data, max_reference=args.max_reference,
-        device=args.device, reference_stats=args.reference_stats, memorisation=not args.no_memorisation)
+    with process_group(args.device) as dist:  # one process, or the processes of torchrun / srun sharing the work
+        result, out = evaluate_target(
+            args.target, args.out, features=args.features, feature_path=args.feature_path,
+            reference_split=args.reference, per_class=args.per_class, sampler=args.sampler, steps=args.steps,
+            guidance=args.guidance, seed=args.seed, use_ema=not args.no_ema, group_mode=args.groups,
+            bf16=args.bf16, allow_download=args.allow_download, data=data, max_reference=args.max_reference,
+            reference_stats=args.reference_stats, memorisation=not args.no_memorisation, dist=dist)
+    if result is None:  # not process 0: the numbers are printed there
+        return 0
     print(format_table(result, per_class=args.show_classes))
     print("\n".join(copies_table(result.get("memorisation"))))
     print(f"metrics: {out / 'metrics.json'}")

@@ -11,11 +11,12 @@ gathering a large sample set never fills GPU memory.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import os
 import socket
 from dataclasses import dataclass
-from typing import Any, Callable, TypeVar
+from typing import Any, Callable, Iterator, TypeVar
 
 import torch
 import torch.distributed as dist
@@ -79,6 +80,21 @@ def _refuse_shared_gpus(info: DistInfo) -> None:
     if problems:
         raise LaunchError(f"{'; '.join(problems)}: start one process per GPU (each sees its own, or LOCAL_RANK "
                           "picks one of those it sees)")
+
+
+@contextlib.contextmanager
+def process_group(device: str | torch.device | None = None,
+                  timeout_minutes: float = DEFAULT_TIMEOUT_MINUTES) -> Iterator[DistInfo]:
+    """:func:`init_distributed` for the block, then :func:`cleanup`. A process leaving the block
+    with an error leaves the group at once: waiting in a barrier for processes still at work
+    would hang it, and the launcher (torchrun, srun --kill-on-bad-exit) stops the others."""
+    info = init_distributed(device, timeout_minutes)
+    try:
+        yield info
+    except BaseException:
+        cleanup(None)
+        raise
+    cleanup(info)
 
 
 def barrier(info: DistInfo) -> None:
@@ -166,4 +182,4 @@ def own_items(count: int, info: DistInfo) -> range:
 
 
 __all__ = ["DEFAULT_TIMEOUT_MINUTES", "DistInfo", "LaunchError", "all_reduce_mean", "barrier", "broadcast_object",
-           "cleanup", "gather_objects", "init_distributed", "on_main", "own_items", "shared_map"]
+           "cleanup", "gather_objects", "init_distributed", "on_main", "own_items", "process_group", "shared_map"]

@@ -26,9 +26,9 @@ from ccua.build import build_methods, build_model, build_objective, build_optimi
 from ccua.checkpoint import (RESUME_KEYS, CheckpointError, list_checkpoints, load_checkpoint, preserved_rng,
                              remove_stale_temporaries, rng_state, save_checkpoint, set_rng_state)
 from ccua.config import Config, ConfigError, parse_yaml, save_config
-from ccua.data import build_training_set, is_latent, to_uint8
+from ccua.data import build_training_set, is_latent
 from ccua.data.batches import ResumableBatchSampler, batch_generator_seed, seed_everything
-from ccua.generate import generate, grid_labels, vae_decoder
+from ccua.generate import generate_uint8, grid_labels, vae_decoder
 from ccua.images import save_grid
 from ccua.runs import (LOSS_LOG, auto_resume, check_writable, checkpoint_folder, claim_run_dir, record_resume,
                        refuse_changes, resume_candidates, resume_changes, run_checkpoints, run_folder_of,
@@ -247,14 +247,14 @@ class Trainer:
     @_keeps_training_rng
     @torch.no_grad()
     def write_sample_grid(self) -> Path | None:
-        """Per-class grid (rows head to tail) from fixed noise and labels, with the EMA weights."""
-        if not self.dist.is_main:
-            return None
+        """Per-class grid (rows head to tail) from fixed noise and labels, with the EMA weights.
+        Every process draws its share; process 0 writes the grid (and returns its path)."""
         sample = self.config.sample
         labels = grid_labels(self.class_counts, sample.grid_per_class)
-        images = generate(self.ema.shadow, self.objective, labels, self.data_shape, sample,
-                          seed=self._grid_noise_seed, device=self.device, progress=False, decode=self._decoder())
-        images = to_uint8(images).numpy()
+        images = generate_uint8(self.ema.shadow, self.objective, labels, self.data_shape, sample,
+                                seed=self._grid_noise_seed, dist=self.dist, progress=False, decode=self._decoder())
+        if images is None:
+            return None
         rows = [images[i: i + sample.grid_per_class] for i in range(0, len(images), sample.grid_per_class)]
         scale = max(1, 64 // self.data_shape[1])
         path = save_grid(rows, self.run_dir / "samples" / f"grid_{self.step:07d}.png", scale=scale, pad=2 * scale)
@@ -266,10 +266,16 @@ class Trainer:
     @_keeps_training_rng
     @torch.no_grad()
     def log_proxy_fid(self) -> float | None:
-        """FID of a few hundred EMA samples with the fast feature network (a trend, not a result)."""
-        if not self.dist.is_main:
-            return None
+        """FID of a few hundred EMA samples with the fast feature network (a trend, not a result).
+        Every process draws its share of the samples; process 0 scores them."""
         train = self.config.train
+        num_classes = len(self.class_counts)
+        labels = torch.arange(train.proxy_samples) % num_classes
+        sample = replace(self.config.sample, steps=train.proxy_sampler_steps)
+        images = generate_uint8(self.ema.shadow, self.objective, labels, self.data_shape, sample,
+                                seed=self._grid_noise_seed, dist=self.dist, progress=False, decode=self._decoder())
+        if images is None:
+            return None
         if self._proxy is None:
             from ccua.metrics import ProxyFID, Reference, build_feature_net
             from ccua.metrics.weights import DEFAULT_CACHE, feature_weights_path
@@ -278,12 +284,7 @@ class Trainer:
             net = build_feature_net(train.proxy_features, path=path, device=self.device, progress=False)
             self._proxy = ProxyFID(Reference.from_config(self.config.data, "train"), net, num_samples=2000,
                                    cache_dir=DEFAULT_CACHE / "features")
-        num_classes = len(self.class_counts)
-        labels = torch.arange(train.proxy_samples) % num_classes
-        sample = replace(self.config.sample, steps=train.proxy_sampler_steps)
-        images = generate(self.ema.shadow, self.objective, labels, self.data_shape, sample, seed=self._grid_noise_seed,
-                          device=self.device, progress=False, decode=self._decoder())
-        value = self._proxy(to_uint8(images).numpy(), labels.numpy())
+        value = self._proxy(images, labels.numpy())
         if self.writer is not None:
             self.writer.add_scalar("eval/proxy_fid", value, self.step)
         log.info("step %d: proxy FID %.3f (%d samples, %s features)", self.step, value, train.proxy_samples,
@@ -456,9 +457,12 @@ def train(config: Config, resume: str | None = None, device: str | None = None,
     trainer = None
     try:
         trainer = Trainer(config, resume=resume, run_dir=run_dir, device=device)
-        return trainer.train()
-    finally:
-        cleanup(trainer.dist if trainer else None)
+        run = trainer.train()
+    except BaseException:
+        cleanup(None)  # at once: a barrier could wait for processes that never come (see process_group)
+        raise
+    cleanup(trainer.dist)
+    return run
 
 
 def load_run_config(run_dir: str | Path) -> Config:
