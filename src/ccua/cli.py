@@ -270,7 +270,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
         "guidance_grid": [float(w) for w in args.guidance_grid.split(",")] if args.guidance_grid else None,
         "proxy_per_class": args.proxy_per_class, "sampler_steps": args.sampler_steps, "tail_seeds": args.tail_seeds,
         "max_reference": args.max_reference, "references": args.references.split(",") if args.references else None,
-        "baseline": args.baseline, "jobs": args.jobs, "device": args.device,
+        "baseline": args.baseline, "jobs": args.jobs, "gpus_per_run": args.gpus_per_run, "device": args.device,
     }
     if is_study_file(args.preset):
         if args.methods or args.overrides:
@@ -456,6 +456,9 @@ def _add_compare(sub) -> None:
     p.add_argument("--baseline", default=None, help="method the others are compared with (default: the first)")
     p.add_argument("--jobs", type=positive_int, default=None,
                    help="runs side by side, each with cores/jobs threads or its own GPU (default 1)")
+    p.add_argument("--gpus-per-run", type=positive_int, default=None,
+                   help="train each run under torchrun on this many GPUs of its own (jobs x G GPUs in all; "
+                        "without CUDA: G CPU processes)")
     p.set_defaults(func=cmd_compare)
 
 

@@ -183,3 +183,27 @@ def shared_gpus(placements: list[tuple[str, str]]) -> list[str]:
         users.setdefault(placement, []).append(rank)
     return [f"ranks {', '.join(map(str, ranks))} on {host} all use GPU {uuid}"
             for (host, uuid), ranks in users.items() if len(ranks) > 1]
+
+
+def torchrun_command(python: str, processes: int, arguments: list[str]) -> list[str]:
+    """``torchrun --standalone --nproc_per_node <processes> -m ccua.cli <arguments>`` run by
+    ``python`` (torchrun is ``python -m torch.distributed.run``; --standalone picks a free port)."""
+    return [python, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(processes),
+            "-m", "ccua.cli", *arguments]
+
+
+def child_environment(env: Mapping[str, str], gpus: list[int] | None, threads: int) -> dict[str, str]:
+    """The environment of a torchrun started from this process: ``gpus`` (indices among the GPUs
+    this process sees, mapped through its CUDA_VISIBLE_DEVICES) visible, ``threads`` threads per
+    process, and none of this process's own launch variables (it may itself run under a launcher)."""
+    child = {key: value for key, value in env.items() if key not in TORCH_VARIABLES and key != "LOCAL_WORLD_SIZE"}
+    child["OMP_NUM_THREADS"] = str(threads)
+    if gpus is not None:
+        visible = [v.strip() for v in env.get("CUDA_VISIBLE_DEVICES", "").split(",") if v.strip()]
+        child["CUDA_VISIBLE_DEVICES"] = ",".join(visible[i] if visible else str(i) for i in gpus)
+    return child
+
+
+def gpu_group(slot: int, per_run: int) -> list[int]:
+    """The GPUs (indices among those visible) of the ``slot``-th of several side-by-side runs."""
+    return list(range(slot * per_run, (slot + 1) * per_run))
