@@ -89,8 +89,9 @@ def test_gpus_per_run_launches_each_run_under_torchrun_on_its_own_gpus(tmp_path)
     from ccua.compare import CompareSettings, _training_job, planned_runs, train_under_torchrun
     from ccua.launch import child_environment, gpu_group, torchrun_command
 
-    assert torchrun_command("py", 4, ["train", "c.yaml"]) == [
-        "py", "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "4", "-m", "ccua.cli", "train", "c.yaml"]
+    assert torchrun_command("py", 4, ["train", "c.yaml"]) == ["py", "-m", "torch.distributed.run", "--standalone",
+                                                              "--nproc_per_node", "4", "-m", "ccua.cli", "train",
+                                                              "c.yaml"]
     assert [gpu_group(slot, 2) for slot in range(3)] == [[0, 1], [2, 3], [4, 5]]
     parent = {"CUDA_VISIBLE_DEVICES": "4,5,6,7", "RANK": "0", "WORLD_SIZE": "8", "MASTER_PORT": "1", "PATH": "/bin"}
     child = child_environment(parent, [2, 3], threads=3)
