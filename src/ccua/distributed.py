@@ -74,9 +74,13 @@ def init_distributed(device: str | torch.device | None = None,
 
 def _refuse_shared_gpus(info: DistInfo) -> None:
     """LaunchError on every process when two of them picked the same GPU (checked over gloo,
-    before NCCL would fail on it with a less clear message)."""
-    placement = (socket.gethostname(), str(torch.cuda.get_device_properties(info.device).uuid))
-    problems = shared_gpus(gather_objects(placement, info))
+    before NCCL would fail on it with a less clear message). Skipped where torch does not tell
+    the GPU's uuid."""
+    uuid = getattr(torch.cuda.get_device_properties(info.device), "uuid", None)
+    placements = gather_objects(None if uuid is None else (socket.gethostname(), str(uuid)), info)
+    if None in placements:
+        return
+    problems = shared_gpus(placements)
     if problems:
         raise LaunchError(f"{'; '.join(problems)}: start one process per GPU (each sees its own, or LOCAL_RANK "
                           "picks one of those it sees)")

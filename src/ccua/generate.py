@@ -102,7 +102,7 @@ def generate_uint8(model: nn.Module, objective, labels: Tensor, data_shape: tupl
     Process 0 returns every image, in order; the others None. ``each(start, images)`` is called
     where a chunk was drawn, with the index of its first sample (to write its PNGs there).
     """
-    dist = dist or DistInfo(device=torch.device("cpu"))
+    dist = dist or DistInfo(device=next(model.parameters()).device)
     chunks = chunk_count(len(labels), sample)
     bar = tqdm(total=len(own_items(chunks, dist)), desc="sampling", disable=not (progress and dist.is_main),
                leave=False)
