@@ -1,8 +1,10 @@
 """Where a process stands in a launch: torchrun's variables, Slurm's srun tasks, and launches refused."""
 
 import pytest
+import yaml
 
 from ccua.launch import LaunchError, default_master_port, device_index, expand_hostlist, launch_environment, shared_gpus
+from tests.conftest import tiny_config_dict
 
 
 @pytest.mark.parametrize("text, hosts", [
@@ -82,8 +84,6 @@ def test_each_process_gets_its_own_gpu_or_the_launch_is_refused():
 
 def test_a_refused_launch_is_one_line_from_the_cli(tmp_path, monkeypatch, capsys):
     from ccua.cli import main
-    from tests.conftest import tiny_config_dict
-    import yaml
 
     config = tmp_path / "tiny.yaml"
     config.write_text(yaml.safe_dump(tiny_config_dict(tmp_path / "runs")))
@@ -95,3 +95,16 @@ def test_a_refused_launch_is_one_line_from_the_cli(tmp_path, monkeypatch, capsys
     errors = capsys.readouterr().err.strip().splitlines()
     assert errors[-1].startswith("ccua: error: SLURM_NTASKS=2 but this process is not one of srun's tasks")
     assert not (tmp_path / "runs").exists()  # refused before a run folder was claimed
+
+
+def test_the_wait_for_other_processes_is_a_positive_setting_that_a_resume_may_change(tmp_path):
+    from ccua.config import ConfigError, config_from_dict
+    from ccua.runs import resume_changes
+
+    with pytest.raises(ConfigError, match=r"train.dist_timeout_minutes=0.0 must be > 0"):
+        config_from_dict(tiny_config_dict(tmp_path, train={"dist_timeout_minutes": 0}))
+    saved = config_from_dict(tiny_config_dict(tmp_path))
+    longer = config_from_dict(tiny_config_dict(tmp_path, train={"dist_timeout_minutes": 90}))
+    allowed, refused = resume_changes(saved, longer)
+    assert saved.train.dist_timeout_minutes == 30 and allowed == {"train.dist_timeout_minutes": [30.0, 90.0]}
+    assert refused == {}
