@@ -23,8 +23,8 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from ccua.build import build_methods, build_model, build_objective, build_optimizer, check_config, stored_config
-from ccua.checkpoint import (RESUME_KEYS, CheckpointError, list_checkpoints, load_checkpoint, preserved_rng,
-                             remove_stale_temporaries, rng_state, save_checkpoint, set_rng_state)
+from ccua.checkpoint import (RESUME_KEYS, CheckpointError, checkpoint_path, list_checkpoints, load_checkpoint,
+                             preserved_rng, remove_stale_temporaries, rng_state, save_checkpoint, set_rng_state)
 from ccua.config import Config, ConfigError, parse_yaml, save_config
 from ccua.data import build_training_set, is_latent
 from ccua.data.batches import ResumableBatchSampler, batch_generator_seed, seed_everything
@@ -343,7 +343,7 @@ class Trainer:
         data = iter(self._loader())
         running: dict[str, float] = {}
         interval_start, interval_steps = time.perf_counter(), 0
-        while self.step < train.steps and not self.stop_agreed:
+        while self.step < train.steps:
             x0, labels = next(data)
             terms = self.train_step(x0.to(self.device), labels.to(self.device))
             for key, value in terms.items():
@@ -360,6 +360,8 @@ class Trainer:
                     self._log(record, log_file)
                     progress.set_postfix(loss=f"{record['total']:.4f}")
                 running, interval_start, interval_steps = {}, time.perf_counter(), 0
+            if self.stop_agreed:
+                break  # to the checkpoint at once: the time until the kill is short
             if train.ckpt_every and self.step % train.ckpt_every == 0 and self.step < train.steps:
                 self.save()
             if train.sample_every and self.step % train.sample_every == 0 and self.step < train.steps:
@@ -370,10 +372,8 @@ class Trainer:
                 barrier(self.dist)
 
     def _stop(self) -> None:
-        """After a stop signal: one checkpoint of this step (unless it was just written), then exit 75."""
-        path = self.checkpoint_dir / f"{self.step:07d}.pt"
-        if self._saved_step != self.step:
-            path = self.save() or path
+        """After a stop signal: one checkpoint of this step, then exit 75."""
+        path = self.save() or checkpoint_path(self.checkpoint_dir, self.step)  # process 0 knows the path
         received = self.signals.received if self.signals and self.signals.received else "a signal to another process"
         message = (f"stopped by {received} after step {self.step}: wrote checkpoint {path}; the same command with "
                    "--resume auto continues the run")
