@@ -5,6 +5,7 @@ import json
 
 import yaml
 
+from ccua.checkpoint import load_checkpoint
 from ccua.cli import main
 from tests.conftest import tiny_config_dict
 
@@ -82,3 +83,31 @@ def test_a_study_file_runs_variants_side_by_side_with_paired_differences(tmp_pat
     assert fid_rows["cheap"]["n_seeds"] == "2" and fid_rows["strong"]["n_seeds"] == "1"
     assert fid_rows["strong"]["low"] == ""  # one seed: no interval
     assert "Difference to plain" in (out / "report" / "comparison.md").read_text()
+
+
+def test_gpus_per_run_launches_each_run_under_torchrun_on_its_own_gpus(tmp_path):
+    from ccua.compare import CompareSettings, _training_job, planned_runs, train_under_torchrun
+    from ccua.launch import child_environment, gpu_group, torchrun_command
+
+    assert torchrun_command("py", 4, ["train", "c.yaml"]) == ["py", "-m", "torch.distributed.run", "--standalone",
+                                                              "--nproc_per_node", "4", "-m", "ccua.cli", "train",
+                                                              "c.yaml"]
+    assert [gpu_group(slot, 2) for slot in range(3)] == [[0, 1], [2, 3], [4, 5]]
+    parent = {"CUDA_VISIBLE_DEVICES": "4,5,6,7", "RANK": "0", "WORLD_SIZE": "8", "MASTER_PORT": "1", "PATH": "/bin"}
+    child = child_environment(parent, [2, 3], threads=3)
+    assert child == {"CUDA_VISIBLE_DEVICES": "6,7", "OMP_NUM_THREADS": "3", "PATH": "/bin"}
+    assert child_environment({}, [0, 1], 1)["CUDA_VISIBLE_DEVICES"] == "0,1"
+
+    config = tmp_path / "tiny.yaml"
+    config.write_text(yaml.safe_dump(tiny_config_dict(tmp_path / "unused")))
+    settings = CompareSettings(preset=str(config), methods=["ccua"], steps=2, out_dir=tmp_path / "cmp",
+                               gpus_per_run=2, device="cpu")
+    job = _training_job(settings, planned_runs(settings)[0])
+    assert job.function is train_under_torchrun and job.args[2:] == (2, "cpu")
+    assert job.args[0].train.progress is False
+
+    run_dir = train_under_torchrun(*job.args)  # two gloo processes, as on two GPUs
+    assert run_dir == tmp_path / "cmp" / "runs" / "ccua-s0"
+    checkpoint = load_checkpoint(run_dir / "checkpoints" / "0000002.pt")
+    assert checkpoint["step"] == 2 and len(checkpoint["rng"]) == 2  # one run trained by both processes
+    assert (run_dir / "config.yaml").exists() and "run folder:" in (run_dir / "launch.log").read_text()

@@ -18,7 +18,7 @@ from ccua.data import DATA_SETS, GROUP_MODES, SOURCES, SPLITS
 from ccua.diffusion import LABEL_DROP_MODES, OBJECTIVES, SAMPLERS, DDPM, Flow
 from ccua.diffusion.ddpm import ANCESTRAL_VARIANCES
 from ccua.methods import METHODS, PLAIN
-from ccua.methods.ccua import WEIGHTINGS
+from ccua.methods.ccua import NEGATIVES, WEIGHTINGS
 from ccua.metrics import FEATURE_NETS
 from ccua.models import BACKBONES
 from ccua.report.tables import SEED_GROUPINGS
@@ -29,7 +29,8 @@ SRC = Path(ccua.__file__).parent
 #: never one above, not even inside a function
 LAYERS = [
     {"config"},
-    {"devices", "images", "checkpoint", "runs", "jobs", "latent", "data", "models", "diffusion"},
+    {"devices", "images", "checkpoint", "runs", "jobs", "latent", "launch", "distributed", "data", "models",
+     "diffusion"},
     {"methods", "metrics", "report"},
     {"build"},
     {"training", "generate"},
@@ -200,7 +201,7 @@ OWNERS = {
     "diffusion/flow.py": set(Flow.samplers),
     "diffusion/base.py": set(LABEL_DROP_MODES),
     "methods/__init__.py": set(METHODS) | {PLAIN},
-    "methods/ccua.py": set(WEIGHTINGS),
+    "methods/ccua.py": set(WEIGHTINGS) | set(NEGATIVES),
     "metrics/__init__.py": set(FEATURE_NETS),
     "build.py": set(OPTIMIZERS),
     "report/tables.py": set(SEED_GROUPINGS),

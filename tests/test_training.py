@@ -1,7 +1,8 @@
-"""The trainer: exact resume, bad input, and real two-process training."""
+"""The trainer: exact resume, bad input, and real two-process training stopped by a signal to one process."""
 
 import json
 import os
+import signal
 import socket
 
 import pytest
@@ -11,9 +12,11 @@ import torch.multiprocessing as mp
 from ccua.config import ConfigError, config_from_dict
 from ccua.methods import METHODS
 from ccua.methods.base import Method
+import ccua.training.trainer as trainer_module
 from ccua.training import Trainer, TrainingDiverged, train
+from ccua.training.preemption import REQUEUE_EXIT_CODE, TrainingInterrupted
 from ccua.checkpoint import list_checkpoints, load_checkpoint
-from ccua.training.distributed import cleanup
+from ccua.distributed import cleanup
 from tests.conftest import tiny_config_dict
 
 
@@ -105,28 +108,48 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _worker(rank: int, world: int, port: int, config_dict: dict, out: str) -> None:
+def _worker(rank: int, world: int, port: int, config_dict: dict, out: str, signal_step: int) -> None:
+    """One process of a 2-process run; process 1 alone sends itself SIGUSR1 during ``signal_step``."""
     os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
                       MASTER_PORT=str(port))
     torch.set_num_threads(1)
+    if rank == 1:
+        real, calls = trainer_module.training_losses, []
+
+        def losses_then_signal(*args, **kwargs):
+            calls.append(1)
+            if len(calls) == signal_step:
+                os.kill(os.getpid(), signal.SIGUSR1)
+            return real(*args, **kwargs)
+
+        trainer_module.training_losses = losses_then_signal
     trainer = Trainer(config_from_dict(config_dict), device="cpu")
     try:
         trainer.train()
-        torch.save({"model": trainer.model.state_dict(), "run": str(trainer.run_dir)}, f"{out}/rank{rank}.pt")
+        exit_code = 0
+    except TrainingInterrupted as stop:
+        exit_code = stop.code
     finally:
         cleanup(trainer.dist)
+    torch.save({"model": trainer.model.state_dict(), "run": str(trainer.run_dir), "step": trainer.step,
+                "exit": exit_code}, f"{out}/rank{rank}.pt")
 
 
-def test_two_process_training_keeps_weights_identical(tmp_path):
-    config_dict = tiny_config_dict(tmp_path / "runs", train={"steps": 4, "batch_size": 8, "ckpt_every": 2})
-    mp.spawn(_worker, args=(2, _free_port(), config_dict, str(tmp_path)), nprocs=2, join=True)
+def test_two_processes_train_one_run_and_stop_together_on_a_signal_to_one(tmp_path):
+    config_dict = tiny_config_dict(tmp_path / "runs", train={"steps": 6, "batch_size": 8, "ckpt_every": 2})
+    mp.spawn(_worker, args=(2, _free_port(), config_dict, str(tmp_path), 3), nprocs=2, join=True)
     rank0 = torch.load(tmp_path / "rank0.pt", weights_only=True)
     rank1 = torch.load(tmp_path / "rank1.pt", weights_only=True)
     assert rank0["run"] == rank1["run"]  # one run folder, chosen by rank 0
     for name, value in rank0["model"].items():
         assert torch.equal(value, rank1["model"][name]), name
-    initial = load_checkpoint(list_checkpoints(tmp_path / "runs" / "000-tiny" / "checkpoints")[0])
+    # both stop after the step in which one of them got the signal, with one checkpoint of it
+    assert rank0["step"] == rank1["step"] == 3 and rank0["exit"] == rank1["exit"] == REQUEUE_EXIT_CODE
+    checkpoints = list_checkpoints(tmp_path / "runs" / "000-tiny" / "checkpoints")
+    assert [p.name for p in checkpoints] == ["0000002.pt", "0000003.pt"]
+    initial, last = load_checkpoint(checkpoints[0]), load_checkpoint(checkpoints[1])
     assert initial["step"] == 2 and len(initial["rng"]) == 2  # both processes' RNG states are saved
+    assert all(torch.equal(v, last["model"][k]) for k, v in rank0["model"].items())
     assert any(not torch.equal(v, initial["model"][k]) for k, v in rank0["model"].items())
 
 

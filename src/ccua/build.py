@@ -110,6 +110,10 @@ def _method_problems(config: Config) -> Iterator[str]:
         check_combination(list(config.method.names), config.diffusion.objective)
     except ValueError as error:
         yield f"method.names={config.method.names}: {error}"
+        return
+    for name in config.method.names:
+        if name != PLAIN:
+            yield from METHODS[name].setting_problems(getattr(config.method, name))
 
 
 def _one_of(names: Iterable[str]) -> str:

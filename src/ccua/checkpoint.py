@@ -65,8 +65,11 @@ def remove_stale_temporaries(folder: Path) -> list[Path]:
 @contextlib.contextmanager
 def _signals_raise() -> Iterator[None]:
     """Within the block SIGTERM raises SystemExit (SIGINT already raises KeyboardInterrupt), so a
-    write interrupted by either can clean up. Only the main thread may install handlers."""
-    if threading.current_thread() is not threading.main_thread():
+    write interrupted by either can clean up. Only where SIGTERM would otherwise kill the process
+    outright: a handler installed by the caller (the trainer's graceful stop, which lets the write
+    complete and stops after it) stays. Only the main thread may install handlers."""
+    if (threading.current_thread() is not threading.main_thread()
+            or signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL):
         yield
         return
 

@@ -21,8 +21,7 @@ log = logging.getLogger("ccua")
 
 
 def _setup_logging() -> None:
-    rank = int(os.environ.get("RANK", "0"))
-    logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING,
+    logging.basicConfig(level=logging.INFO if _is_main_process() else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
 
 
@@ -75,23 +74,41 @@ def cmd_train(args: argparse.Namespace) -> int:
 
         print(yaml.safe_dump(config.to_dict(), sort_keys=False), end="")
         return 0
+    if args.run_dir and args.resume not in (None, "auto"):
+        raise ConfigError(f"--run-dir goes with --resume auto or no --resume, not --resume {args.resume} "
+                          "(which names its own run folder)")
     from ccua.training import train
 
-    run_dir = train(config, resume=args.resume, device=args.device)
-    print(f"run folder: {run_dir}")
+    run_dir = train(config, resume=args.resume, device=args.device, run_dir=args.run_dir)
+    if _is_main_process():
+        print(f"run folder: {run_dir}")
     return 0
+
+
+def _is_main_process() -> bool:
+    """Process 0 of a launch (torchrun's RANK or srun's SLURM_PROCID), or a single process."""
+    return int(os.environ.get("RANK", os.environ.get("SLURM_PROCID", "0")) or 0) == 0
 
 
 # --------------------------------------------------------------------------- sample
 
 def cmd_sample(args: argparse.Namespace) -> int:
+    from ccua.distributed import process_group
+
+    with process_group(args.device) as dist:  # one process, or the processes of torchrun / srun sharing the work
+        folder = _sample(args, dist)
+    if dist.is_main:
+        print(f"samples: {folder}")
+    return 0
+
+
+def _sample(args: argparse.Namespace, dist) -> Path:
     import torch
 
     from ccua.build import check_config
-    from ccua.devices import default_device
     from ccua.generate import LoadedModel, sample_to_folder
 
-    loaded = LoadedModel(args.run, use_ema=not args.no_ema, device=default_device(args.device))
+    loaded = LoadedModel(args.run, use_ema=not args.no_ema, device=dist.device)
     changes = {k: v for k, v in {"sampler": args.sampler, "steps": args.steps, "eta": args.eta,
                                   "guidance": args.guidance, "batch_size": args.batch_size}.items() if v is not None}
     sample = dataclasses.replace(loaded.config.sample, **changes, use_ema=loaded.use_ema)
@@ -104,10 +121,8 @@ def cmd_sample(args: argparse.Namespace) -> int:
             raise ConfigError(f"--labels must be comma-separated class indices, got {args.labels!r}") from None
         labels = labels.repeat_interleave(args.per_class)
     out = args.out or loaded.run_dir / "samples" / f"step{loaded.step:07d}_{sample.sampler}{sample.steps}_w{sample.guidance:g}_seed{args.seed}"
-    folder = sample_to_folder(loaded, out, sample, labels=labels, per_class=args.per_class, seed=args.seed,
-                              write_pngs=not args.no_png, overwrite=args.overwrite)
-    print(f"samples: {folder}")
-    return 0
+    return sample_to_folder(loaded, out, sample, labels=labels, per_class=args.per_class, seed=args.seed,
+                            write_pngs=not args.no_png, overwrite=args.overwrite, dist=dist)
 
 
 # --------------------------------------------------------------------------- data
@@ -195,6 +210,7 @@ def cmd_data_encode(argv: list[str]) -> int:
 # --------------------------------------------------------------------------- evaluation
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
+    from ccua.distributed import process_group
     from ccua.evaluation import evaluate_target
     from ccua.report import copies_table, format_table
 
@@ -202,12 +218,15 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if args.data or args.overrides:
         preset, overrides = _split_preset(([args.data] if args.data else []) + args.overrides)
         data = _load(preset, overrides).data
-    result, out = evaluate_target(
-        args.target, args.out, features=args.features, feature_path=args.feature_path,
-        reference_split=args.reference, per_class=args.per_class, sampler=args.sampler, steps=args.steps,
-        guidance=args.guidance, seed=args.seed, use_ema=not args.no_ema, group_mode=args.groups,
-        bf16=args.bf16, allow_download=args.allow_download, data=data, max_reference=args.max_reference,
-        device=args.device, reference_stats=args.reference_stats, memorisation=not args.no_memorisation)
+    with process_group(args.device) as dist:  # one process, or the processes of torchrun / srun sharing the work
+        result, out = evaluate_target(
+            args.target, args.out, features=args.features, feature_path=args.feature_path,
+            reference_split=args.reference, per_class=args.per_class, sampler=args.sampler, steps=args.steps,
+            guidance=args.guidance, seed=args.seed, use_ema=not args.no_ema, group_mode=args.groups,
+            bf16=args.bf16, allow_download=args.allow_download, data=data, max_reference=args.max_reference,
+            reference_stats=args.reference_stats, memorisation=not args.no_memorisation, dist=dist)
+    if result is None:  # not process 0: the numbers are printed there
+        return 0
     print(format_table(result, per_class=args.show_classes))
     print("\n".join(copies_table(result.get("memorisation"))))
     print(f"metrics: {out / 'metrics.json'}")
@@ -251,7 +270,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
         "guidance_grid": [float(w) for w in args.guidance_grid.split(",")] if args.guidance_grid else None,
         "proxy_per_class": args.proxy_per_class, "sampler_steps": args.sampler_steps, "tail_seeds": args.tail_seeds,
         "max_reference": args.max_reference, "references": args.references.split(",") if args.references else None,
-        "baseline": args.baseline, "jobs": args.jobs, "device": args.device,
+        "baseline": args.baseline, "jobs": args.jobs, "gpus_per_run": args.gpus_per_run, "device": args.device,
     }
     if is_study_file(args.preset):
         if args.methods or args.overrides:
@@ -320,7 +339,13 @@ def _add_train(sub) -> None:
     p = sub.add_parser("train", help="train from a preset or YAML config with key=value overrides")
     p.add_argument("config", nargs="*", help=f"preset ({', '.join(preset_names())}) or YAML path, then overrides "
                                              "such as model.unet.ch=64 train.batch_size=32")
-    p.add_argument("--resume", default=None, help='"latest" or a run folder or checkpoint file')
+    p.add_argument("--resume", default=None,
+                   help='"auto" (continue the newest run of this name if it has a checkpoint, else start it: the '
+                        'same command for the first launch and every requeue), "latest", a run folder or a '
+                        'checkpoint file')
+    p.add_argument("--run-dir", default=None,
+                   help="train in exactly this folder instead of a new numbered one (with --resume auto: continue "
+                        "it if it has a checkpoint)")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     p.add_argument("--dry-run", action="store_true", help="print the resolved config and stop")
     p.set_defaults(func=cmd_train)
@@ -431,6 +456,9 @@ def _add_compare(sub) -> None:
     p.add_argument("--baseline", default=None, help="method the others are compared with (default: the first)")
     p.add_argument("--jobs", type=positive_int, default=None,
                    help="runs side by side, each with cores/jobs threads or its own GPU (default 1)")
+    p.add_argument("--gpus-per-run", type=positive_int, default=None,
+                   help="train each run under torchrun on this many GPUs of its own (jobs x G GPUs in all; "
+                        "without CUDA: G CPU processes)")
     p.set_defaults(func=cmd_compare)
 
 

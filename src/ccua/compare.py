@@ -19,6 +19,9 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import subprocess
+import sys
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -28,9 +31,10 @@ import yaml
 
 from ccua.build import load_checked_config
 from ccua.checkpoint import load_checkpoint
-from ccua.config import Config, ConfigError
+from ccua.config import Config, ConfigError, save_config
 from ccua.data import SPLITS
-from ccua.jobs import Job, JobsFailed, run_jobs
+from ccua.jobs import Job, JobsFailed, run_jobs, worker_slot
+from ccua.launch import child_environment, gpu_group, torchrun_command
 from ccua.methods import METHODS
 from ccua.runs import run_checkpoints
 
@@ -68,6 +72,7 @@ class CompareSettings:
     references: list[str] = field(default_factory=lambda: ["train"])
     baseline: str | None = None  # variant the others are compared with (default: the first)
     jobs: int = 1  # runs trained / evaluated side by side
+    gpus_per_run: int | None = None  # train each run under torchrun on this many GPUs (CPU processes without CUDA)
     device: str | None = None
 
     def __post_init__(self):
@@ -86,11 +91,23 @@ class CompareSettings:
         if self.jobs < 1 or self.per_class < 1 or self.proxy_per_class < 1:
             raise ConfigError("jobs, per_class and proxy_per_class must be positive")
         self.out_dir = Path(self.out_dir)
+        self._check_gpus_per_run()
+
+    def _check_gpus_per_run(self) -> None:
+        if self.gpus_per_run is None:
+            return
+        if self.gpus_per_run < 1:
+            raise ConfigError(f"gpus_per_run must be a positive integer, got {self.gpus_per_run}")
+        available = torch.cuda.device_count() if self.device != "cpu" else 0
+        if available and self.jobs * self.gpus_per_run > available:
+            raise ConfigError(f"{self.jobs} side-by-side runs x {self.gpus_per_run} GPUs per run need "
+                              f"{self.jobs * self.gpus_per_run} GPUs, this machine has {available}: lower --jobs "
+                              "or --gpus-per-run")
 
 
 # --------------------------------------------------------------------------- study files
 
-_STUDY_KEYS = {"preset", "variants", "seeds", "steps", "overrides", "evaluation", "baseline", "jobs"}
+_STUDY_KEYS = {"preset", "variants", "seeds", "steps", "overrides", "evaluation", "baseline", "jobs", "gpus_per_run"}
 _EVALUATION_KEYS = {"per_class", "features", "feature_path", "guidance", "guidance_grid", "proxy_per_class",
                     "sampler_steps", "tail_seeds", "max_reference", "references"}
 
@@ -131,7 +148,8 @@ def load_study(path: str | Path, **changes: Any) -> CompareSettings:
         variants.append(Variant(str(name), [str(o) for o in spec.get("overrides", [])], seeds))
     settings = {"preset": data.get("preset"), "variants": variants, "seeds": data.get("seeds", [0]),
                 "steps": data.get("steps"), "overrides": [str(o) for o in data.get("overrides", [])],
-                "baseline": data.get("baseline"), "jobs": data.get("jobs", 1), **evaluation}
+                "baseline": data.get("baseline"), "jobs": data.get("jobs", 1),
+                "gpus_per_run": data.get("gpus_per_run"), **evaluation}
     if not settings["preset"]:
         raise ConfigError(f"{path}: a study needs `preset:` (a preset name or YAML config)")
     settings.update({k: v for k, v in changes.items() if v is not None})
@@ -158,8 +176,8 @@ def variant_config(settings: CompareSettings, variant: Variant, seed: int) -> Co
         f"train.seed={seed}", f"name={variant.name}-s{seed}", f"train.out_dir={settings.out_dir / 'runs'}"]
     if settings.steps is not None:
         overrides.append(f"train.steps={settings.steps}")
-    if settings.jobs > 1:
-        overrides.append("train.progress=false")  # side-by-side bars would interleave
+    if settings.jobs > 1 or settings.gpus_per_run:
+        overrides.append("train.progress=false")  # side-by-side bars would interleave, a log file needs none
     config = load_checked_config(settings.preset, overrides)
     chose_guidance = any(o.startswith("sample.guidance=") for o in settings.overrides + variant.overrides)
     # the guidance a method's authors evaluate with, where the preset does not set its own
@@ -195,7 +213,7 @@ def is_finished(run_dir: Path, steps: int) -> bool:
 
 def train_one(config: Config, run_dir: Path, device: str | None = None) -> Path:
     """Train a run to its step budget: skipped when finished, resumed when a checkpoint exists."""
-    from ccua.training.distributed import cleanup
+    from ccua.distributed import cleanup
     from ccua.training.trainer import Trainer
 
     if is_finished(run_dir, config.train.steps):
@@ -208,6 +226,42 @@ def train_one(config: Config, run_dir: Path, device: str | None = None) -> Path:
     finally:
         cleanup(trainer.dist)
     return run_dir
+
+
+def train_under_torchrun(config: Config, run_dir: Path, processes: int, device: str | None = None) -> Path:
+    """Train a run as :func:`train_one` does, as ``torchrun --standalone --nproc_per_node <processes>
+    -m ccua.cli train <run_dir>/launch.yaml --run-dir <run_dir> --resume auto``.
+
+    With CUDA the run sees its own GPUs (the worker's slot: GPUs slot*processes ..); without,
+    ``processes`` gloo processes share the worker's threads. Output goes to ``run_dir/launch.log``;
+    a failed launch is a RuntimeError naming its last error line and the log.
+    """
+    if is_finished(run_dir, config.train.steps):
+        log.info("%s: finished, skipped", run_dir.name)
+        return run_dir
+    run_dir.mkdir(parents=True, exist_ok=True)
+    config_file = run_dir / "launch.yaml"
+    save_config(config, config_file)
+    arguments = ["train", str(config_file), "--run-dir", str(run_dir), "--resume", "auto"]
+    command = torchrun_command(sys.executable, processes, arguments + (["--device", device] if device else []))
+    gpus = gpu_group(worker_slot(), processes) if torch.cuda.is_available() and device != "cpu" else None
+    env = child_environment(os.environ, gpus, max(1, torch.get_num_threads() // processes))
+    log_path = run_dir / "launch.log"
+    with open(log_path, "a") as log_file:
+        status = subprocess.run(command, env=env, stdout=log_file, stderr=subprocess.STDOUT).returncode
+    if status != 0:
+        lines = [line for line in log_path.read_text(errors="replace").splitlines() if line.strip()]
+        last = next((line for line in reversed(lines) if line.startswith("ccua: error:")), lines[-1] if lines else "")
+        raise RuntimeError(f"torchrun exited with status {status}: {last.strip()} (log: {log_path})")
+    return run_dir
+
+
+def _training_job(settings: CompareSettings, run: PlannedRun) -> Job:
+    """How one run is trained: in the job's process, or under torchrun with ``gpus_per_run`` processes."""
+    name = f"train {run.name}"
+    if settings.gpus_per_run:
+        return Job(name, train_under_torchrun, (run.config, run.run_dir, settings.gpus_per_run, settings.device))
+    return Job(name, train_one, (run.config, run.run_dir, settings.device))
 
 
 # --------------------------------------------------------------------------- evaluation
@@ -303,7 +357,7 @@ def comparison_jobs(settings: CompareSettings, runs: list[PlannedRun]) -> list[J
     jobs = []
     for variant, variant_runs in by_variant.items():
         first = variant_runs[0]
-        jobs += [Job(f"train {run.name}", train_one, (run.config, run.run_dir, settings.device)) for run in variant_runs]
+        jobs += [_training_job(settings, run) for run in variant_runs]
         if settings.guidance_grid:
             jobs.append(Job(f"tune {variant}", tune_guidance, (settings, first, settings.guidance_grid),
                             after=(f"train {first.name}",)))

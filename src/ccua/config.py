@@ -109,6 +109,10 @@ class CCUAConfig:
     # proportion to the weight above and re-weighted. 1.0 / 1.0 = the exact published method.
     uncond_fraction: float = 1.0
     ucl_fraction: float = 1.0
+    # UCL's negatives under several processes: local = the samples of the process's own share of
+    # the batch (the released multi-GPU code); global = the whole batch of every process, as one
+    # process would see it (methods.ccua.NEGATIVES; docs/methods.md).
+    negatives: str = "local"
 
 
 @dataclass
@@ -186,6 +190,9 @@ class TrainConfig:
     ckpt_every: int = 500
     keep_checkpoints: int = 3
     progress: bool = True
+    # Several processes: how long one waits in a collective for the others (process 0 alone
+    # writes checkpoints and sample grids meanwhile) before the run stops with a timeout.
+    dist_timeout_minutes: float = 30.0
     # A cheap in-training FID (off by default): proxy_samples images, uniform over the classes,
     # with the fast feature network, every proxy_every steps, logged to TensorBoard.
     proxy_every: int = 0
@@ -565,7 +572,8 @@ def _count_problems(config: Config) -> Iterator[str]:
 def _value_problems(config: Config) -> Iterator[str]:
     """Real numbers that must be positive, non-negative or in an interval."""
     data, diffusion, train, sample, method = config.data, config.diffusion, config.train, config.sample, config.method
-    positive = [("train.lr", train.lr), ("model.dit.mlp_ratio", config.model.dit.mlp_ratio),
+    positive = [("train.lr", train.lr), ("train.dist_timeout_minutes", train.dist_timeout_minutes),
+                ("model.dit.mlp_ratio", config.model.dit.mlp_ratio),
                 ("sample.atol", sample.atol), ("sample.rtol", sample.rtol),
                 ("method.ccua.temperature", method.ccua.temperature),
                 ("method.supcon.temperature", method.supcon.temperature),

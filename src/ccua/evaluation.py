@@ -17,6 +17,7 @@ import numpy as np
 from ccua.build import check_config, stored_config
 from ccua.config import DataConfig
 from ccua.data import is_latent
+from ccua.distributed import DistInfo, barrier
 from ccua.metrics.weights import DEFAULT_CACHE, feature_weights_path
 
 log = logging.getLogger(__name__)
@@ -70,12 +71,12 @@ def _training_counts(info: dict[str, Any], data: DataConfig) -> tuple[list[int] 
 
 
 def _sample_run(target: Path, out_dir: str | Path | None, per_class: int, seed: int, use_ema: bool,
-                device: str | None, overrides: dict[str, Any]) -> tuple[Path, Path]:
-    """Sample a run folder or checkpoint into ``out/samples``; returns (the .npz, out)."""
+                dist: DistInfo, overrides: dict[str, Any]) -> tuple[Path, Path]:
+    """Sample a run folder or checkpoint into ``out/samples`` (shared by the processes of
+    ``dist``); returns (the .npz, out) once the file is written."""
     from ccua.generate import SAMPLE_FILE, LoadedModel, sample_to_folder
-    from ccua.devices import default_device
 
-    loaded = LoadedModel(target, use_ema=use_ema, device=default_device(device))
+    loaded = LoadedModel(target, use_ema=use_ema, device=dist.device)
     changes = {k: v for k, v in overrides.items() if v is not None}
     sample = replace(loaded.config.sample, **changes, use_ema=loaded.use_ema)
     check_config(replace(loaded.config, sample=sample))  # the sampler fits the objective, before any file is written
@@ -83,7 +84,8 @@ def _sample_run(target: Path, out_dir: str | Path | None, per_class: int, seed: 
     out = Path(out_dir) if out_dir else loaded.run_dir / "eval" / tag
     # This folder belongs to the evaluation: new samples replace the ones of an earlier evaluation.
     sample_dir = sample_to_folder(loaded, out / "samples", sample, per_class=per_class, seed=seed, write_pngs=False,
-                                  overwrite=True)
+                                  overwrite=True, dist=dist)
+    barrier(dist)  # every process reads the sample file that process 0 has just written
     return sample_dir / SAMPLE_FILE, out
 
 
@@ -95,7 +97,7 @@ class _Options:
     feature_path: str | None
     bf16: bool
     allow_download: bool
-    device: str | None
+    dist: DistInfo
     cache_dir: Path
     reference_split: str
     group_mode: str
@@ -113,7 +115,7 @@ class _Options:
         elif self.features == "classifier" and path is None:
             raise ValueError("--features classifier needs --feature-path (or the data set) to find its weights")
         return build_feature_net(self.features, path=path, bf16=self.bf16, allow_download=self.allow_download,
-                                 device=self.device)
+                                 device=self.dist.device, progress=self.dist.is_main)
 
 
 def evaluate_target(target: str | Path, out_dir: str | Path | None = None, *, features: str = "inception",
@@ -123,7 +125,7 @@ def evaluate_target(target: str | Path, out_dir: str | Path | None = None, *, fe
                     bf16: bool = False, allow_download: bool = False, data: DataConfig | None = None,
                     cache_dir: str | Path = DEFAULT_CACHE, max_reference: int | None = None,
                     device: str | None = None, reference_stats: str | Path | None = None,
-                    memorisation: bool = True) -> tuple[dict[str, Any], Path]:
+                    memorisation: bool = True, dist: DistInfo | None = None) -> tuple[dict[str, Any] | None, Path]:
     """Evaluate a run folder / checkpoint (sampling it first), a sample folder, or exactly the .npz named.
 
     ``data``: the data set whose balanced ``reference_split`` is the reference (default: the one
@@ -131,11 +133,17 @@ def evaluate_target(target: str | Path, out_dir: str | Path | None = None, *, fe
     ``reference_stats``: a published statistics file (``mu``, ``sigma``) as the FID reference
     instead; then only the overall FID (and IS) can be computed.
     ``memorisation``: also measure near-copies of the (long-tailed) training images per group.
-    Returns the metrics and the folder holding metrics.json and metrics.md.
+    ``dist``: the processes of a torchrun or srun launch (every one calls this with the same
+    arguments): they share sampling and feature extraction, and process 0 scores and writes
+    the files (a file system all of them see is assumed).
+    Returns the metrics (None on the processes other than 0) and the folder holding metrics.json
+    and metrics.md.
     """
+    from ccua.devices import default_device
     from ccua.report import write_metrics
 
-    options = _Options(features, feature_path, bf16, allow_download, device, Path(cache_dir), reference_split,
+    dist = dist or DistInfo(device=default_device(device))
+    options = _Options(features, feature_path, bf16, allow_download, dist, Path(cache_dir), reference_split,
                        group_mode, per_class_metrics, max_reference, seed, memorisation)
     target = Path(target)
     npz = _sample_file(target)
@@ -145,7 +153,7 @@ def evaluate_target(target: str | Path, out_dir: str | Path | None = None, *, fe
         # Each sample file gets its own metrics folder, so two files of one folder never share one.
         out = Path(out_dir) if out_dir else npz.parent / ("eval" if npz.name == SAMPLE_FILE else f"eval_{npz.stem}")
     else:
-        npz, out = _sample_run(target, out_dir, per_class, seed, use_ema, device,
+        npz, out = _sample_run(target, out_dir, per_class, seed, use_ema, dist,
                                {"sampler": sampler, "steps": steps, "guidance": guidance})
     images, labels, info = load_samples(npz)
     if data is None and "data" in info:
@@ -154,17 +162,21 @@ def evaluate_target(target: str | Path, out_dir: str | Path | None = None, *, fe
         from ccua.metrics import evaluate_against_stats, load_reference_stats
 
         stats = load_reference_stats(reference_stats)
-        result = evaluate_against_stats(images, labels, stats, options.feature_net(data), stats_name=str(reference_stats))
+        result = evaluate_against_stats(images, labels, stats, options.feature_net(data),
+                                        stats_name=str(reference_stats), dist=dist)
     else:
         result = _evaluate_against_data(images, labels, info, npz, data, options)
+    if result is None:  # not process 0
+        return None, out
     write_metrics(result, out, _provenance(info, npz, reference_split, reference_stats, result))
     log.info("metrics written to %s", out)
     return result, out
 
 
 def _evaluate_against_data(images: np.ndarray, labels: np.ndarray | None, info: dict[str, Any], npz: Path,
-                           data: DataConfig | None, options: _Options) -> dict[str, Any]:
-    """The full evaluation against the reference images of ``data``, per group and class."""
+                           data: DataConfig | None, options: _Options) -> dict[str, Any] | None:
+    """The full evaluation against the reference images of ``data``, per group and class
+    (None on the processes other than 0)."""
     from ccua.metrics import Reference, evaluate
 
     if labels is None:
@@ -181,7 +193,9 @@ def _evaluate_against_data(images: np.ndarray, labels: np.ndarray | None, info: 
     train_counts, counts_source = _training_counts(info, data)
     result = evaluate(images, labels, reference, train_counts, net, cache_dir=options.cache_dir / "features",
                       group_mode=options.group_mode, per_class=options.per_class_metrics,
-                      max_reference=options.max_reference, seed=options.seed)
+                      max_reference=options.max_reference, seed=options.seed, dist=options.dist)
+    if result is None:
+        return None
     result["train_class_counts_source"] = counts_source
     if options.memorisation:
         result["memorisation"] = training_copies(images, labels, data, result)

@@ -1,5 +1,12 @@
 """Generating sample sets: a trained model loaded from its checkpoint, samples drawn with its
-objective's sampler, and written out (PNGs, the .npz of DiT/ADM's evaluation suite, grids, provenance)."""
+objective's sampler, and written out (PNGs, the .npz of DiT/ADM's evaluation suite, grids, provenance).
+
+A sample set is drawn in chunks of ``sample.batch_size`` consecutive samples. Sample i's initial
+noise depends only on (seed, i); the per-step noise of the stochastic samplers (DDPM ancestral,
+DDIM with eta > 0, SDE) only on (seed, chunk). Under several processes chunk c is drawn by
+process c mod world size and the chunks travel to process 0, which writes one sample set: the
+images are those of one process, bit for bit, for every sampler.
+"""
 
 from __future__ import annotations
 
@@ -18,6 +25,7 @@ from tqdm.auto import tqdm
 from ccua.build import build_model, build_objective, stored_config
 from ccua.checkpoint import load_checkpoint
 from ccua.config import Config, SampleConfig
+from ccua.distributed import DistInfo, on_main, own_items, shared_map
 from ccua.data import classes_head_to_tail, is_latent, to_uint8
 from ccua.data.sources import open_npz
 from ccua.diffusion import guided_prediction
@@ -42,30 +50,76 @@ def initial_noise(shape: tuple[int, ...], seed: int, start: int = 0) -> Tensor:
     return torch.from_numpy(np.stack(noise) if noise else np.zeros(shape, dtype=np.float32))
 
 
+def step_noise_generator(seed: int, chunk: int, device: torch.device | str = "cpu") -> torch.Generator:
+    """The generator of a chunk's per-step sampler noise, keyed by (seed, chunk) through a
+    SeedSequence (a stream unrelated to the initial noise's), on ``device``."""
+    key = int(np.random.SeedSequence([seed % 2**64, chunk, 1]).generate_state(1, dtype=np.uint64)[0])
+    return torch.Generator(device=device).manual_seed(key)
+
+
+def chunk_count(num_samples: int, sample: SampleConfig) -> int:
+    """How many chunks of ``sample.batch_size`` a set of ``num_samples`` is drawn in."""
+    return -(-num_samples // sample.batch_size)
+
+
+@torch.no_grad()
+def generate_chunk(model: nn.Module, objective, labels: Tensor, data_shape: tuple[int, int, int],
+                   sample: SampleConfig, seed: int, chunk: int, device: torch.device | str = "cpu",
+                   progress: bool = False, decode=None) -> Tensor:
+    """Samples ``chunk * batch_size`` .. of ``labels`` (one chunk), in model space, on ``device``."""
+    model.eval()
+    start = chunk * sample.batch_size
+    y = labels[start: start + sample.batch_size].to(device)
+    noise = initial_noise((len(y), *data_shape), seed, start).to(device)
+
+    def predict(x: Tensor, t: Tensor) -> Tensor:
+        return guided_prediction(model, x, t, y, sample.guidance, model.null_label, sample.guidance_channels)
+
+    x = objective.sample(predict, noise, sample, progress=progress,
+                         generator=step_noise_generator(seed, chunk, noise.device))
+    return decode(x) if decode is not None else x
+
+
 @torch.no_grad()
 def generate(model: nn.Module, objective, labels: Tensor, data_shape: tuple[int, int, int], sample: SampleConfig,
              seed: int = 0, device: torch.device | str = "cpu", progress: bool = True,
              decode=None) -> Tensor:
-    """Samples for ``labels`` (one per label) in model space ([-1, 1] pixels, or decoded latents).
+    """Samples for ``labels`` (one per label) in model space ([-1, 1] pixels, or decoded latents),
+    in this process, chunk by chunk (see the module's docstring). ``decode`` maps latents to
+    pixels (latent models)."""
+    chunks = chunk_count(len(labels), sample)
+    outputs = [generate_chunk(model, objective, labels, data_shape, sample, seed, chunk, device,
+                              progress and chunks == 1, decode).cpu()
+               for chunk in tqdm(range(chunks), desc="sampling", disable=not progress or chunks == 1, leave=False)]
+    return torch.cat(outputs)
 
-    Sampling runs in batches of ``sample.batch_size``; noise of sample i depends only on (seed, i).
-    ``decode`` maps latents to pixels (latent models).
+
+def generate_uint8(model: nn.Module, objective, labels: Tensor, data_shape: tuple[int, int, int],
+                   sample: SampleConfig, seed: int = 0, dist: DistInfo | None = None, progress: bool = True,
+                   decode=None, each=None) -> np.ndarray | None:
+    """uint8 [N, H, W, C] images for ``labels``, the chunks shared by the processes of ``dist``.
+
+    Process 0 returns every image, in order; the others None. ``each(start, images)`` is called
+    where a chunk was drawn, with the index of its first sample (to write its PNGs there).
     """
-    model.eval()
-    null_label = model.null_label
-    outputs = []
-    batches = range(0, len(labels), sample.batch_size)
-    torch.manual_seed(seed)  # stochastic samplers (ancestral, SDE, eta > 0) draw from the global generator
-    for start in tqdm(batches, desc="sampling", disable=not progress or len(batches) == 1, leave=False):
-        y = labels[start: start + sample.batch_size].to(device)
-        noise = initial_noise((len(y), *data_shape), seed, start).to(device)
+    dist = dist or DistInfo(device=next(model.parameters()).device)
+    chunks = chunk_count(len(labels), sample)
+    bar = tqdm(total=len(own_items(chunks, dist)), desc="sampling", disable=not (progress and dist.is_main),
+               leave=False)
 
-        def predict(x: Tensor, t: Tensor, y=y) -> Tensor:
-            return guided_prediction(model, x, t, y, sample.guidance, null_label, sample.guidance_channels)
+    def draw(chunk: int) -> np.ndarray:
+        images = to_uint8(generate_chunk(model, objective, labels, data_shape, sample, seed, chunk, dist.device,
+                                         decode=decode).cpu()).numpy()
+        if each is not None:
+            each(chunk * sample.batch_size, images)
+        bar.update(1)
+        return images
 
-        x = objective.sample(predict, noise, sample, progress=progress and len(batches) == 1)
-        outputs.append(decode(x) if decode is not None else x)
-    return torch.cat(outputs).cpu()
+    try:
+        parts = shared_map(draw, chunks, dist)
+    finally:
+        bar.close()
+    return None if parts is None else np.concatenate(parts)
 
 
 def vae_decoder(vae_name_or_path: str, device: torch.device | str = "cpu"):
@@ -114,6 +168,14 @@ class LoadedModel:
         """Images in [-1, 1] for ``labels``."""
         return generate(self.model, self.objective, labels, self.data_shape, sample, seed, self.device, progress,
                         decode=self.decoder())
+
+    def sample_uint8(self, labels: Tensor, sample: SampleConfig, seed: int = 0, progress: bool = True,
+                     dist: DistInfo | None = None, each=None) -> np.ndarray | None:
+        """uint8 [N, H, W, C] images for ``labels``, shared by the processes of ``dist``
+        (:func:`generate_uint8`: process 0 gets them all, the others None)."""
+        dist = dist or DistInfo(device=self.device)
+        return generate_uint8(self.model, self.objective, labels, self.data_shape, sample, seed, dist, progress,
+                              self.decoder(), each)
 
 
 # --------------------------------------------------------------------------- sample files
@@ -204,23 +266,32 @@ def prepare_output_folder(out: Path, overwrite: bool = False) -> None:
 
 def sample_to_folder(loaded: LoadedModel, out_dir: str | Path, sample: SampleConfig, labels: Tensor | None = None,
                      per_class: int = 10, seed: int = 0, write_pngs: bool = True, progress: bool = True,
-                     overwrite: bool = False) -> Path:
+                     overwrite: bool = False, dist: DistInfo | None = None) -> Path:
     """Sample and write ``images.npz`` (arr_0: uint8 NHWC, arr_1: labels), PNGs, a per-class grid and
-    sample_info.json. A non-empty ``out_dir`` is refused unless ``overwrite``."""
+    sample_info.json. A non-empty ``out_dir`` is refused unless ``overwrite``.
+
+    Under several processes (``dist``) each draws its chunks and writes their PNGs; process 0
+    gathers the images and writes the rest (one sample set).
+    """
     out = Path(out_dir)
     num_classes = len(loaded.class_counts)
     if labels is None:
         labels = torch.arange(num_classes).repeat_interleave(per_class)
     if labels.numel() and (labels.min() < 0 or labels.max() >= num_classes):
         raise ValueError(f"labels must be in [0, {num_classes - 1}]")
-    prepare_output_folder(out, overwrite)
-    images = to_uint8(loaded.sample(labels, sample, seed, progress)).numpy()
+    dist = dist or DistInfo(device=loaded.device)
+    png_dir = out / "png"
+    on_main(lambda: _prepare_sample_folder(out, png_dir if write_pngs else None, overwrite), dist)
+    label_list = labels.tolist()
+
+    def write_pngs_of(start: int, images: np.ndarray) -> None:
+        for i, image in enumerate(images, start):
+            pil_image(image).save(png_dir / f"{i:06d}_c{label_list[i]}.png")
+
+    images = loaded.sample_uint8(labels, sample, seed, progress, dist, write_pngs_of if write_pngs else None)
+    if images is None:  # not process 0: its chunks went there
+        return out
     save_samples(out / SAMPLE_FILE, images, labels.numpy())
-    if write_pngs:
-        png_dir = out / "png"
-        png_dir.mkdir(exist_ok=True)
-        for i, (image, label) in enumerate(zip(images, labels.tolist())):
-            pil_image(image).save(png_dir / f"{i:06d}_c{label}.png")
     order = grid_labels(loaded.class_counts, 1)
     rows = [images[labels.numpy() == c][:10] for c in order.tolist()]
     rows = [r for r in rows if len(r)]
@@ -236,3 +307,9 @@ def sample_to_folder(loaded: LoadedModel, out_dir: str | Path, sample: SampleCon
     (out / "sample_info.json").write_text(json.dumps(info, indent=2))
     log.info("wrote %d samples to %s", len(labels), out)
     return out
+
+
+def _prepare_sample_folder(out: Path, png_dir: Path | None, overwrite: bool) -> None:
+    prepare_output_folder(out, overwrite)
+    if png_dir is not None:
+        png_dir.mkdir(exist_ok=True)

@@ -2,10 +2,12 @@
 
 On a CPU, K small trainings at cores/K threads each beat one after another at all cores (their
 threads do not fight); running several multi-threaded jobs at once is far slower than either
-alone, so every worker gets ``threads_per_job`` threads. With CUDA, worker i uses GPU i mod #GPUs.
-A job may wait for others (``after``): it starts once they have succeeded, and is skipped if one
-failed. Among the jobs ready to start, the earliest in the list goes first, so the list order is
-the priority. A job that fails is reported with its name and does not stop the others.
+alone, so every worker gets ``threads_per_job`` threads. With CUDA, worker i uses GPU i mod #GPUs;
+a job that launches processes of its own (a training under torchrun) takes its GPUs from its
+worker's slot (:func:`worker_slot`). A job may wait for others (``after``): it starts once they
+have succeeded, and is skipped if one failed. Among the jobs ready to start, the earliest in the
+list goes first, so the list order is the priority. A job that fails is reported with its name
+and does not stop the others.
 """
 
 from __future__ import annotations
@@ -55,8 +57,18 @@ def threads_per_job(jobs: int, cores: int | None = None) -> int:
     return max(1, (cores or available_cores()) // max(1, jobs))
 
 
+_slot = 0  # this worker's number among the side-by-side workers (0 in the main process)
+
+
+def worker_slot() -> int:
+    """The number of the worker running the current job: 0 .. workers - 1 (0 without workers)."""
+    return _slot
+
+
 def _init_worker(threads: int, counter: Any, log_level: int) -> None:
     import torch
+
+    global _slot
 
     torch.set_num_threads(threads)
     os.environ["OMP_NUM_THREADS"] = str(threads)
@@ -65,6 +77,7 @@ def _init_worker(threads: int, counter: Any, log_level: int) -> None:
     with counter.get_lock():
         index = counter.value
         counter.value += 1
+    _slot = index
     if torch.cuda.is_available():
         torch.cuda.set_device(index % torch.cuda.device_count())
 
@@ -128,4 +141,4 @@ def _run_here(job: Job) -> JobResult:
         return JobResult(job.name, error=f"{type(error).__name__}: {error}")
 
 
-__all__ = ["Job", "JobResult", "JobsFailed", "available_cores", "run_jobs", "threads_per_job"]
+__all__ = ["Job", "JobResult", "JobsFailed", "available_cores", "run_jobs", "threads_per_job", "worker_slot"]

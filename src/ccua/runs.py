@@ -28,8 +28,8 @@ CHECKPOINT_FOLDER = "checkpoints"  # a run's checkpoints: run_dir/checkpoints/00
 #: settings a resumed run may change (dotted keys or whole sections); :func:`resume_changes` says why
 RESUMABLE = (
     "name", "train.steps", "train.out_dir", "train.log_every", "train.ckpt_every", "train.keep_checkpoints",
-    "train.sample_every", "train.progress", "train.proxy_every", "train.proxy_samples", "train.proxy_features",
-    "train.proxy_feature_path", "train.proxy_sampler_steps", "sample",
+    "train.sample_every", "train.progress", "train.dist_timeout_minutes", "train.proxy_every",
+    "train.proxy_samples", "train.proxy_features", "train.proxy_feature_path", "train.proxy_sampler_steps", "sample",
     "data.root", "data.download", "data.num_workers", "data.vae", "data.test_split_file",
 )
 
@@ -122,6 +122,21 @@ def resume_candidates(resume: str, out_dir: str | Path, name: str) -> tuple[list
     return [path], False
 
 
+def auto_resume(out_dir: str | Path, name: str, run_dir: str | Path | None = None) -> tuple[str | None, Path | None]:
+    """What ``--resume auto`` does: (what to resume or None, the run folder to train in or None).
+
+    The run is ``run_dir`` when given, else the newest folder ``out_dir/NNN-<name>``. With a
+    checkpoint it is resumed (``latest``'s fallback to a readable older checkpoint included);
+    without one (a launch killed before its first checkpoint) training starts afresh in that
+    same folder rather than claiming a new number; with no folder at all a new one is claimed.
+    So one command line serves the first launch and every requeue.
+    """
+    folder = Path(run_dir) if run_dir is not None else next(iter(run_dirs(out_dir, name)), None)
+    if folder is None:
+        return None, None
+    return (str(folder) if run_checkpoints(folder) else None), folder
+
+
 def resolve_checkpoint(run_or_checkpoint: str | Path) -> Path:
     """A checkpoint file as given, or the newest checkpoint of a run folder (in its ``checkpoints/``,
     or directly in the folder given)."""
@@ -168,7 +183,8 @@ def resume_changes(saved: Config, current: Config) -> tuple[dict[str, list], dic
     - ``train.steps``: where the run ends (``ccua compare`` resumes unfinished runs this way, also
       with a larger budget);
     - ``train.log_every``, ``ckpt_every``, ``keep_checkpoints``, ``sample_every``, ``progress``: how
-      often the run reports and saves;
+      often the run reports and saves; ``train.dist_timeout_minutes``: how long processes wait
+      for each other;
     - ``train.proxy_*`` and ``sample.*``: in-training sampling, which runs on a saved-and-restored
       random state, so neither its settings nor how often it runs move the training's generators;
     - ``data.root``, ``data.download``, ``data.num_workers``: where and how the same images are read

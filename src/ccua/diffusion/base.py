@@ -13,8 +13,16 @@ from ccua.config import DiffusionConfig, SampleConfig
 
 # A prediction function: (x_t, model time [B]) -> the objective's prediction, guidance applied.
 PredictFn = Callable[[Tensor, Tensor], Tensor]
-# How a sampler runs from a SampleConfig: (objective, predict, initial noise, settings, progress) -> data.
+# How a sampler runs from a SampleConfig: (objective, predict, initial noise, settings, progress,
+# generator of its per-step noise) -> data.
 SamplerFn = Callable[..., Tensor]
+
+
+def gaussian_like(x: Tensor, generator: torch.Generator | None = None) -> Tensor:
+    """Standard normal noise shaped like ``x``, from ``generator`` (on x's device) or torch's global one."""
+    if generator is None:
+        return torch.randn_like(x)
+    return torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
 
 
 @dataclass
@@ -56,18 +64,20 @@ class Objective(abc.ABC):
     def model_time(self, s: Tensor) -> Tensor:
         """The network's time input for a noise level s."""
 
-    def sample(self, predict: PredictFn, noise: Tensor, settings: SampleConfig, progress: bool = False) -> Tensor:
+    def sample(self, predict: PredictFn, noise: Tensor, settings: SampleConfig, progress: bool = False,
+               generator: torch.Generator | None = None) -> Tensor:
         """Run the sampler ``settings.sampler`` from the initial ``noise`` to data.
 
         ``predict(x, t)`` takes this objective's model time and returns its prediction (epsilon
         for DDPM, velocity for flow) with guidance already applied (:func:`guided_prediction`).
-        ValueError for a sampler this objective does not offer.
+        Stochastic samplers draw their per-step noise from ``generator`` (torch's global one
+        without). ValueError for a sampler this objective does not offer.
         """
         run = self.samplers.get(settings.sampler)
         if run is None:
             raise ValueError(f"sampler {settings.sampler!r} does not fit the {self.name} objective "
                              f"(valid: {', '.join(self.samplers)})")
-        return run(self, predict, noise, settings, progress)
+        return run(self, predict, noise, settings, progress, generator)
 
 
 def per_sample_mse(pred: Tensor, target: Tensor) -> Tensor:

@@ -7,7 +7,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from ccua.config import DiffusionConfig, SampleConfig
-from ccua.diffusion.base import NoisedBatch, Objective, PredictFn, expand_like
+from ccua.diffusion.base import NoisedBatch, Objective, PredictFn, expand_like, gaussian_like
 
 #: the ancestral sampler's noise variance: beta_t (released, default) or the posterior's beta-tilde_t
 ANCESTRAL_VARIANCES = ("large", "posterior")
@@ -63,13 +63,14 @@ class DDPM(Objective):
 
     @torch.no_grad()
     def ddim(self, predict: PredictFn, noise: Tensor, steps: int = 100, eta: float = 0.0,
-             progress: bool = False, clip_x0: bool = False) -> Tensor:
+             progress: bool = False, clip_x0: bool = False, generator: torch.Generator | None = None) -> Tensor:
         """DDIM (eta = 0: deterministic) from the given initial noise to x_0.
 
         Each step moves to x_prev = sqrt(ab_prev) x0 + sqrt(1 - ab_prev - sigma^2) eps + sigma z,
         with x0 and eps the two readings of the same prediction. ``clip_x0`` clips x0 to [-1, 1]
         and re-derives eps from the clipped x0, so both terms still describe one x_t; without it
-        (the released sampler) nothing is clipped.
+        (the released sampler) nothing is clipped. With eta > 0 the fresh noise z comes from
+        ``generator`` (torch's global generator without).
         """
         x = noise
         times = self.sample_times(steps)
@@ -87,17 +88,18 @@ class DDPM(Objective):
             direction = (max(1 - ab_prev - sigma**2, 0.0)) ** 0.5 * eps
             x = ab_prev**0.5 * x0_pred + direction
             if sigma > 0:
-                x = x + sigma * torch.randn_like(x)
+                x = x + sigma * gaussian_like(x, generator)
         return x
 
     @torch.no_grad()
     def ancestral(self, predict: PredictFn, noise: Tensor, progress: bool = False, clip_x0: bool = False,
-                  variance: str = "large") -> Tensor:
+                  variance: str = "large", generator: torch.Generator | None = None) -> Tensor:
         """DDPM ancestral sampling over all T steps: the posterior mean of q(x_{t-1} | x_t, x0) at
         the predicted x0, plus noise of variance ``large`` = beta_t (the released U-Net samplers'
         "fixedlarge", the default) or ``posterior`` = beta-tilde_t = beta_t (1 - ab_prev) / (1 - ab).
         Ho et al. report both give similar sample quality; beta_t is what published numbers of the
         released code used. ``clip_x0`` clips the predicted x0 to [-1, 1] before taking the mean.
+        The noise comes from ``generator`` (torch's global generator without).
         """
         if variance not in ANCESTRAL_VARIANCES:
             raise ValueError(f"variance {variance!r} is not one of: {', '.join(ANCESTRAL_VARIANCES)}")
@@ -114,7 +116,7 @@ class DDPM(Objective):
             mean = (ab_prev**0.5 * beta / (1 - ab)) * x0_pred + ((1 - beta) ** 0.5 * (1 - ab_prev) / (1 - ab)) * x
             if t_now > 0:
                 var = beta if variance == "large" else beta * (1 - ab_prev) / (1 - ab)
-                x = mean + var**0.5 * torch.randn_like(x)
+                x = mean + var**0.5 * gaussian_like(x, generator)
             else:
                 x = mean
         return x
@@ -127,11 +129,15 @@ class DDPM(Objective):
 
     # ------------------------------------------------------------------ samplers by name
 
-    def _run_ddim(self, predict: PredictFn, noise: Tensor, settings: SampleConfig, progress: bool) -> Tensor:
-        return self.ddim(predict, noise, settings.steps, settings.eta, progress, clip_x0=settings.clip_x0)
+    def _run_ddim(self, predict: PredictFn, noise: Tensor, settings: SampleConfig, progress: bool,
+                  generator: torch.Generator | None) -> Tensor:
+        return self.ddim(predict, noise, settings.steps, settings.eta, progress, clip_x0=settings.clip_x0,
+                         generator=generator)
 
-    def _run_ancestral(self, predict: PredictFn, noise: Tensor, settings: SampleConfig, progress: bool) -> Tensor:
-        return self.ancestral(predict, noise, progress, clip_x0=settings.clip_x0, variance=settings.ddpm_variance)
+    def _run_ancestral(self, predict: PredictFn, noise: Tensor, settings: SampleConfig, progress: bool,
+                       generator: torch.Generator | None) -> Tensor:
+        return self.ancestral(predict, noise, progress, clip_x0=settings.clip_x0, variance=settings.ddpm_variance,
+                              generator=generator)
 
     #: ``sample.sampler`` -> how it runs: ddim (steps, eta) or ddpm (ancestral over all T steps;
     #: ``steps`` unused), both clipping the predicted x0 only with ``clip_x0``

@@ -12,7 +12,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from ccua.config import SampleConfig
-from ccua.diffusion.base import NoisedBatch, Objective, PredictFn, expand_like
+from ccua.diffusion.base import NoisedBatch, Objective, PredictFn, expand_like, gaussian_like
 
 
 def _times(x: Tensor, value: float | Tensor) -> Tensor:
@@ -91,7 +91,7 @@ class Flow(Objective):
 
     @torch.no_grad()
     def sde(self, predict: PredictFn, noise: Tensor, steps: int = 250, diffusion_norm: float = 1.0,
-            last_step_size: float = 0.04, progress: bool = False) -> Tensor:
+            last_step_size: float = 0.04, progress: bool = False, generator: torch.Generator | None = None) -> Tensor:
         """Euler-Maruyama on a reverse-time SDE with the interpolant's marginals, then one
         deterministic step.
 
@@ -110,7 +110,8 @@ class Flow(Objective):
         carries no fresh noise. SiT's "Mean" last step instead takes the SDE drift without its
         noise; as the drift's D * score part is a contraction that only the noise balances, that
         leaves the variance short (by 2% on a Gaussian test), while the ODE step keeps the
-        marginals. Network evaluations: steps + 2.
+        marginals. Network evaluations: steps + 2. The Brownian increments come from ``generator``
+        (torch's global generator without).
         """
         _check_steps(steps)
         if not 0 < last_step_size < 1:
@@ -126,24 +127,29 @@ class Flow(Objective):
         for t_now, t_next in tqdm(list(zip(grid[:-1], grid[1:])), desc="sde", disable=not progress, leave=False):
             dt = t_next - t_now
             diffusion = diffusion_norm * (1.0 - t_now)
-            x = x + dt * drift(x, t_now) + (2.0 * diffusion * dt) ** 0.5 * torch.randn_like(x)
+            x = x + dt * drift(x, t_now) + (2.0 * diffusion * dt) ** 0.5 * gaussian_like(x, generator)
         v_end = predict(x, _times(x, end)).float()
         v_data = predict(x + last_step_size * v_end, _times(x, 1.0)).float()
         return x + 0.5 * last_step_size * (v_end + v_data)
 
     # ------------------------------------------------------------------ samplers by name
 
-    def _run_euler(self, predict: PredictFn, noise: Tensor, settings: SampleConfig, progress: bool) -> Tensor:
+    # The ODE samplers are deterministic: they take the generator of the per-step noise and leave it.
+    def _run_euler(self, predict: PredictFn, noise: Tensor, settings: SampleConfig, progress: bool,
+                   generator: torch.Generator | None) -> Tensor:
         return self.euler(predict, noise, settings.steps, progress=progress)
 
-    def _run_heun(self, predict: PredictFn, noise: Tensor, settings: SampleConfig, progress: bool) -> Tensor:
+    def _run_heun(self, predict: PredictFn, noise: Tensor, settings: SampleConfig, progress: bool,
+                  generator: torch.Generator | None) -> Tensor:
         return self.heun(predict, noise, settings.steps, progress=progress)
 
-    def _run_dopri5(self, predict: PredictFn, noise: Tensor, settings: SampleConfig, progress: bool) -> Tensor:
+    def _run_dopri5(self, predict: PredictFn, noise: Tensor, settings: SampleConfig, progress: bool,
+                    generator: torch.Generator | None) -> Tensor:
         return self.dopri5(predict, noise, atol=settings.atol, rtol=settings.rtol, progress=progress)
 
-    def _run_sde(self, predict: PredictFn, noise: Tensor, settings: SampleConfig, progress: bool) -> Tensor:
-        return self.sde(predict, noise, settings.steps, progress=progress)
+    def _run_sde(self, predict: PredictFn, noise: Tensor, settings: SampleConfig, progress: bool,
+                 generator: torch.Generator | None) -> Tensor:
+        return self.sde(predict, noise, settings.steps, progress=progress, generator=generator)
 
     #: ``sample.sampler`` -> how it runs: euler, heun, sde (``steps``) or dopri5 (``atol``, ``rtol``)
     samplers = {"euler": _run_euler, "heun": _run_heun, "dopri5": _run_dopri5, "sde": _run_sde}

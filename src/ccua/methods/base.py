@@ -9,7 +9,7 @@ No method calls the network itself, so passes are shared and batched.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Iterator
 
 from torch import Tensor
 
@@ -73,6 +73,12 @@ class Method:
     published_guidance: ClassVar[float | None] = None
     #: (objective, why) when the method works with one objective only; None: with every objective
     only_objective: ClassVar[tuple[str, str] | None] = None
+
+    @classmethod
+    def setting_problems(cls, settings: Any) -> Iterator[str]:
+        """One message per combination of the method's settings (its config section) that cannot
+        work, checked with the config before anything runs. Default: none."""
+        return iter(())
 
     def prepare(self, context: StepContext) -> None:
         """Called after noising, before the forward pass. Default: nothing."""

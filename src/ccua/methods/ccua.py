@@ -10,7 +10,10 @@ probability, so AL stays an unbiased estimate of its full-batch value (docs/meth
 
 from __future__ import annotations
 
+from typing import Iterator
+
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor
 
@@ -19,22 +22,39 @@ from ccua.diffusion.base import per_sample_mse
 from ccua.methods.base import Method, PassOutputs, StepContext, weighted_mean
 
 
-def ucl_loss(h: Tensor, temperature: float = 0.1, weight: Tensor | None = None) -> Tensor:
+#: ``method.ccua.negatives``: UCL's negatives under several processes, this process's batch or all of them
+NEGATIVES = ("local", "global")
+
+
+def ucl_loss(h: Tensor, temperature: float = 0.1, weight: Tensor | None = None, negatives: str = "local") -> Tensor:
     """Unsupervised contrastive loss, averaged over the batch.
 
     Each sample's positive is itself; every other sample of the batch is a negative:
     L_i = log(1 + sum_{j != i} exp((c_ij - 1) / tau)) with c_ij the cosine similarity of the
     flattened h_i and h_j. Returns mean_i weight_i * L_i. Needs a batch of at least 2.
+
+    Under several processes "local" is each process's own batch (the released multi-GPU code);
+    "global" compares this process's samples with the samples of every process (gathered with a
+    differentiable all-gather, whose backward sums each sample's gradient over the processes).
+    With "global" the mean of this value over the processes is the UCL of the whole batch, and so
+    is the gradient DDP averages: both equal one process's on the whole batch.
     """
-    if h.shape[0] < 2:
-        raise ValueError(f"UCL needs at least 2 samples per batch (per process), got {h.shape[0]}")
     z = h.flatten(1)
     z = F.normalize(z.to(torch.promote_types(z.dtype, torch.float32)), dim=1)
-    logits = (z @ z.T - 1.0) / temperature
+    candidates, first = z, 0
+    if negatives == "global" and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        from torch.distributed.nn.functional import all_gather
+
+        candidates, first = torch.cat(all_gather(z)), dist.get_rank() * z.shape[0]  # equal shares: see the trainer
+    if candidates.shape[0] < 2:
+        raise ValueError(f"UCL needs at least 2 samples per batch (per process), got {h.shape[0]}")
+    logits = (z @ candidates.T - 1.0) / temperature
     # The positive term exp((c_ii - 1)/tau) is exactly 1, so L_i = log1p(sum of the negatives).
     # Every logit is <= 0 (cosines <= 1): exp cannot overflow, and log1p stays exact for small sums.
-    eye = torch.eye(z.shape[0], dtype=torch.bool, device=z.device)
-    per_sample = torch.log1p(logits.masked_fill(eye, float("-inf")).exp().sum(dim=1))
+    rows = torch.arange(z.shape[0], device=z.device)
+    own = torch.zeros_like(logits, dtype=torch.bool)
+    own[rows, first + rows] = True
+    per_sample = torch.log1p(logits.masked_fill(own, float("-inf")).exp().sum(dim=1))
     return weighted_mean(per_sample, weight)
 
 
@@ -132,13 +152,20 @@ class CCUA(Method):
     name = "ccua"
     passes = ("uncond",)
     min_batch = 2
-    choices = {"weighting": WEIGHTINGS}
+    choices = {"weighting": WEIGHTINGS, "negatives": NEGATIVES}
 
     def __init__(self, config: CCUAConfig):
         self.config = config
         self.subsampled = config.ucl_fraction < 1 or config.uncond_fraction < 1
         if self.subsampled:
             self.passes = ("ccua_uncond",)
+
+    @classmethod
+    def setting_problems(cls, settings: CCUAConfig) -> Iterator[str]:
+        if settings.negatives == "global" and (settings.ucl_fraction < 1 or settings.uncond_fraction < 1):
+            yield (f"method.ccua.negatives=global needs ucl_fraction = uncond_fraction = 1, got "
+                   f"{settings.ucl_fraction} and {settings.uncond_fraction}: the sub-batch UCL draws and re-weights "
+                   "its rows within each process; use negatives=local with it")
 
     def prepare(self, context: StepContext) -> None:
         """Draw the rows of the sub-batch pass (nothing to do for the full method)."""
@@ -167,7 +194,7 @@ class CCUA(Method):
         # A sample whose label was dropped has two identical passes (up to dropout): no signal.
         align_weight = weight * (~context.dropped).float()
         if not self.subsampled:
-            ucl = ucl_loss(outputs.representations["uncond"], self.config.temperature, weight)
+            ucl = ucl_loss(outputs.representations["uncond"], self.config.temperature, weight, self.config.negatives)
             al = alignment_loss(outputs.predictions["cond"], outputs.predictions["uncond"], align_weight)
             return {"ucl": self.config.alpha * ucl, "al": self.config.gamma * al}
         picked = context.state["ccua"]

@@ -18,6 +18,7 @@ import torch
 
 from ccua.data import describe_reference
 from ccua.data.longtail import GROUP_MODES, class_groups, count_groups
+from ccua.distributed import DistInfo
 from ccua.images import convert_channels, resize_uint8, to_uint8_nchw
 from ccua.metrics.features import FeatureNet
 from ccua.metrics.reference import Reference, reference_features
@@ -251,11 +252,24 @@ def _score_notes(feature_net: FeatureNet, has_logits: bool, subset_rows: list[di
     return notes
 
 
+def _features(ref: Reference, images: torch.Tensor, feature_net: FeatureNet, cache_dir: str | Path | None,
+              max_reference: int | None, seed: int, dist: DistInfo | None):
+    """(reference features, generated features [N, D], their logits, seconds taken by the
+    generated ones), or None on the processes other than 0."""
+    ref_feats = reference_features(ref, feature_net, cache_dir, max_reference, seed, dist)
+    start = time.perf_counter()
+    gen_f, gen_logits = feature_net.extract(images, want_logits=True, desc="generated features", dist=dist)
+    if gen_f is None:
+        return None
+    return ref_feats, gen_f.numpy(), gen_logits, time.perf_counter() - start
+
+
 def evaluate(gen_images: Any, gen_labels: Any, reference: Any, train_class_counts: Any = None,
              feature_net: FeatureNet | None = None, cache_dir: str | Path | None = None, group_mode: str = "thirds",
              per_class: bool = True, *, reference_key: str | None = None, reference_labels: Any = None,
              max_reference: int | None = None, kid_subsets: int = 100, kid_subset_size: int = 1000, pr_k: int = 3,
-             pr_reference: int | str | None = "match", is_splits: int = 10, seed: int = 0) -> dict[str, Any]:
+             pr_reference: int | str | None = "match", is_splits: int = 10, seed: int = 0,
+             dist: DistInfo | None = None) -> dict[str, Any] | None:
     """Evaluate generated images against a balanced reference set.
 
     gen_images: uint8 [N, H, W, C] / [N, C, H, W] / [N, H, W]; gen_labels: their classes [N].
@@ -269,6 +283,7 @@ def evaluate(gen_images: Any, gen_labels: Any, reference: Any, train_class_count
     max_reference: cap on the reference images (equal share per class, seeded by ``seed``).
     pr_reference: real images used for precision/recall of each subset: "match" (default) a
     seeded random subset as large as the generated set, an int cap, or None (all).
+    dist: the processes of a launch (all given these images) share the extraction; process 0 returns the result.
 
     Features are extracted once per image set; the :func:`subsets` (overall, each group, each
     class) are scored from slices of them in one loop (:func:`score_subsets`). Returns a dict with
@@ -287,10 +302,10 @@ def evaluate(gen_images: Any, gen_labels: Any, reference: Any, train_class_count
     input_shape = tuple(images.shape[1:])
     images = match_reference(images, tuple(ref.image_shape()), warnings)
     ref_info = _reference_info(ref, num_classes, warnings)
-    ref_feats = reference_features(ref, feature_net, cache_dir, max_reference, seed)
-    extract_start = time.perf_counter()
-    gen_f, gen_logits = feature_net.extract(images, want_logits=True, desc="generated features")
-    gen_f, extract_seconds = gen_f.numpy(), time.perf_counter() - extract_start
+    extracted = _features(ref, images, feature_net, cache_dir, max_reference, seed, dist)
+    if extracted is None:  # not process 0: its share of the features went there
+        return None
+    ref_feats, gen_f, gen_logits, extract_seconds = extracted
     _warn_if_singular(len(gen_f), len(ref_feats.features), feature_net.dim, warnings)
     groups, ranking = _groups(group_mode, num_classes, counts, warnings)
     scored, skipped = score_subsets(subsets(groups, num_classes, per_class, ref.class_names, counts), gen_f,
@@ -312,13 +327,15 @@ def evaluate(gen_images: Any, gen_labels: Any, reference: Any, train_class_count
 
 
 def evaluate_against_stats(gen_images: Any, gen_labels: Any, reference_stats: GaussianStats, feature_net: FeatureNet,
-                           *, stats_name: str = "reference statistics", is_splits: int = 10) -> dict[str, Any]:
+                           *, stats_name: str = "reference statistics", is_splits: int = 10,
+                           dist: DistInfo | None = None) -> dict[str, Any] | None:
     """Overall FID (and IS where the network has logits) against published reference statistics.
 
     ``reference_stats``: mu and sigma of a published file (``ccua.metrics.load_reference_stats``).
     KID, precision/recall, head/body/tail groups and per-class numbers need the reference images
     themselves: they are unavailable here and the result says so. ``gen_labels`` are optional
-    (recorded as the generated count per class).
+    (recorded as the generated count per class). Under several processes (``dist``) the
+    extraction is shared and process 0 returns the result, the others None.
     """
     start_time = time.perf_counter()
     if len(reference_stats.mu) != feature_net.dim:
@@ -328,7 +345,9 @@ def evaluate_against_stats(gen_images: Any, gen_labels: Any, reference_stats: Ga
     images = to_uint8_nchw(gen_images)
     if len(images) < 2:
         raise ValueError(f"need at least 2 generated images, got {len(images)}")
-    gen_f, gen_logits = feature_net.extract(images, want_logits=True, desc="generated features")
+    gen_f, gen_logits = feature_net.extract(images, want_logits=True, desc="generated features", dist=dist)
+    if gen_f is None:
+        return None
     gen_stats = GaussianStats.from_features(gen_f)
     fid = frechet_distance(reference_stats.mu, reference_stats.sigma, gen_stats.mu, gen_stats.sigma, None, len(gen_f))
     overall: dict[str, Any] = {"n_gen": int(len(images)), "n_ref": None, "fid": fid.value,

@@ -18,6 +18,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from ccua.devices import default_device
+from ccua.distributed import DistInfo, own_items, shared_map
 from ccua.images import convert_channels, resize_uint8, to_uint8_nchw
 from ccua.metrics.weights import state_hash
 
@@ -139,26 +140,41 @@ class FeatureNet(abc.ABC):
         return batch.to(self.device, non_blocking=True).float()
 
     @torch.inference_mode()
-    def extract(self, images: Any, want_logits: bool = True, desc: str = "features") -> tuple[Tensor, Tensor | None]:
-        """Features float32 [N, dim] (CPU) and logits float32 [N, num_logits] or None, in one pass."""
+    def extract(self, images: Any, want_logits: bool = True, desc: str = "features",
+                dist: DistInfo | None = None) -> tuple[Tensor | None, Tensor | None]:
+        """Features float32 [N, dim] (CPU) and logits float32 [N, num_logits] or None, in one pass.
+
+        Under several processes (``dist``, each with this network on its own device) batch k of
+        ``batch_size`` images is extracted by process k mod world size: process 0 gets every
+        row, in order and equal to one process's, the others (None, None).
+        """
         source = as_batches(images)
         n = len(source)
-        features = torch.empty(n, self.dim, dtype=torch.float32)
-        logits = torch.empty(n, self.num_logits, dtype=torch.float32) if want_logits and self.has_logits else None
+        dist = dist or DistInfo(device=self.device)
         starts = range(0, n, self.batch_size)
-        bar = tqdm(total=n, desc=f"{desc} ({self.name})", unit="img", disable=not self.progress or n == 0,
-                   leave=False)
-        for start in starts:
-            stop = min(start + self.batch_size, n)
-            batch = self._prepare(to_uint8_nchw(source.get(start, stop)))
+        with_logits = want_logits and self.has_logits
+        mine = sum(min(self.batch_size, n - starts[k]) for k in own_items(len(starts), dist))
+        bar = tqdm(total=mine, desc=f"{desc} ({self.name})", unit="img",
+                   disable=not (self.progress and dist.is_main) or n == 0, leave=False)
+
+        def batch(k: int) -> tuple[Tensor, Tensor | None]:
+            stop = min(starts[k] + self.batch_size, n)
+            x = self._prepare(to_uint8_nchw(source.get(starts[k], stop)))
             with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
-                feats, logs = self._forward(batch)
-            features[start:stop] = feats.float().cpu()
-            if logits is not None and logs is not None:
-                logits[start:stop] = logs.float().cpu()
-            bar.update(stop - start)
-        bar.close()
-        return features, logits
+                feats, logs = self._forward(x)
+            bar.update(stop - starts[k])
+            return feats.float().cpu(), logs.float().cpu() if with_logits and logs is not None else None
+
+        try:
+            parts = shared_map(batch, len(starts), dist)
+        finally:
+            bar.close()
+        if parts is None:
+            return None, None
+        features = torch.cat([f for f, _ in parts]) if parts else torch.empty(0, self.dim)
+        if not with_logits:
+            return features, None
+        return features, torch.cat([g for _, g in parts]) if parts else torch.empty(0, self.num_logits)
 
     def features(self, images: Any) -> Tensor:
         """uint8 images (NHWC, NCHW, NHW or a data set with ``uint8_image``) -> float32 [N, dim]."""

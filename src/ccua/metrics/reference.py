@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from ccua.data.sources import open_npz
+from ccua.distributed import DistInfo, broadcast_object
 from ccua.images import to_uint8_nchw
 from ccua.metrics.features import DatasetImages, FeatureNet, TensorImages
 from ccua.metrics.scores import GaussianStats
@@ -191,36 +192,32 @@ def _load_cache(path: Path, key: dict[str, Any]) -> dict[str, np.ndarray] | None
 
 
 def reference_features(reference: Reference, feature_net: FeatureNet, cache_dir: str | Path | None = None,
-                       max_reference: int | None = None, seed: int = 0) -> ReferenceFeatures:
+                       max_reference: int | None = None, seed: int = 0,
+                       dist: DistInfo | None = None) -> ReferenceFeatures | None:
     """Features of the reference images, from the cache when a valid one exists.
 
     ``max_reference`` caps the number of images (an equal share per class, seeded): the full
-    Fashion-MNIST training set takes over an hour through Inception on 2 CPU cores.
+    Fashion-MNIST training set takes over an hour through Inception on 2 CPU cores. Under
+    several processes (``dist``) process 0 reads the cache; without a valid one every process
+    extracts its share (:meth:`FeatureNet.extract`) and process 0 writes it. Process 0 returns
+    the features, the others None.
     """
+    dist = dist or DistInfo(device=feature_net.device)
     indices = stratified_subset(reference.labels, max_reference, seed)
-    key: dict[str, Any] | None = None
-    path: Path | None = None
-    status = "disabled"
-    if cache_dir is not None and reference.key is not None:
-        key = {
-            "format": CACHE_FORMAT, "reference": reference.key, "n": int(len(indices)),
-            "max_reference": max_reference, "subset_seed": seed, "fingerprint": reference.fingerprint(indices),
-            "feature_net": feature_net.name, "weights_hash": feature_net.weights_hash,
-            "feature_config": feature_net.config_tag(), "dim": feature_net.dim, "bf16": feature_net.bf16,
-        }
-        path = _cache_file(Path(cache_dir), key)
-        status = "written"
-        if path.exists():
-            cached = _load_cache(path, key)
-            if cached is not None:
-                logger.info("reference features from cache %s", path)
-                stats = GaussianStats(cached["mu"], cached["sigma"], int(len(cached["features"])))
-                return ReferenceFeatures(cached["features"], cached["labels"], cached["indices"], stats, key, "hit",
-                                         path)
-            status = "rebuilt"
-    elif cache_dir is not None:
-        logger.info("reference has no cache key: its features are not cached")
-    features, _ = feature_net.extract(reference.batches(indices), want_logits=False, desc="reference features")
+    key, path, status = _cache_entry(reference, feature_net, cache_dir, indices, max_reference, seed)
+    cached = _load_cache(path, key) if dist.is_main and path is not None and path.exists() else None
+    if broadcast_object(cached is not None, dist):
+        if cached is None:
+            return None
+        logger.info("reference features from cache %s", path)
+        stats = GaussianStats(cached["mu"], cached["sigma"], int(len(cached["features"])))
+        return ReferenceFeatures(cached["features"], cached["labels"], cached["indices"], stats, key, "hit", path)
+    if path is not None and path.exists():
+        status = "rebuilt"
+    features, _ = feature_net.extract(reference.batches(indices), want_logits=False, desc="reference features",
+                                      dist=dist)
+    if features is None:
+        return None
     features = features.numpy()
     labels = reference.labels[indices]
     stats = GaussianStats.from_features(features)
@@ -232,3 +229,19 @@ def reference_features(reference: Reference, feature_net: FeatureNet, cache_dir:
         os.replace(tmp, path)  # atomic: a crash never leaves a half-written cache behind
         logger.info("reference features written to %s", path)
     return ReferenceFeatures(features, labels, indices, stats, key or {}, status, path)
+
+
+def _cache_entry(reference: Reference, feature_net: FeatureNet, cache_dir: str | Path | None, indices: np.ndarray,
+                 max_reference: int | None, seed: int) -> tuple[dict[str, Any] | None, Path | None, str]:
+    """The cache key, file and status ("written": to be made, "disabled": no caching) of a reference."""
+    if cache_dir is None or reference.key is None:
+        if cache_dir is not None:
+            logger.info("reference has no cache key: its features are not cached")
+        return None, None, "disabled"
+    key = {
+        "format": CACHE_FORMAT, "reference": reference.key, "n": int(len(indices)),
+        "max_reference": max_reference, "subset_seed": seed, "fingerprint": reference.fingerprint(indices),
+        "feature_net": feature_net.name, "weights_hash": feature_net.weights_hash,
+        "feature_config": feature_net.config_tag(), "dim": feature_net.dim, "bf16": feature_net.bf16,
+    }
+    return key, _cache_file(Path(cache_dir), key), "written"

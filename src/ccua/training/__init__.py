@@ -1,4 +1,4 @@
-"""Training: the loop (trainer), one step's batched passes (step), EMA, distributed and speed helpers."""
+"""Training: the loop (trainer), one step's batched passes (step), EMA, stop signals (preemption), speed helpers."""
 
 from __future__ import annotations
 

@@ -23,18 +23,20 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from ccua.build import build_methods, build_model, build_objective, build_optimizer, check_config, stored_config
-from ccua.checkpoint import (RESUME_KEYS, CheckpointError, list_checkpoints, load_checkpoint, preserved_rng,
-                             remove_stale_temporaries, rng_state, save_checkpoint, set_rng_state)
+from ccua.checkpoint import (RESUME_KEYS, CheckpointError, checkpoint_path, list_checkpoints, load_checkpoint,
+                             preserved_rng, remove_stale_temporaries, rng_state, save_checkpoint, set_rng_state)
 from ccua.config import Config, ConfigError, parse_yaml, save_config
-from ccua.data import build_training_set, is_latent, to_uint8
+from ccua.data import build_training_set, is_latent
 from ccua.data.batches import ResumableBatchSampler, batch_generator_seed, seed_everything
-from ccua.generate import generate, grid_labels, vae_decoder
+from ccua.generate import generate_uint8, grid_labels, vae_decoder
 from ccua.images import save_grid
-from ccua.runs import (LOSS_LOG, check_writable, checkpoint_folder, claim_run_dir, record_resume, refuse_changes,
-                       resume_candidates, resume_changes, run_folder_of, truncate_loss_log)
-from ccua.training.distributed import DistInfo, all_reduce_mean, barrier, cleanup, gather_objects, init_distributed
+from ccua.runs import (LOSS_LOG, auto_resume, check_writable, checkpoint_folder, claim_run_dir, record_resume,
+                       refuse_changes, resume_candidates, resume_changes, run_checkpoints, run_folder_of,
+                       truncate_loss_log)
+from ccua.distributed import (DistInfo, all_reduce_mean, barrier, cleanup, gather_objects, init_distributed, on_main)
 from ccua.training.ema import EMA
 from ccua.training.performance import configure_backends, maybe_compile, to_memory_format
+from ccua.training.preemption import StopSignals, TrainingInterrupted
 from ccua.training.step import PassRunner, training_losses
 
 log = logging.getLogger(__name__)
@@ -68,12 +70,16 @@ def _keeps_training_rng(method):
 
 
 class Trainer:
-    """Trains ``config`` in a new numbered run folder, or resumes a checkpoint exactly."""
+    """Trains ``config`` in a new numbered run folder (or ``run_dir``), or resumes a checkpoint exactly.
+
+    ``resume``: ``auto`` (the newest checkpoint of this run if it has one, else a fresh start; see
+    :func:`ccua.runs.auto_resume`), ``latest``, a run folder or a checkpoint file.
+    """
 
     def __init__(self, config: Config, resume: str | None = None, run_dir: str | Path | None = None,
                  device: str | None = None):
         self.config = config = check_config(config)  # names and shapes, before any data is read
-        self.dist: DistInfo = init_distributed(device)
+        self.dist: DistInfo = init_distributed(device, config.train.dist_timeout_minutes)
         self.device = self.dist.device
         train = config.train
         if train.batch_size % self.dist.world_size:
@@ -85,10 +91,7 @@ class Trainer:
         self.resume_from: Path | None = None
         self.resume_changes: dict[str, list] = {}
         self.unreadable: list[Path] = []  # newer checkpoints of the run that could not be read
-        resume_state = None
-        if resume:
-            self.resume_from, resume_state = self._load_resume(resume)
-            run_dir = run_folder_of(self.resume_from)
+        resume_state, run_dir = self._resume_state(resume, run_dir)
         check_writable(checkpoint_folder(run_dir) if run_dir is not None else Path(train.out_dir))
 
         seed_everything(train.seed)  # the same initial weights in every process
@@ -127,6 +130,9 @@ class Trainer:
         self._proxy = None
         self._decode = None
         self._grid_noise_seed = train.seed + 12345
+        self.signals: StopSignals | None = None  # while training: the stop signals received
+        self.stop_agreed = False  # set by train_step: some process received a stop signal
+        self._saved_step: int | None = None
 
     # ------------------------------------------------------------------ set-up helpers
     def _check_methods(self) -> None:
@@ -137,6 +143,19 @@ class Trainer:
                     f"method {method.name!r} needs a per-process batch of at least {method.min_batch}; "
                     f"train.batch_size={self.config.train.batch_size} over {self.dist.world_size} processes "
                     f"gives {self.local_batch}")
+
+    def _resume_state(self, resume: str | None, run_dir: str | Path | None) -> tuple[dict | None, Path | None]:
+        """The checkpoint contents to resume (None: a fresh start) and the run folder (None: a new one)."""
+        if resume == "auto":  # decided once, by process 0: every process resumes the same checkpoint
+            out_dir, name = self.config.train.out_dir, self.config.name
+            resume, run_dir = on_main(lambda: auto_resume(out_dir, name, run_dir), self.dist)
+        elif run_dir is not None and not resume and run_checkpoints(run_dir):
+            raise ConfigError(f"run folder {run_dir} already has checkpoints: continue it with --resume auto, or "
+                              "train into another folder")
+        if not resume:
+            return None, None if run_dir is None else Path(run_dir)
+        self.resume_from, state = self._load_resume(resume)
+        return state, run_folder_of(self.resume_from)
 
     def _load_resume(self, resume: str) -> tuple[Path, dict]:
         """The checkpoint ``--resume`` names and its contents.
@@ -210,11 +229,13 @@ class Trainer:
         }
 
     def save(self) -> Path | None:
+        """Write the checkpoint of this step (every process takes part; process 0 writes it)."""
         state = self.checkpoint_state()  # a collective: every process takes part
         path = None
         if self.dist.is_main:
             path = save_checkpoint(state, self.checkpoint_dir, self.step, self.config.train.keep_checkpoints)
         barrier(self.dist)
+        self._saved_step = self.step
         return path
 
     def _decoder(self):
@@ -226,14 +247,14 @@ class Trainer:
     @_keeps_training_rng
     @torch.no_grad()
     def write_sample_grid(self) -> Path | None:
-        """Per-class grid (rows head to tail) from fixed noise and labels, with the EMA weights."""
-        if not self.dist.is_main:
-            return None
+        """Per-class grid (rows head to tail) from fixed noise and labels, with the EMA weights.
+        Every process draws its share; process 0 writes the grid (and returns its path)."""
         sample = self.config.sample
         labels = grid_labels(self.class_counts, sample.grid_per_class)
-        images = generate(self.ema.shadow, self.objective, labels, self.data_shape, sample,
-                          seed=self._grid_noise_seed, device=self.device, progress=False, decode=self._decoder())
-        images = to_uint8(images).numpy()
+        images = generate_uint8(self.ema.shadow, self.objective, labels, self.data_shape, sample,
+                                seed=self._grid_noise_seed, dist=self.dist, progress=False, decode=self._decoder())
+        if images is None:
+            return None
         rows = [images[i: i + sample.grid_per_class] for i in range(0, len(images), sample.grid_per_class)]
         scale = max(1, 64 // self.data_shape[1])
         path = save_grid(rows, self.run_dir / "samples" / f"grid_{self.step:07d}.png", scale=scale, pad=2 * scale)
@@ -245,10 +266,16 @@ class Trainer:
     @_keeps_training_rng
     @torch.no_grad()
     def log_proxy_fid(self) -> float | None:
-        """FID of a few hundred EMA samples with the fast feature network (a trend, not a result)."""
-        if not self.dist.is_main:
-            return None
+        """FID of a few hundred EMA samples with the fast feature network (a trend, not a result).
+        Every process draws its share of the samples; process 0 scores them."""
         train = self.config.train
+        num_classes = len(self.class_counts)
+        labels = torch.arange(train.proxy_samples) % num_classes
+        sample = replace(self.config.sample, steps=train.proxy_sampler_steps)
+        images = generate_uint8(self.ema.shadow, self.objective, labels, self.data_shape, sample,
+                                seed=self._grid_noise_seed, dist=self.dist, progress=False, decode=self._decoder())
+        if images is None:
+            return None
         if self._proxy is None:
             from ccua.metrics import ProxyFID, Reference, build_feature_net
             from ccua.metrics.weights import DEFAULT_CACHE, feature_weights_path
@@ -257,12 +284,7 @@ class Trainer:
             net = build_feature_net(train.proxy_features, path=path, device=self.device, progress=False)
             self._proxy = ProxyFID(Reference.from_config(self.config.data, "train"), net, num_samples=2000,
                                    cache_dir=DEFAULT_CACHE / "features")
-        num_classes = len(self.class_counts)
-        labels = torch.arange(train.proxy_samples) % num_classes
-        sample = replace(self.config.sample, steps=train.proxy_sampler_steps)
-        images = generate(self.ema.shadow, self.objective, labels, self.data_shape, sample, seed=self._grid_noise_seed,
-                          device=self.device, progress=False, decode=self._decoder())
-        value = self._proxy(to_uint8(images).numpy(), labels.numpy())
+        value = self._proxy(images, labels.numpy())
         if self.writer is not None:
             self.writer.add_scalar("eval/proxy_fid", value, self.step)
         log.info("step %d: proxy FID %.3f (%d samples, %s features)", self.step, value, train.proxy_samples,
@@ -271,55 +293,29 @@ class Trainer:
 
     # ------------------------------------------------------------------ the loop
     def train(self) -> Path:
-        """Train to ``train.steps``; returns the run folder."""
-        config, train = self.config, self.config.train
-        if self.dist.is_main:
-            self._prepare_run_folder()
-            from torch.utils.tensorboard import SummaryWriter
+        """Train to ``train.steps``; returns the run folder.
 
-            self.writer = SummaryWriter(str(self.run_dir / "tensorboard"), purge_step=self.step or None)
-            log.info("run folder %s; %d training images, %d classes, per-class counts %s",
-                     self.run_dir, len(self.dataset), self.dataset.num_classes, self.class_counts)
-        barrier(self.dist)
-        log_file = open(self.run_dir / LOSS_LOG, "a") if self.dist.is_main else None
+        SIGTERM or SIGUSR1 ends the run early: every process finishes its step, one checkpoint is
+        written, and :class:`TrainingInterrupted` (exit status 75) is raised; ``--resume auto``
+        continues from that checkpoint exactly.
+        """
+        train = self.config.train
+        log_file = self._open_outputs()
         progress = tqdm(total=train.steps, initial=self.step, disable=not (train.progress and self.dist.is_main),
-                        desc=config.name, dynamic_ncols=True)
-        data = iter(self._loader())
-        running: dict[str, float] = {}
-        interval_start, interval_steps = time.perf_counter(), 0
+                        desc=self.config.name, dynamic_ncols=True)
         try:
-            while self.step < train.steps:
-                x0, labels = next(data)
-                terms = self.train_step(x0.to(self.device), labels.to(self.device))
-                for key, value in terms.items():
-                    running[key] = running.get(key, 0.0) + value
-                interval_steps += 1
-                progress.update(1)
-                if self.step % train.log_every == 0 or self.step == train.steps:
-                    elapsed = time.perf_counter() - interval_start
-                    record = {k: v / interval_steps for k, v in running.items()}
-                    record.update(step=self.step, lr=self.scheduler.get_last_lr()[0],
-                                  steps_per_sec=interval_steps / elapsed,
-                                  images_per_sec=interval_steps * train.batch_size / elapsed)
-                    if self.dist.is_main:
-                        self._log(record, log_file)
-                        progress.set_postfix(loss=f"{record['total']:.4f}")
-                    running, interval_start, interval_steps = {}, time.perf_counter(), 0
-                if train.ckpt_every and self.step % train.ckpt_every == 0 and self.step < train.steps:
-                    self.save()
-                if train.sample_every and self.step % train.sample_every == 0 and self.step < train.steps:
-                    self.write_sample_grid()
-                    barrier(self.dist)
-                if train.proxy_every and self.step % train.proxy_every == 0:
-                    self.log_proxy_fid()
-                    barrier(self.dist)
-            self.save()
-            self.write_sample_grid()
+            with StopSignals() as self.signals:
+                self._loop(log_file, progress)
+                if self.stop_agreed and self.step < train.steps:
+                    self._stop()
+                self.save()
+                self.write_sample_grid()
             if self.dist.is_main:
                 from ccua.training.curves import plot_loss_curves
 
                 plot_loss_curves(self.run_dir / LOSS_LOG, self.run_dir / "loss_curves.png")
         finally:
+            self.signals = None
             progress.close()
             if log_file:
                 log_file.close()
@@ -327,6 +323,63 @@ class Trainer:
                 self.writer.close()
             barrier(self.dist)
         return self.run_dir
+
+    def _open_outputs(self):
+        """The run folder, TensorBoard writer and loss log (process 0; None elsewhere)."""
+        if self.dist.is_main:
+            self._prepare_run_folder()
+            from torch.utils.tensorboard import SummaryWriter
+
+            # purge_step drops events a killed launch logged past the step this one starts from
+            self.writer = SummaryWriter(str(self.run_dir / "tensorboard"), purge_step=self.step)
+            log.info("run folder %s; %d training images, %d classes, per-class counts %s",
+                     self.run_dir, len(self.dataset), self.dataset.num_classes, self.class_counts)
+        barrier(self.dist)
+        return open(self.run_dir / LOSS_LOG, "a") if self.dist.is_main else None
+
+    def _loop(self, log_file, progress) -> None:
+        """Steps until ``train.steps`` or until the processes agree to stop on a signal."""
+        train = self.config.train
+        data = iter(self._loader())
+        running: dict[str, float] = {}
+        interval_start, interval_steps = time.perf_counter(), 0
+        while self.step < train.steps:
+            x0, labels = next(data)
+            terms = self.train_step(x0.to(self.device), labels.to(self.device))
+            for key, value in terms.items():
+                running[key] = running.get(key, 0.0) + value
+            interval_steps += 1
+            progress.update(1)
+            if self.step % train.log_every == 0 or self.step == train.steps:
+                elapsed = time.perf_counter() - interval_start
+                record = {k: v / interval_steps for k, v in running.items()}
+                record.update(step=self.step, lr=self.scheduler.get_last_lr()[0],
+                              steps_per_sec=interval_steps / elapsed,
+                              images_per_sec=interval_steps * train.batch_size / elapsed)
+                if self.dist.is_main:
+                    self._log(record, log_file)
+                    progress.set_postfix(loss=f"{record['total']:.4f}")
+                running, interval_start, interval_steps = {}, time.perf_counter(), 0
+            if self.stop_agreed:
+                break  # to the checkpoint at once: the time until the kill is short
+            if train.ckpt_every and self.step % train.ckpt_every == 0 and self.step < train.steps:
+                self.save()
+            if train.sample_every and self.step % train.sample_every == 0 and self.step < train.steps:
+                self.write_sample_grid()
+                barrier(self.dist)
+            if train.proxy_every and self.step % train.proxy_every == 0:
+                self.log_proxy_fid()
+                barrier(self.dist)
+
+    def _stop(self) -> None:
+        """After a stop signal: one checkpoint of this step, then exit 75."""
+        path = self.save() or checkpoint_path(self.checkpoint_dir, self.step)  # process 0 knows the path
+        received = self.signals.received if self.signals and self.signals.received else "a signal to another process"
+        message = (f"stopped by {received} after step {self.step}: wrote checkpoint {path}; the same command with "
+                   "--resume auto continues the run")
+        if self.dist.is_main:
+            log.warning(message)
+        raise TrainingInterrupted(message)
 
     def _prepare_run_folder(self) -> None:
         """The run folder before the first step: config.yaml of a new run (a resume never rewrites
@@ -367,7 +420,12 @@ class Trainer:
                                     config.diffusion.label_drop_mode, config.method.batched_passes)
         self.optimizer.zero_grad(set_to_none=True)
         terms["total"].backward()
-        values = all_reduce_mean(torch.stack([v.detach().float() for v in terms.values()]), self.dist)
+        # A stop signal rides along with the loss terms, so every process learns of it in the same step.
+        stop = float(self.signals is not None and self.signals.received is not None)
+        values = torch.stack([v.detach().float() for v in terms.values()]
+                             + [torch.tensor(stop, device=self.device)])
+        values = all_reduce_mean(values, self.dist)
+        self.stop_agreed, values = bool(values[-1] > 0), values[:-1]
         if not torch.isfinite(values).all():
             kept = list_checkpoints(self.checkpoint_dir)
             where = f"; last good checkpoint: {kept[-1]}" if kept else "; no checkpoint was written yet"
@@ -392,14 +450,19 @@ class Trainer:
         log_file.flush()
 
 
-def train(config: Config, resume: str | None = None, device: str | None = None) -> Path:
-    """Train ``config`` (resuming if asked) and return the run folder. Cleans up the process group."""
+def train(config: Config, resume: str | None = None, device: str | None = None,
+          run_dir: str | Path | None = None) -> Path:
+    """Train ``config`` (resuming if asked; see :class:`Trainer`) and return the run folder.
+    Cleans up the process group."""
     trainer = None
     try:
-        trainer = Trainer(config, resume=resume, device=device)
-        return trainer.train()
-    finally:
-        cleanup(trainer.dist if trainer else init_distributed(device))
+        trainer = Trainer(config, resume=resume, run_dir=run_dir, device=device)
+        run = trainer.train()
+    except BaseException:
+        cleanup(None)  # at once: a barrier could wait for processes that never come (see process_group)
+        raise
+    cleanup(trainer.dist)
+    return run
 
 
 def load_run_config(run_dir: str | Path) -> Config:

@@ -1,0 +1,61 @@
+"""Stopping on a signal: SIGTERM or SIGUSR1 (what Slurm sends before a time limit, a preemption
+or ``scancel``) lets every process finish its step; the trainer then writes one checkpoint and
+exits with status 75 (EX_TEMPFAIL, "try again later"), which a job script turns into a requeue.
+
+The handler only records the signal. The processes agree on stopping through the all-reduce of
+the loss terms that every step already does (the flag rides along as one more number), so they
+all stop after the same step, without a collective of its own.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+from types import FrameType
+
+#: the exit status of a run stopped by a signal after writing its checkpoint (sysexits.h EX_TEMPFAIL)
+REQUEUE_EXIT_CODE = 75
+#: the signals that stop training gracefully (SIGUSR1 where the platform has it)
+STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGUSR1") if hasattr(signal, name))
+
+
+class TrainingInterrupted(SystemExit):
+    """Training stopped on a signal after writing a checkpoint; exits with :data:`REQUEUE_EXIT_CODE`.
+
+    A SystemExit, so that it ends the program wherever training runs (the CLI, a job of
+    ``ccua compare``) instead of being taken for one failed run among others.
+    """
+
+    def __init__(self, message: str):
+        super().__init__(REQUEUE_EXIT_CODE)
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class StopSignals:
+    """While entered, the stop signals only record themselves (``received``: the first one's name).
+
+    Handlers can be installed only in the main thread; elsewhere the signals keep their handlers
+    and ``received`` stays None. The previous handlers come back on exit.
+    """
+
+    def __init__(self):
+        self.received: str | None = None
+        self._previous: dict[int, object] = {}
+
+    def _record(self, signum: int, frame: FrameType | None) -> None:
+        if self.received is None:
+            self.received = signal.Signals(signum).name
+
+    def __enter__(self) -> "StopSignals":
+        if threading.current_thread() is threading.main_thread():
+            for signum in STOP_SIGNALS:
+                self._previous[signum] = signal.signal(signum, self._record)
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+        self._previous.clear()
