@@ -17,7 +17,8 @@ from pathlib import Path
 
 COLUMNS = [("fid", "FID"), ("kid", "KID x1e3"), ("recall", "recall"), ("class_accuracy", "class acc"),
            ("fid_head", "FID head"), ("fid_tail", "FID tail"), ("recall_tail", "recall tail"),
-           ("class_accuracy_tail", "class acc tail"), ("copies_tail", "copies tail")]
+           ("class_accuracy_tail", "class acc tail"), ("copies_tail", "copies tail"),
+           ("nn_ratio_tail", "NN ratio tail")]
 SCALE = {"kid": 1e3}
 DIGITS = {"fid": 2, "fid_head": 2, "fid_tail": 2, "kid": 1}  # the rest (shares, accuracies): 3
 

@@ -21,8 +21,9 @@ OVERALL_METRICS = (("fid", "fid"), ("kid_mean", "kid"), ("precision", "precision
                    ("inception_score_mean", "is"), ("class_accuracy", "class_accuracy"))
 GROUP_METRICS = (("fid", "fid"), ("kid_mean", "kid"), ("precision", "precision"), ("recall", "recall"),
                  ("class_accuracy", "class_accuracy"))
-#: the share of generated images that are near-copies of a training image (metrics.json "memorisation")
-COPY_COLUMN = "copies"
+#: from metrics.json "memorisation": the share of generated images that are near-copies of a training
+#: image, and the median nearest / second-nearest distance ratio (lower = closer to copies)
+COPY_METRICS = (("copy_share", "copies"), ("median_ratio", "nn_ratio"))
 _SEED_SUFFIX = re.compile(r"[-_.]?(seed|s)[-_]?\d+$", re.IGNORECASE)
 
 
@@ -108,12 +109,14 @@ def run_row(run: Run, groups: list[str]) -> dict[str, Any]:
     for key, column in OVERALL_METRICS:
         row[column] = overall.get(key)
     copies = m.get("memorisation") or {}
-    row[COPY_COLUMN] = (copies.get("overall") or {}).get("copy_share")
+    for key, column in COPY_METRICS:
+        row[column] = (copies.get("overall") or {}).get(key)
     for group in groups:
         values = m.get("groups", {}).get(group, {})
         for key, column in GROUP_METRICS:
             row[f"{column}_{group}"] = values.get(key)
-        row[f"{COPY_COLUMN}_{group}"] = (copies.get("groups", {}).get(group) or {}).get("copy_share")
+        for key, column in COPY_METRICS:
+            row[f"{column}_{group}"] = (copies.get("groups", {}).get(group) or {}).get(key)
         row[f"n_gen_{group}"], row[f"n_ref_{group}"] = values.get("n_gen"), values.get("n_ref")
     return row
 
@@ -123,9 +126,9 @@ def _is_number(value: Any) -> bool:
 
 
 def metric_columns(groups: list[str]) -> list[str]:
-    columns = [column for _, column in OVERALL_METRICS] + [COPY_COLUMN]
+    columns = [column for _, column in OVERALL_METRICS + COPY_METRICS]
     for group in groups:
-        columns += [f"{column}_{group}" for _, column in GROUP_METRICS] + [f"{COPY_COLUMN}_{group}"]
+        columns += [f"{column}_{group}" for _, column in GROUP_METRICS + COPY_METRICS]
     return columns
 
 
