@@ -134,3 +134,17 @@ def test_one_grid_writer_for_training_grids_and_labelled_grids(tmp_path):
     labelled = save_grid(rows, tmp_path / "labelled.png", row_labels=["a", "b"])
     with Image.open(labelled) as image:
         assert image.mode == "RGB" and image.width > 2 + 3 * 6
+
+
+def test_the_report_command_adds_paired_differences_to_a_baseline(evaluated_runs, tmp_path, capsys):
+    from ccua.cli import main
+
+    out = tmp_path / "with_baseline"
+    assert main(["report", *map(str, evaluated_runs), "--names", "A,A,B", "--out", str(out), "--baseline", "B"]) == 0
+    rows = {r["metric"]: r for r in _read_csv(out / "differences.csv") if r["name"] == "A"}
+    by_run = {r["seed"]: float(r["fid"]) for r in _read_csv(out / "comparison.csv") if r["name"] == "A"}
+    b_fid = float(next(r["fid"] for r in _read_csv(out / "comparison.csv") if r["name"] == "B"))
+    # B has seed 0 only: one pair (A's seed 0), so a difference without an interval
+    assert rows["fid"]["n_seeds"] == "1" and rows["fid"]["low"] == ""
+    assert float(rows["fid"]["mean"]) == pytest.approx(by_run["0"] - b_fid)
+    assert "Difference to B" in (out / "comparison.md").read_text()

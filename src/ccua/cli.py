@@ -252,7 +252,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     from ccua.report import make_report
 
     names = args.names.split(",") if args.names else None
-    paths = make_report(args.runs, args.out, names=names, seeds_grouping=args.group)
+    paths = make_report(args.runs, args.out, names=names, seeds_grouping=args.group, baseline=args.baseline)
     for kind, path in paths.items():
         print(f"{kind}: {path}")
     if "markdown" in paths:
@@ -430,6 +430,8 @@ def _add_report(sub) -> None:
     p.add_argument("--names", default=None, help="comma-separated display names (equal names = seeds of one method)")
     p.add_argument("--group", default="name", choices=_Names(_seed_groupings), metavar="GROUPING",
                    help="which runs are seeds of one setting: %(choices)s")
+    p.add_argument("--baseline", default=None,
+                   help="a setting's name: add every other setting's difference to it, paired over seeds")
     p.set_defaults(func=cmd_report)
 
 
