@@ -69,7 +69,12 @@ def test_a_study_file_runs_variants_side_by_side_with_paired_differences(tmp_pat
                        "max_reference": 200, "guidance": 1.0, "references": ["train", "test"]},
     }))
     out = tmp_path / "study_out"
+    # the baseline alone first (--only), then the whole study, which skips the baseline's finished work
+    assert main(["compare", str(study), "--out", str(out), "--only", "plain"]) == 0
+    assert sorted(p.name for p in (out / "runs").iterdir()) == ["plain-s0", "plain-s1"]
+    stamp = (out / "runs" / "plain-s0" / "eval" / "step0000002_w1_n3" / "metrics.json").stat().st_mtime_ns
     assert main(["compare", str(study), "--out", str(out)]) == 0
+    assert (out / "runs" / "plain-s0" / "eval" / "step0000002_w1_n3" / "metrics.json").stat().st_mtime_ns == stamp
     runs = sorted(p.name for p in (out / "runs").iterdir())
     assert runs == ["cheap-s0", "cheap-s1", "plain-s0", "plain-s1", "strong-s0"]
     trained = yaml.safe_load((out / "runs" / "cheap-s1" / "config.yaml").read_text())
@@ -111,3 +116,20 @@ def test_gpus_per_run_launches_each_run_under_torchrun_on_its_own_gpus(tmp_path)
     checkpoint = load_checkpoint(run_dir / "checkpoints" / "0000002.pt")
     assert checkpoint["step"] == 2 and len(checkpoint["rng"]) == 2  # one run trained by both processes
     assert (run_dir / "config.yaml").exists() and "run folder:" in (run_dir / "launch.log").read_text()
+
+
+def test_only_keeps_named_variants_of_a_study_file_and_refuses_unknown_ones(tmp_path, capsys):
+    import pytest
+
+    from ccua.compare import load_study
+    from ccua.config import ConfigError
+
+    study = tmp_path / "study.yaml"
+    study.write_text(yaml.safe_dump({"preset": "cifar10_lt", "variants": {
+        "plain": ["method.names=[plain]"], "ccua": ["method.names=[ccua]"], "cbdm": ["method.names=[cbdm]"]}},
+        sort_keys=False))
+    assert [v.name for v in load_study(study, only=["cbdm", "plain"]).variants] == ["plain", "cbdm"]
+    with pytest.raises(ConfigError, match=r"no variant\(s\) \['oclt'\]"):
+        load_study(study, only=["plain", "oclt"])
+    assert main(["compare", "cifar10_lt", "--only", "plain"]) == 2
+    assert "--only picks variants of a study file" in capsys.readouterr().err

@@ -276,7 +276,9 @@ def cmd_compare(args: argparse.Namespace) -> int:
         if args.methods or args.overrides:
             raise ConfigError(f"{args.preset} is a study file: its variants and overrides are set in the file")
         given["out_dir"] = given["out_dir"] or Path("runs") / Path(args.preset).stem
-        settings = load_study(args.preset, **given)
+        settings = load_study(args.preset, only=args.only.split(",") if args.only else None, **given)
+    elif args.only:
+        raise ConfigError("--only picks variants of a study file; with a preset, list them with --methods")
     else:
         given = {k: v for k, v in given.items() if v is not None}
         settings = CompareSettings(preset=args.preset, methods=[m for m in (args.methods or "plain,ccua").split(",")
@@ -440,6 +442,7 @@ def _add_compare(sub) -> None:
     p.add_argument("preset", help="preset or YAML config shared by every run, or a study file (studies/*.yaml)")
     p.add_argument("overrides", nargs="*", help="overrides shared by every run")
     p.add_argument("--methods", default=None, help="comma-separated (default plain,ccua); a+b combines methods")
+    p.add_argument("--only", default=None, help="comma-separated variants of a study file to run and report")
     p.add_argument("--seeds", default=None, help="comma-separated (default 0)")
     p.add_argument("--steps", type=non_negative_int, default=None, help="training steps of every run")
     p.add_argument("--out", default=None, help="output folder (default runs/compare, or runs/<study name>)")

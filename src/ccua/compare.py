@@ -124,8 +124,11 @@ def is_study_file(path: str) -> bool:
     return isinstance(data, dict) and "variants" in data
 
 
-def load_study(path: str | Path, **changes: Any) -> CompareSettings:
-    """Settings from a study file; ``changes`` (e.g. out_dir, jobs, device from the command line) win."""
+def load_study(path: str | Path, only: list[str] | None = None, **changes: Any) -> CompareSettings:
+    """Settings from a study file; ``changes`` (e.g. out_dir, jobs, device from the command line) win.
+
+    ``only`` keeps the named variants (in the file's order), e.g. the core of a long study first: its
+    runs, evaluations and reports are the same as in the whole study's, which later skips them."""
     path = Path(path)
     data = yaml.safe_load(path.read_text()) or {}
     unknown = set(data) - _STUDY_KEYS
@@ -146,6 +149,11 @@ def load_study(path: str | Path, **changes: Any) -> CompareSettings:
                                   or not all(isinstance(x, int) and not isinstance(x, bool) for x in seeds)):
             raise ConfigError(f"{path}: variant {name!r}: seeds must be a non-empty list of integers, got {seeds!r}")
         variants.append(Variant(str(name), [str(o) for o in spec.get("overrides", [])], seeds))
+    if only:
+        unknown = [name for name in only if name not in {v.name for v in variants}]
+        if unknown:
+            raise ConfigError(f"{path}: no variant(s) {unknown} (the file has {[v.name for v in variants]})")
+        variants = [v for v in variants if v.name in only]
     settings = {"preset": data.get("preset"), "variants": variants, "seeds": data.get("seeds", [0]),
                 "steps": data.get("steps"), "overrides": [str(o) for o in data.get("overrides", [])],
                 "baseline": data.get("baseline"), "jobs": data.get("jobs", 1),
