@@ -3,6 +3,12 @@
 from __future__ import annotations
 
 import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import pytest
 
@@ -41,3 +47,45 @@ def test_threads_are_shared_out_evenly():
     assert threads_per_job(2, cores=2) == 1
     assert threads_per_job(3, cores=8) == 2
     assert threads_per_job(4, cores=2) == 1
+
+
+def _write_pid_and_sleep(folder: str) -> None:
+    import os
+    import time
+    from pathlib import Path
+
+    (Path(folder) / str(os.getpid())).touch()
+    time.sleep(120)
+
+
+def _gone(pid: int) -> bool:
+    from pathlib import Path
+
+    stat = Path(f"/proc/{pid}/stat")
+    return not stat.exists() or stat.read_text().split(")")[-1].split()[0] == "Z"
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="parent-death signal: Linux")
+def test_workers_end_with_the_main_process_even_after_kill_9(tmp_path):
+    """A killed `ccua compare` must not leave workers training on into its run folders."""
+    script = ("from ccua.jobs import Job, run_jobs\n"
+              "from tests.test_jobs import _write_pid_and_sleep\n"
+              f"run_jobs([Job(n, _write_pid_and_sleep, ({str(tmp_path)!r},)) for n in 'ab'], workers=2)\n")
+    main = subprocess.Popen([sys.executable, "-c", script], cwd=Path(__file__).parent.parent)
+    try:
+        deadline = time.monotonic() + 120
+        while len(list(tmp_path.iterdir())) < 2 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        workers = [int(p.name) for p in tmp_path.iterdir()]
+        assert len(workers) == 2, "the workers never started their jobs"
+        main.kill()
+        main.wait()
+        deadline = time.monotonic() + 30
+        while not all(_gone(pid) for pid in workers) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert all(_gone(pid) for pid in workers)
+    finally:
+        main.kill()
+        for pid in workers if "workers" in locals() else []:
+            if not _gone(pid):
+                os.kill(pid, signal.SIGKILL)

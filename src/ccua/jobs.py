@@ -7,14 +7,19 @@ a job that launches processes of its own (a training under torchrun) takes its G
 worker's slot (:func:`worker_slot`). A job may wait for others (``after``): it starts once they
 have succeeded, and is skipped if one failed. Among the jobs ready to start, the earliest in the
 list goes first, so the list order is the priority. A job that fails is reported with its name
-and does not stop the others.
+and does not stop the others. On Linux the workers do not outlive the main process: when it ends
+(``kill``, even ``kill -9``), each worker gets SIGTERM, on which a training writes a checkpoint and
+stops, so the next call resumes it and no orphan keeps writing into a run folder.
 """
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import multiprocessing
 import os
+import signal
+import sys
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -65,11 +70,22 @@ def worker_slot() -> int:
     return _slot
 
 
-def _init_worker(threads: int, counter: Any, log_level: int) -> None:
+def _end_with_parent(parent: int) -> None:
+    """Ask the kernel for SIGTERM when the main process ends (Linux; elsewhere nothing)."""
+    if not sys.platform.startswith("linux"):
+        return
+    pr_set_pdeathsig = 1
+    ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
+    if os.getppid() != parent:  # it ended before the request took effect
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
+def _init_worker(threads: int, counter: Any, log_level: int, parent: int) -> None:
     import torch
 
     global _slot
 
+    _end_with_parent(parent)
     torch.set_num_threads(threads)
     os.environ["OMP_NUM_THREADS"] = str(threads)
     logging.basicConfig(level=log_level, format="%(asctime)s %(levelname)s [worker] %(name)s: %(message)s",
@@ -102,7 +118,7 @@ def run_jobs(jobs: list[Job], workers: int = 1) -> list[JobResult]:
     log.info("running %d jobs, %d at a time, %d thread(s) each", len(jobs), workers, threads)
     waiting = list(jobs)
     with ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=_init_worker,
-                             initargs=(threads, counter, logging.getLogger().getEffectiveLevel())) as pool:
+                             initargs=(threads, counter, logging.getLogger().getEffectiveLevel(), os.getpid())) as pool:
         running: dict[Future, Job] = {}
         while waiting or running:
             for job in list(waiting):  # skip what can never run, start what can, in list order
