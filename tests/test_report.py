@@ -148,3 +148,22 @@ def test_the_report_command_adds_paired_differences_to_a_baseline(evaluated_runs
     assert rows["fid"]["n_seeds"] == "1" and rows["fid"]["low"] == ""
     assert float(rows["fid"]["mean"]) == pytest.approx(by_run["0"] - b_fid)
     assert "Difference to B" in (out / "comparison.md").read_text()
+
+
+def test_per_class_plot_draws_each_method_once_as_the_mean_of_its_seeds(tmp_path):
+    from matplotlib.figure import Figure
+
+    from ccua.report.plots import _draw_group, plot_per_class
+    from ccua.report.tables import Run
+
+    def run(name: str, fids: list[float]) -> Run:
+        rows = [{"class": c, "train_count": count, "fid": fid} for c, (count, fid) in enumerate(zip([600, 60], fids))]
+        return Run(name, tmp_path / name, {"per_class": rows})
+
+    seeds = [run("ccua", [2.0, 10.0]), run("ccua", [4.0, 30.0])]
+    axes = Figure().add_subplot()
+    assert _draw_group(axes, seeds, "fid", "ccua", 0) is True
+    (line,) = axes.get_lines()
+    assert list(line.get_xdata()) == [60.0, 600.0] and list(line.get_ydata()) == [20.0, 3.0]
+    assert axes.get_legend_handles_labels()[1] == ["ccua (mean of 2, band min-max)"]
+    assert plot_per_class(seeds + [run("plain", [3.0, 12.0])], tmp_path / "p.png", ("fid",)).stat().st_size > 0

@@ -56,10 +56,10 @@ def make_report(metric_files_or_run_dirs: list[str | Path], out_dir: str | Path,
     if notes:
         parts += ["", "## Warnings", ""] + [f"- {n}" for n in notes]
     second = available_metric(runs, ("recall", "kid_mean", "precision"))
-    plot_metrics = tuple(m for m in ("fid", second) if m and available_metric(runs, (m,)))
+    plot_metrics = tuple(m for m in ("fid", second, "class_accuracy") if m and available_metric(runs, (m,)))
     if plot_metrics:
         paths["plot"] = plot_per_class(runs, out_dir / "per_class.png", plot_metrics)
-        parts += ["", f"![per-class {' and '.join(plot_metrics)}](per_class.png)"]
+        parts += ["", f"![per-class {', '.join(plot_metrics)}](per_class.png)"]
     paths["markdown"] = out_dir / "comparison.md"
     paths["markdown"].write_text("\n".join(parts) + "\n")
     return paths

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from pathlib import Path
+
+import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
@@ -21,22 +23,43 @@ def _series(run: Run, metric: str) -> tuple[list[float], list[float], bool]:
     return xs, [float(r[metric]) for r in rows], have_counts
 
 
+def _by_label(runs: list[Run], labels: list[str]) -> dict[str, list[Run]]:
+    grouped: dict[str, list[Run]] = {}
+    for run, label in zip(runs, labels):
+        grouped.setdefault(label, []).append(run)
+    return grouped
+
+
+def _draw_group(axes, group: list[Run], metric: str, label: str, index: int) -> bool:
+    """One method on one panel: its mean over runs (seeds), with the min-max band when the runs
+    share their classes. Returns whether the x values are training counts."""
+    series = [_series(run, metric) for run in group]
+    series = [s for s in series if s[0]]
+    if not series:
+        return True
+    have_counts = all(s[2] for s in series)
+    style = {"marker": MARKERS[index % len(MARKERS)], "markersize": 4, "linewidth": 1.2, "color": f"C{index}"}
+    if len(series) > 1 and all(s[0] == series[0][0] for s in series):
+        values = np.array([s[1] for s in series])
+        axes.plot(series[0][0], values.mean(axis=0), label=f"{label} (mean of {len(series)}, band min-max)", **style)
+        axes.fill_between(series[0][0], values.min(axis=0), values.max(axis=0), color=f"C{index}", alpha=0.15)
+    else:
+        for number, (xs, ys, _) in enumerate(series):
+            axes.plot(xs, ys, alpha=0.85, label=label if number == 0 else None, **style)
+    return have_counts
+
+
 def plot_per_class(runs: list[Run], path: str | Path, metrics: tuple[str, ...] = ("fid", "recall"),
                    labels: list[str] | None = None) -> Path:
     """One panel per metric, per-class values against the training count on a log x axis, one
-    line and marker set per run. Falls back to the class index when counts are missing."""
-    figure = Figure(figsize=(5.5 * len(metrics), 4.2), dpi=110)
+    colour per method: runs with the same label (seeds) are drawn as their mean with a min-max
+    band. Falls back to the class index when counts are missing."""
+    figure = Figure(figsize=(5.0 * len(metrics), 4.2), dpi=110)
     FigureCanvasAgg(figure)
-    labels = labels or [run.name for run in runs]
+    groups = _by_label(runs, labels or [run.name for run in runs])
     for panel, metric in enumerate(metrics):
         axes = figure.add_subplot(1, len(metrics), panel + 1)
-        log_x = True
-        for i, run in enumerate(runs):
-            xs, ys, have_counts = _series(run, metric)
-            log_x &= have_counts
-            if xs:
-                axes.plot(xs, ys, marker=MARKERS[i % len(MARKERS)], markersize=4, linewidth=1, alpha=0.85,
-                          label=labels[i])
+        log_x = all([_draw_group(axes, group, metric, label, i) for i, (label, group) in enumerate(groups.items())])
         if log_x:
             axes.set_xscale("log")
         axes.set_xlabel("training images of the class" if log_x else "class index")
