@@ -183,6 +183,10 @@ def test_verify_lists_every_unreadable_file(image_folder, capsys):
     listed = [line for line in out.out.splitlines() if line.startswith("unreadable:")]
     assert len(listed) == 2 and "class_1/img0.png" in listed[0] and "class_2/img1.png" in listed[1]
     assert out.err.count("ccua: error: 2 of 12 image files cannot be read") == 1
+    # the same check before a training: it stops before any run folder is made
+    runs = image_folder.parent / "verify_runs"
+    assert main(["train", "--verify", "fashion_mnist_lt", f"train.out_dir={runs}"] + args[1:]) == 2
+    assert "2 of 12 image files cannot be read" in capsys.readouterr().err and not runs.exists()
     (image_folder / "class_1" / "img0.png").unlink()
     (image_folder / "class_2" / "img1.png").write_bytes(good)
     assert main(["data", "--verify"] + args[1:]) == 0  # the option also works before the overrides

@@ -77,6 +77,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.run_dir and args.resume not in (None, "auto"):
         raise ConfigError(f"--run-dir goes with --resume auto or no --resume, not --resume {args.resume} "
                           "(which names its own run folder)")
+    if args.verify and _is_main_process():  # once per launch; a failure on rank 0 ends the others (torchrun)
+        _verify_data(config.data)
     from ccua.training import train
 
     run_dir = train(config, resume=args.resume, device=args.device, run_dir=args.run_dir)
@@ -350,6 +352,8 @@ def _add_train(sub) -> None:
                         "it if it has a checkpoint)")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     p.add_argument("--dry-run", action="store_true", help="print the resolved config and stop")
+    p.add_argument("--verify", action="store_true",
+                   help="first open every image file once (as `ccua data --verify`); stop if any cannot be read")
     p.set_defaults(func=cmd_train)
 
 
