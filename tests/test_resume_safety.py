@@ -203,9 +203,14 @@ def test_a_signal_during_a_write_leaves_no_partial_file(tmp_path, monkeypatch, s
     folder = tmp_path / "checkpoints"
     save_checkpoint({"step": 3}, folder, 3, keep=2)
     handler_before = signal.getsignal(signal.SIGTERM)
+    # Python's own SIGINT handler, also where the suite runs with SIGINT ignored (started in the background)
+    previous_sigint = signal.signal(signal.SIGINT, signal.default_int_handler)
     monkeypatch.setattr(checkpoint_module.torch, "save", _write_then(lambda: os.kill(os.getpid(), signum)))
-    with pytest.raises(raised):
-        save_checkpoint({"step": 6}, folder, 6, keep=2)
+    try:
+        with pytest.raises(raised):
+            save_checkpoint({"step": 6}, folder, 6, keep=2)
+    finally:
+        signal.signal(signal.SIGINT, previous_sigint)
     assert sorted(p.name for p in folder.iterdir()) == ["0000003.pt"]
     assert signal.getsignal(signal.SIGTERM) is handler_before
 
