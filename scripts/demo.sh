@@ -5,6 +5,8 @@
 # of a plain step instead of 2x; docs/methods.md). Extra arguments are config overrides for the
 # training, e.g. `bash scripts/demo.sh train.steps=300`, or the full method:
 # `bash scripts/demo.sh method.ccua.uncond_fraction=1 method.ccua.ucl_fraction=1`.
+# Its DDIM clips the predicted x0 to [-1, 1] (sample.clip_x0=true; the released sampler does not):
+# after 700 steps about half of the unclipped samples leave the pixel range and come out as speckle.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
@@ -14,7 +16,7 @@ OUT=${DEMO_OUT:-runs/demo}
 echo "== training (ccua train fashion_mnist_lt) =="
 $CCUA data fashion_mnist_lt
 $CCUA train fashion_mnist_lt train.out_dir="$OUT" method.ccua.ucl_fraction=0.25 method.ccua.uncond_fraction=0.25 \
-  "$@" | tee /tmp/ccua_demo_train.$$
+  sample.clip_x0=true "$@" | tee /tmp/ccua_demo_train.$$
 RUN=$(sed -n 's/^run folder: //p' /tmp/ccua_demo_train.$$ | tail -n 1)
 rm -f /tmp/ccua_demo_train.$$
 
