@@ -19,12 +19,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ccua.data import build_reference_set
-from ccua.data.longtail import classes_head_to_tail
+from ccua.data import build_reference_set, class_groups
 from ccua.generate import LoadedModel
 
 SEED_SUFFIX = re.compile(r"-s\d+$")
-GROUPS = ("head", "body", "tail")
+GROUPS = ("head", "body", "tail")  # the keys of class_groups, in order
 
 
 def held_out_batch(loaded: LoadedModel, per_class: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -41,9 +40,8 @@ def held_out_batch(loaded: LoadedModel, per_class: int, seed: int = 0) -> tuple[
 def gap_per_group(loaded: LoadedModel, images: torch.Tensor, labels: torch.Tensor,
                   levels: list[float], seed: int = 0) -> dict[tuple[str, float], float]:
     """RMS of eps_c - eps_u per (group, noise level s)."""
-    order = classes_head_to_tail(loaded.class_counts)
-    thirds = np.array_split(np.array(order), 3)
-    group_of = {int(c): name for name, members in zip(GROUPS, thirds) for c in members}
+    groups = class_groups(len(loaded.class_counts), loaded.class_counts)
+    rows = {name: torch.isin(labels, torch.tensor(members)) for name, members in groups.items()}
     generator = torch.Generator().manual_seed(seed)
     null = torch.full_like(labels, loaded.model.null_label)
     gaps = {}
@@ -53,8 +51,7 @@ def gap_per_group(loaded: LoadedModel, images: torch.Tensor, labels: torch.Tenso
         x_t = loaded.objective.q_sample(images, t, noise)
         difference = (loaded.model(x_t, t, labels) - loaded.model(x_t, t, null)).pow(2).flatten(1).mean(1)
         for name in GROUPS:
-            rows = torch.tensor([group_of[int(y)] == name for y in labels])
-            gaps[name, level] = float(difference[rows].mean().sqrt())
+            gaps[name, level] = float(difference[rows[name]].mean().sqrt())
     return gaps
 
 
