@@ -58,6 +58,22 @@ def _write_pid_and_sleep(folder: str) -> None:
     time.sleep(120)
 
 
+def _write_pid_and_stop_on_signal(folder: str) -> None:
+    """A training's way with SIGTERM: record it, finish the step, stop with TrainingInterrupted."""
+    import os
+    import time
+    from pathlib import Path
+
+    from ccua.training.preemption import StopSignals, TrainingInterrupted
+
+    with StopSignals() as stop:
+        (Path(folder) / str(os.getpid())).touch()
+        deadline = time.monotonic() + 120
+        while stop.received is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+    raise TrainingInterrupted(f"stopped by {stop.received}")
+
+
 def _gone(pid: int) -> bool:
     from pathlib import Path
 
@@ -66,11 +82,13 @@ def _gone(pid: int) -> bool:
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="parent-death signal: Linux")
-def test_workers_end_with_the_main_process_even_after_kill_9(tmp_path):
-    """A killed `ccua compare` must not leave workers training on into its run folders."""
+@pytest.mark.parametrize("job", ["_write_pid_and_sleep", "_write_pid_and_stop_on_signal"])
+def test_workers_end_with_the_main_process_even_after_kill_9(tmp_path, job):
+    """A killed `ccua compare` must not leave workers training on into its run folders, nor
+    workers that stopped their training cleanly waiting for a next job that never comes."""
     script = ("from ccua.jobs import Job, run_jobs\n"
-              "from tests.test_jobs import _write_pid_and_sleep\n"
-              f"run_jobs([Job(n, _write_pid_and_sleep, ({str(tmp_path)!r},)) for n in 'ab'], workers=2)\n")
+              f"from tests.test_jobs import {job}\n"
+              f"run_jobs([Job(n, {job}, ({str(tmp_path)!r},)) for n in 'ab'], workers=2)\n")
     main = subprocess.Popen([sys.executable, "-c", script], cwd=Path(__file__).parent.parent)
     try:
         deadline = time.monotonic() + 120

@@ -9,7 +9,8 @@ have succeeded, and is skipped if one failed. Among the jobs ready to start, the
 list goes first, so the list order is the priority. A job that fails is reported with its name
 and does not stop the others. On Linux the workers do not outlive the main process: when it ends
 (``kill``, even ``kill -9``), each worker gets SIGTERM, on which a training writes a checkpoint and
-stops, so the next call resumes it and no orphan keeps writing into a run folder.
+stops, so the next call resumes it and no orphan keeps writing into a run folder. A worker whose
+main process is gone exits after its job, whatever the job did with the signal.
 """
 
 from __future__ import annotations
@@ -63,6 +64,7 @@ def threads_per_job(jobs: int, cores: int | None = None) -> int:
 
 
 _slot = 0  # this worker's number among the side-by-side workers (0 in the main process)
+_parent: int | None = None  # the main process's id, in a worker
 
 
 def worker_slot() -> int:
@@ -83,8 +85,9 @@ def _end_with_parent(parent: int) -> None:
 def _init_worker(threads: int, counter: Any, log_level: int, parent: int) -> None:
     import torch
 
-    global _slot
+    global _slot, _parent
 
+    _parent = parent
     _end_with_parent(parent)
     torch.set_num_threads(threads)
     os.environ["OMP_NUM_THREADS"] = str(threads)
@@ -127,7 +130,7 @@ def run_jobs(jobs: list[Job], workers: int = 1) -> list[JobResult]:
                     results[job.name] = skipped
                     waiting.remove(job)
                 elif len(running) < workers and all(dep in results for dep in job.after):
-                    running[pool.submit(job.function, *job.args, **job.kwargs)] = job
+                    running[pool.submit(_call_in_worker, job.function, job.args, job.kwargs)] = job
                     waiting.remove(job)
             if not running:
                 continue
@@ -141,6 +144,20 @@ def run_jobs(jobs: list[Job], workers: int = 1) -> list[JobResult]:
                     results[job.name] = JobResult(job.name, error=f"{type(error).__name__}: {error}")
                     log.error("failed: %s: %s", job.name, error)
     return [results[job.name] for job in jobs]
+
+
+def _call_in_worker(function: Callable[..., Any], args: tuple, kwargs: dict[str, Any]) -> Any:
+    """``function(*args, **kwargs)``, then exit if the main process has ended meanwhile.
+
+    A job may turn the parent-death SIGTERM into a clean stop (a training checkpoints and raises
+    SystemExit); the pool would send that outcome to nobody and wait for the next job forever.
+    """
+    try:
+        return function(*args, **kwargs)
+    finally:
+        if _parent is not None and os.getppid() != _parent:
+            logging.shutdown()
+            os._exit(1)
 
 
 def _skipped(job: Job, results: dict[str, JobResult]) -> JobResult | None:
