@@ -4,7 +4,8 @@ For each report folder of the comparison (fixed / tuned guidance, each reference
 sample std over seeds per variant, and each variant's paired difference to the baseline with its
 95% t interval (``summary.csv`` and ``differences.csv``), for the metrics that answer "does it
 help the tail": overall FID / KID / recall / class accuracy, and per group FID / recall / class
-accuracy / near-copy share. Example:
+accuracy / near-copy share. Further reports beside it (``<out>/report_*``, made with ``ccua report``
+from the same runs) are printed too. Example:
     python bench/study_tables.py runs/study_fashion_mnist_lt
 """
 
@@ -79,7 +80,10 @@ def main() -> None:
     parser.add_argument("out", help="the comparison's output folder (holding report/ and guidance.json)")
     args = parser.parse_args()
     out = Path(args.out)
-    folders = [out / "report"] + sorted(p for p in (out / "report").iterdir() if (p / "summary.csv").exists())
+    # the comparison's reports, then any further ones made from its runs (``ccua report --out
+    # <out>/report_<what>``, e.g. paired to another baseline than plain)
+    folders = ([out / "report"] + sorted(p for p in (out / "report").iterdir() if p.is_dir())
+               + sorted(out.glob("report_*")))
     for folder in folders:
         if not (folder / "summary.csv").exists():
             continue
