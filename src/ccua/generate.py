@@ -20,7 +20,6 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import Tensor, nn
-from tqdm.auto import tqdm
 
 from ccua.build import build_model, build_objective, stored_config
 from ccua.checkpoint import load_checkpoint
@@ -30,6 +29,7 @@ from ccua.data import classes_head_to_tail, is_latent, to_uint8
 from ccua.data.sources import open_npz
 from ccua.diffusion import guided_prediction
 from ccua.images import pil_image, save_grid
+from ccua.progress import progress_bar
 from ccua.runs import resolve_checkpoint, run_folder_of
 
 log = logging.getLogger(__name__)
@@ -90,7 +90,8 @@ def generate(model: nn.Module, objective, labels: Tensor, data_shape: tuple[int,
     chunks = chunk_count(len(labels), sample)
     outputs = [generate_chunk(model, objective, labels, data_shape, sample, seed, chunk, device,
                               progress and chunks == 1, decode).cpu()
-               for chunk in tqdm(range(chunks), desc="sampling", disable=not progress or chunks == 1, leave=False)]
+               for chunk in progress_bar(range(chunks), desc="sampling", disable=not progress or chunks == 1,
+                                         leave=False)]
     return torch.cat(outputs)
 
 
@@ -104,8 +105,8 @@ def generate_uint8(model: nn.Module, objective, labels: Tensor, data_shape: tupl
     """
     dist = dist or DistInfo(device=next(model.parameters()).device)
     chunks = chunk_count(len(labels), sample)
-    bar = tqdm(total=len(own_items(chunks, dist)), desc="sampling", disable=not (progress and dist.is_main),
-               leave=False)
+    bar = progress_bar(total=len(own_items(chunks, dist)), desc="sampling", disable=not (progress and dist.is_main),
+                       leave=False)
 
     def draw(chunk: int) -> np.ndarray:
         images = to_uint8(generate_chunk(model, objective, labels, data_shape, sample, seed, chunk, dist.device,

@@ -22,7 +22,8 @@ import numpy as np
 import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
-from tqdm.auto import tqdm
+
+from ccua.progress import progress_bar
 
 #: The factor SD-VAE latents are multiplied by so that they have roughly unit variance.
 LATENT_SCALE = 0.18215
@@ -127,7 +128,7 @@ def encode_dataset(dataset: Dataset, vae, path: str | os.PathLike, batch_size: i
     flipped: Tensor | None = None
     labels = torch.empty(n, dtype=torch.int64)
     start = 0
-    for images, batch_labels in tqdm(loader, desc="encoding", disable=not progress, leave=False):
+    for images, batch_labels in progress_bar(loader, desc="encoding", disable=not progress, leave=False):
         z = encode_images(vae, images, batch_size).to("cpu", dtype)
         if latents is None:
             latents = torch.empty((n, *z.shape[1:]), dtype=dtype)

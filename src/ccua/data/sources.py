@@ -25,7 +25,8 @@ from typing import Callable, Protocol
 
 import numpy as np
 from PIL import Image
-from tqdm.auto import tqdm
+
+from ccua.progress import progress_bar
 
 log = logging.getLogger(__name__)
 
@@ -165,8 +166,8 @@ class FolderSource:
 
         # Decoding releases the GIL, so threads read several files at once.
         with ThreadPoolExecutor(max_workers=workers or min(8, os.cpu_count() or 1)) as pool:
-            reasons = list(tqdm(pool.map(check, self.paths), total=len(self.paths), desc="verifying images",
-                                unit="file", disable=not progress, leave=False))
+            reasons = list(progress_bar(pool.map(check, self.paths), total=len(self.paths),
+                                        desc="verifying images", unit="file", disable=not progress, leave=False))
         return [(str(self.root / rel), reason) for rel, reason in zip(self.paths, reasons) if reason]
 
 

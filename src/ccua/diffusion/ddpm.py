@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor
-from tqdm.auto import tqdm
 
 from ccua.config import DiffusionConfig, SampleConfig
 from ccua.diffusion.base import NoisedBatch, Objective, PredictFn, expand_like, gaussian_like
+from ccua.progress import progress_bar
 
 #: the ancestral sampler's noise variance: beta_t (released, default) or the posterior's beta-tilde_t
 ANCESTRAL_VARIANCES = ("large", "posterior")
@@ -74,7 +74,7 @@ class DDPM(Objective):
         """
         x = noise
         times = self.sample_times(steps)
-        for i, t_now in enumerate(tqdm(times, desc="ddim", disable=not progress, leave=False)):
+        for i, t_now in enumerate(progress_bar(times, desc="ddim", disable=not progress, leave=False)):
             t_prev = times[i + 1] if i + 1 < len(times) else -1
             t = torch.full((x.shape[0],), t_now, device=x.device, dtype=torch.long)
             eps = predict(x, t).float()
@@ -104,7 +104,8 @@ class DDPM(Objective):
         if variance not in ANCESTRAL_VARIANCES:
             raise ValueError(f"variance {variance!r} is not one of: {', '.join(ANCESTRAL_VARIANCES)}")
         x = noise
-        for t_now in tqdm(range(self.timesteps - 1, -1, -1), desc="ddpm", disable=not progress, leave=False):
+        steps = range(self.timesteps - 1, -1, -1)
+        for t_now in progress_bar(steps, desc="ddpm", disable=not progress, leave=False):
             t = torch.full((x.shape[0],), t_now, device=x.device, dtype=torch.long)
             eps = predict(x, t).float()
             ab = self.alphas_cumprod[t_now].item()

@@ -9,15 +9,20 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor
-from tqdm.auto import tqdm
 
 from ccua.config import SampleConfig
 from ccua.diffusion.base import NoisedBatch, Objective, PredictFn, expand_like, gaussian_like
+from ccua.progress import progress_bar
 
 
 def _times(x: Tensor, value: float | Tensor) -> Tensor:
     """The model time as a float32 [B] tensor on x's device."""
     return torch.full((x.shape[0],), float(value), device=x.device, dtype=torch.float32)
+
+
+def _pairs(grid: list[float]) -> list[tuple[float, float]]:
+    """Consecutive (t_now, t_next) times of a sampling grid."""
+    return list(zip(grid[:-1], grid[1:]))
 
 
 class Flow(Objective):
@@ -54,7 +59,7 @@ class Flow(Objective):
         _check_steps(steps)
         x = noise.float()
         grid = torch.linspace(0.0, 1.0, steps + 1, dtype=torch.float64).tolist()
-        for t_now, t_next in tqdm(list(zip(grid[:-1], grid[1:])), desc="euler", disable=not progress, leave=False):
+        for t_now, t_next in progress_bar(_pairs(grid), desc="euler", disable=not progress, leave=False):
             x = x + (t_next - t_now) * predict(x, _times(x, t_now)).float()
         return x
 
@@ -64,7 +69,7 @@ class Flow(Objective):
         _check_steps(steps)
         x = noise.float()
         grid = torch.linspace(0.0, 1.0, steps + 1, dtype=torch.float64).tolist()
-        for t_now, t_next in tqdm(list(zip(grid[:-1], grid[1:])), desc="heun", disable=not progress, leave=False):
+        for t_now, t_next in progress_bar(_pairs(grid), desc="heun", disable=not progress, leave=False):
             dt = t_next - t_now
             v_now = predict(x, _times(x, t_now)).float()
             v_next = predict(x + dt * v_now, _times(x, t_next)).float()
@@ -77,7 +82,7 @@ class Flow(Objective):
         """Adaptive Dormand-Prince 5(4) through torchdiffeq (SiT's default ODE sampler and
         tolerances). The bar counts network evaluations, whose number is not known in advance."""
         odeint = _torchdiffeq_odeint()
-        bar = tqdm(desc="dopri5 (evaluations)", disable=not progress, leave=False)
+        bar = progress_bar(desc="dopri5 (evaluations)", disable=not progress, leave=False)
 
         def velocity(t: Tensor, x: Tensor) -> Tensor:
             bar.update(1)
@@ -124,7 +129,7 @@ class Flow(Objective):
             v = predict(x, _times(x, t)).float()
             return v + diffusion_norm * (t * v - x)
 
-        for t_now, t_next in tqdm(list(zip(grid[:-1], grid[1:])), desc="sde", disable=not progress, leave=False):
+        for t_now, t_next in progress_bar(_pairs(grid), desc="sde", disable=not progress, leave=False):
             dt = t_next - t_now
             diffusion = diffusion_norm * (1.0 - t_now)
             x = x + dt * drift(x, t_now) + (2.0 * diffusion * dt) ** 0.5 * gaussian_like(x, generator)

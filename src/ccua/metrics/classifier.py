@@ -19,12 +19,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from tqdm.auto import tqdm
 
 from ccua.devices import default_device
 from ccua.images import to_uint8_nchw
 from ccua.metrics.features import DatasetImages, FeatureNet
 from ccua.metrics.weights import file_sha256
+from ccua.progress import progress_bar
 
 logger = logging.getLogger(__name__)
 
@@ -123,7 +123,7 @@ def _fit(model: nn.Module, train_x: Tensor, train_y: Tensor, epochs: int, batch_
     steps_per_epoch = math.ceil(len(train_x) / batch_size)
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=5e-4)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=max(1, epochs * steps_per_epoch))
-    bar = tqdm(total=epochs * steps_per_epoch, desc="classifier", disable=not progress)
+    bar = progress_bar(total=epochs * steps_per_epoch, desc="classifier", disable=not progress)
     for _epoch in range(epochs):
         model.train()
         order = torch.randperm(len(train_x), generator=generator)

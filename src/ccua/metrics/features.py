@@ -15,12 +15,12 @@ from typing import Any, Protocol, Sequence
 import numpy as np
 import torch
 from torch import Tensor, nn
-from tqdm.auto import tqdm
 
 from ccua.devices import default_device
 from ccua.distributed import DistInfo, own_items, shared_map
 from ccua.images import convert_channels, resize_uint8, to_uint8_nchw
 from ccua.metrics.weights import state_hash
+from ccua.progress import progress_bar
 
 logger = logging.getLogger(__name__)
 
@@ -154,8 +154,8 @@ class FeatureNet(abc.ABC):
         starts = range(0, n, self.batch_size)
         with_logits = want_logits and self.has_logits
         mine = sum(min(self.batch_size, n - starts[k]) for k in own_items(len(starts), dist))
-        bar = tqdm(total=mine, desc=f"{desc} ({self.name})", unit="img",
-                   disable=not (self.progress and dist.is_main) or n == 0, leave=False)
+        bar = progress_bar(total=mine, desc=f"{desc} ({self.name})", unit="img",
+                           disable=not (self.progress and dist.is_main) or n == 0, leave=False)
 
         def batch(k: int) -> tuple[Tensor, Tensor | None]:
             stop = min(starts[k] + self.batch_size, n)

@@ -20,7 +20,6 @@ import torch
 from PIL import Image
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
-from tqdm.auto import tqdm
 
 from ccua.build import build_methods, build_model, build_objective, build_optimizer, check_config, stored_config
 from ccua.checkpoint import (RESUME_KEYS, CheckpointError, checkpoint_path, list_checkpoints, load_checkpoint,
@@ -30,6 +29,7 @@ from ccua.data import build_training_set, is_latent
 from ccua.data.batches import ResumableBatchSampler, batch_generator_seed, seed_everything
 from ccua.generate import generate_uint8, grid_labels, vae_decoder
 from ccua.images import save_grid
+from ccua.progress import progress_bar
 from ccua.runs import (LOSS_LOG, auto_resume, check_writable, checkpoint_folder, claim_run_dir, record_resume,
                        refuse_changes, resume_candidates, resume_changes, run_checkpoints, run_folder_of,
                        truncate_loss_log)
@@ -301,8 +301,9 @@ class Trainer:
         """
         train = self.config.train
         log_file = self._open_outputs()
-        progress = tqdm(total=train.steps, initial=self.step, disable=not (train.progress and self.dist.is_main),
-                        desc=self.config.name, dynamic_ncols=True)
+        progress = progress_bar(total=train.steps, initial=self.step,
+                                disable=not (train.progress and self.dist.is_main), desc=self.config.name,
+                                dynamic_ncols=True)
         try:
             with StopSignals() as self.signals:
                 self._loop(log_file, progress)
