@@ -104,8 +104,8 @@ class DDPM(Objective):
         if variance not in ANCESTRAL_VARIANCES:
             raise ValueError(f"variance {variance!r} is not one of: {', '.join(ANCESTRAL_VARIANCES)}")
         x = noise
-        steps = range(self.timesteps - 1, -1, -1)
-        for t_now in progress_bar(steps, desc="ddpm", disable=not progress, leave=False):
+        times = range(self.timesteps - 1, -1, -1)
+        for t_now in progress_bar(times, desc="ddpm", disable=not progress, leave=False):
             t = torch.full((x.shape[0],), t_now, device=x.device, dtype=torch.long)
             eps = predict(x, t).float()
             ab = self.alphas_cumprod[t_now].item()
