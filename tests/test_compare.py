@@ -2,7 +2,9 @@
 
 import csv
 import json
+from pathlib import Path
 
+import pytest
 import yaml
 
 from ccua.checkpoint import load_checkpoint
@@ -133,3 +135,20 @@ def test_only_keeps_named_variants_of_a_study_file_and_refuses_unknown_ones(tmp_
         load_study(study, only=["plain", "oclt"])
     assert main(["compare", "cifar10_lt", "--only", "plain"]) == 2
     assert "--only picks variants of a study file" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("study", sorted(Path(__file__).parents[1].glob("studies/*.yaml")), ids=lambda p: p.stem)
+def test_the_shipped_study_files_plan_runs_with_the_settings_they_name(study):
+    """A misspelt override or preset in a shipped study would only fail hours into the study."""
+    from ccua.compare import load_study, planned_runs
+
+    runs = planned_runs(load_study(study))
+    assert runs and len({run.name for run in runs}) == len(runs)
+    for run in runs:
+        ccua = run.config.method.ccua
+        if "x10" in run.variant:
+            assert (ccua.alpha, ccua.gamma) == (10, 10)
+        if "tau0.5" in run.variant:
+            assert ccua.temperature == 0.5
+        if run.variant in {"plain", "ccua"}:
+            assert (ccua.alpha, ccua.gamma, ccua.temperature) == (1, 1, 0.1)
