@@ -25,3 +25,16 @@ def test_a_terminal_keeps_tqdms_default_and_an_explicit_interval_wins():
         assert bar.mininterval == 0.1
     with progress_bar(total=1, file=io.StringIO(), mininterval=2.0) as bar:
         assert bar.mininterval == 2.0
+
+
+def test_the_training_bar_in_a_log_file_is_not_redrawn_at_every_logged_loss(tmp_path, capsys):
+    """The trainer shows the loss beside its bar; updating it must not force a redraw each time."""
+    from ccua.config import config_from_dict
+    from ccua.training.trainer import Trainer
+    from tests.conftest import tiny_config_dict
+
+    config = tiny_config_dict(tmp_path / "runs", method={"names": ["plain"]},
+                              train={"steps": 12, "log_every": 1, "ckpt_every": 12, "progress": True})
+    Trainer(config_from_dict(config), device="cpu").train()
+    bar_lines = [part for part in capsys.readouterr().err.split("\r") if part.startswith("tiny:")]
+    assert 1 <= len(bar_lines) <= 3, bar_lines  # the opening, the closing, at most one 30-s redraw

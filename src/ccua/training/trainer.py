@@ -359,7 +359,8 @@ class Trainer:
                               images_per_sec=interval_steps * train.batch_size / elapsed)
                 if self.dist.is_main:
                     self._log(record, log_file)
-                    progress.set_postfix(loss=f"{record['total']:.4f}")
+                    # refresh=False: shown at the bar's next redraw, which keeps its interval in a log file
+                    progress.set_postfix(loss=f"{record['total']:.4f}", refresh=False)
                 running, interval_start, interval_steps = {}, time.perf_counter(), 0
             if self.stop_agreed:
                 break  # to the checkpoint at once: the time until the kill is short
