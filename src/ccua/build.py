@@ -28,6 +28,7 @@ from ccua.methods import METHODS, PLAIN, Method, check_combination
 from ccua.metrics import FEATURE_NETS
 from ccua.models import BACKBONES
 from ccua.models.dit import resolve_dit_size, size_from_config
+from ccua.models.unet import UNet
 
 #: ``train.optimizer`` -> the optimizer class
 OPTIMIZERS: dict[str, type[torch.optim.Optimizer]] = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}
@@ -95,6 +96,7 @@ def _choice_problems(config: Config) -> Iterator[str]:
         "train.proxy_features": (config.train.proxy_features, FEATURE_NETS),
         "sample.sampler": (config.sample.sampler, SAMPLERS),
         "sample.ddpm_variance": (config.sample.ddpm_variance, ANCESTRAL_VARIANCES),
+        "model.unet.null_embedding": (config.model.unet.null_embedding, UNet.NULL_EMBEDDINGS),
     }
     for name, method in METHODS.items():
         section = getattr(config.method, name)

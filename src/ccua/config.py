@@ -55,6 +55,10 @@ class UNetConfig:
     attn_resolutions: list[int] = field(default_factory=lambda: [16])
     num_res_blocks: int = 2
     dropout: float = 0.1
+    # What the unconditional pass (the null label) adds to the time embedding: zero = nothing, as
+    # the released U-Net (its unconditional call passes no label); learned = a trained embedding
+    # row of its own, as DiT. Configs stored before this setting existed were trained learned.
+    null_embedding: str = "zero"
 
 
 @dataclass
@@ -317,8 +321,14 @@ def _merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
 
 def with_defaults(values: dict[str, Any] | None, stored: bool = False) -> dict[str, Any]:
     """A (possibly partial, possibly older) config mapping completed with today's defaults, old
-    key names moved to the new ones (:func:`upgrade_keys`)."""
-    return _merge(Config().to_dict(), upgrade_keys(values or {}, "config", stored))
+    key names moved to the new ones (:func:`upgrade_keys`); a stored config also gets the values
+    its run was trained with for settings added since (:data:`STORED_DEFAULTS`)."""
+    values = upgrade_keys(values or {}, "config", stored)
+    if stored:
+        for key, value in STORED_DEFAULTS.items():
+            if not _get_dotted(values, key)[0]:
+                _set_dotted(values, key, value)
+    return _merge(Config().to_dict(), values)
 
 
 def config_from_dict(values: dict[str, Any], stored: bool = False) -> Config:
@@ -347,6 +357,9 @@ MOVED_KEYS = {
     **{f"model.{key}": f"model.dit.{key}" for key in ("depth", "hidden_size", "num_heads", "patch_size", "mlp_ratio",
                                                       "encoder_depth")},
 }
+#: settings added after runs were already stored, with the value those runs were trained with
+#: where it differs from today's default: a stored config without the key means this value
+STORED_DEFAULTS = {"model.unet.null_embedding": "learned"}
 #: the DiT settings a named size decides
 DIT_SIZE_FIELDS = ("depth", "hidden_size", "num_heads", "patch_size", "mlp_ratio")
 _warned_keys: set[str] = set()

@@ -98,19 +98,26 @@ class UNetContext:
 
 
 class UNet(nn.Module):
-    """Class-conditional DDPM U-Net. Label ``num_classes`` is the learned null class."""
+    """Class-conditional DDPM U-Net. Label ``num_classes`` is the null class: with
+    ``null_embedding="zero"`` (the released U-Net) it adds nothing to the time embedding, with
+    ``"learned"`` it has a trained embedding row of its own."""
+
+    NULL_EMBEDDINGS = ("zero", "learned")
 
     @classmethod
     def from_config(cls, config: UNetConfig, in_channels: int, num_classes: int, resolution: int) -> "UNet":
         """The U-Net of the ``model.unet`` settings for data of the given shape and class count."""
         return cls(in_channels=in_channels, num_classes=num_classes, resolution=resolution, ch=config.ch,
                    ch_mult=tuple(config.ch_mult), attn_resolutions=tuple(config.attn_resolutions),
-                   num_res_blocks=config.num_res_blocks, dropout=config.dropout)
+                   num_res_blocks=config.num_res_blocks, dropout=config.dropout,
+                   null_embedding=config.null_embedding)
 
     def __init__(self, in_channels: int, num_classes: int, resolution: int, ch: int = 128,
                  ch_mult: tuple[int, ...] = (1, 2, 2, 2), attn_resolutions: tuple[int, ...] = (16,),
-                 num_res_blocks: int = 2, dropout: float = 0.1):
+                 num_res_blocks: int = 2, dropout: float = 0.1, null_embedding: str = "zero"):
         super().__init__()
+        if null_embedding not in self.NULL_EMBEDDINGS:
+            raise ValueError(f"null_embedding must be one of {self.NULL_EMBEDDINGS}, got {null_embedding!r}")
         if resolution % (2 ** (len(ch_mult) - 1)):
             raise ValueError(f"resolution {resolution} is not divisible by 2^{len(ch_mult) - 1} (ch_mult {ch_mult})")
         self.in_channels = in_channels
@@ -119,7 +126,11 @@ class UNet(nn.Module):
         self.ch = ch
         emb_dim = ch * 4
         self.time_mlp = nn.Sequential(nn.Linear(ch, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
-        self.class_emb = nn.Embedding(num_classes + 1, emb_dim)
+        self.null_embedding = null_embedding
+        # The null row exists in both conventions, so checkpoints have one layout; as padding_idx it
+        # starts at zero and gets no gradient, so it stays the zero vector through training and EMA.
+        self.class_emb = nn.Embedding(num_classes + 1, emb_dim,
+                                      padding_idx=self.null_label if null_embedding == "zero" else None)
         self.conv_in = nn.Conv2d(in_channels, ch, 3, padding=1)
 
         self.down = nn.ModuleList()
