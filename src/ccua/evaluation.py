@@ -217,7 +217,7 @@ def training_copies(images: np.ndarray, labels: np.ndarray, data: DataConfig, re
                                   f"images {train_images.shape[1:]} differ in shape")
         return None
     groups = {name: row["classes"] for name, row in result["groups"].items()}
-    return memorisation(generated, labels, train_images, train.labels, groups, hflip=data.hflip)
+    return memorisation(generated, labels, train_images, train.labels, groups)
 
 
 def _provenance(info: dict[str, Any], npz: Path, reference_split: str, reference_stats, result) -> dict[str, Any]:

@@ -10,9 +10,9 @@ from typing import Callable
 from ccua.report.grids import tail_grid
 from ccua.report.metrics_files import copies_table, format_table, library_versions, load_metrics, write_metrics
 from ccua.report.plots import available_metric, plot_per_class
-from ccua.report.tables import (COPY_METRICS, GROUP_METRICS, OVERALL_METRICS, Run, comparability_notes,
-                                find_metrics_file, group_key, group_names, load_runs, markdown_table, metric_columns,
-                                paired_markdown, paired_rows, run_row, summary_markdown, summary_rows, write_csv)
+from ccua.report.tables import (COPY_METRICS, GROUP_METRICS, OVERALL_METRICS, WHOLE_SET_COPY_METRICS, Run,
+                                comparability_notes, find_metrics_file, group_key, group_names, load_runs,
+                                markdown_table, metric_columns, paired_markdown, paired_rows, run_row, summary_markdown, summary_rows, write_csv)
 
 logger = logging.getLogger(__name__)
 
@@ -68,9 +68,10 @@ def make_report(metric_files_or_run_dirs: list[str | Path], out_dir: str | Path,
 def _shown_columns(rows: list[dict], groups: list[str]) -> list[str]:
     """The comparison table's columns: overall numbers, then each group's image count and numbers,
     leaving out columns no run has."""
-    shown = ["name", "seed", "guidance", "n_gen"] + [column for _, column in OVERALL_METRICS + COPY_METRICS]
+    copy_metrics = COPY_METRICS + WHOLE_SET_COPY_METRICS
+    shown = ["name", "seed", "guidance", "n_gen"] + [column for _, column in OVERALL_METRICS + copy_metrics]
     for group in groups:
-        shown += [f"n_gen_{group}"] + [f"{column}_{group}" for _, column in GROUP_METRICS + COPY_METRICS]
+        shown += [f"n_gen_{group}"] + [f"{column}_{group}" for _, column in GROUP_METRICS + copy_metrics]
     return [c for c in shown if c in ("name", "seed", "guidance") or any(r.get(c) is not None for r in rows)]
 
 

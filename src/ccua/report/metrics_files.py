@@ -95,14 +95,25 @@ def format_table(result: dict[str, Any], per_class: bool = True) -> str:
 
 
 def copies_table(copies: dict[str, Any] | None) -> list[str]:
-    """Markdown lines: the share of near-copies of training images overall and per group."""
+    """Markdown lines: the share of near-copies of training images overall and per group, within
+    the class and against the whole training set, and the distinct training images hit."""
     if not copies:
         return []
-    rows = [[name, str(row["n"]), str(row["copies"]), _fmt(row["copy_share"], 3), _fmt(row["median_ratio"], 3)]
-            for name, row in [("overall", copies["overall"]), *copies["groups"].items()]]
-    return ["", f"Near-copies of training images (nearest / second-nearest training image of the class < "
-                f"{copies['threshold']:.3g}, {copies['space']}):", "",
-            *markdown(["subset", "n", "copies", "share", "median ratio"], rows).split("\n")]
+    whole = copies.get("whole_set") or {}
+    whole_rows = {"overall": whole.get("overall"), **(whole.get("groups") or {})}
+    rows = []
+    for name, row in [("overall", copies["overall"]), *copies["groups"].items()]:
+        other = whole_rows.get(name) or {}
+        rows.append([name, str(row["n"]), str(row["copies"]), _fmt(row["copy_share"], 3),
+                     _fmt(row["median_ratio"], 3), _fmt(other.get("copy_share"), 3),
+                     "-" if other.get("copies_of_other_class") is None else str(other["copies_of_other_class"]),
+                     "-" if row.get("distinct_nearest") is None else str(row["distinct_nearest"]),
+                     "-" if row.get("n_train") is None else str(row["n_train"])])
+    return ["", f"Near-copies of training images (nearest / second-nearest training image < "
+                f"{copies['threshold']:.3g}; {copies['space']}): within the class, and against the whole "
+                "training set:", "",
+            *markdown(["subset", "n", "copies", "share", "median ratio", "share (whole set)", "of another class",
+                       "distinct nearest", "train images"], rows).split("\n")]
 
 
 def _describe_reference(reference: dict[str, Any]) -> str:

@@ -23,7 +23,9 @@ GROUP_METRICS = (("fid", "fid"), ("kid_mean", "kid"), ("precision", "precision")
                  ("class_accuracy", "class_accuracy"))
 #: from metrics.json "memorisation": the share of generated images that are near-copies of a training
 #: image, and the median nearest / second-nearest distance ratio (lower = closer to copies)
-COPY_METRICS = (("copy_share", "copies"), ("median_ratio", "nn_ratio"))
+COPY_METRICS = (("copy_share", "copies"), ("median_ratio", "nn_ratio"), ("distinct_nearest", "distinct_nn"))
+#: from its "whole_set" part: the same test against every training image, not only the class's
+WHOLE_SET_COPY_METRICS = (("copy_share", "copies_any"),)
 _SEED_SUFFIX = re.compile(r"[-_.]?(seed|s)[-_]?\d+$", re.IGNORECASE)
 
 
@@ -109,14 +111,19 @@ def run_row(run: Run, groups: list[str]) -> dict[str, Any]:
     for key, column in OVERALL_METRICS:
         row[column] = overall.get(key)
     copies = m.get("memorisation") or {}
+    whole = copies.get("whole_set") or {}
     for key, column in COPY_METRICS:
         row[column] = (copies.get("overall") or {}).get(key)
+    for key, column in WHOLE_SET_COPY_METRICS:
+        row[column] = (whole.get("overall") or {}).get(key)
     for group in groups:
         values = m.get("groups", {}).get(group, {})
         for key, column in GROUP_METRICS:
             row[f"{column}_{group}"] = values.get(key)
         for key, column in COPY_METRICS:
             row[f"{column}_{group}"] = (copies.get("groups", {}).get(group) or {}).get(key)
+        for key, column in WHOLE_SET_COPY_METRICS:
+            row[f"{column}_{group}"] = (whole.get("groups", {}).get(group) or {}).get(key)
         row[f"n_gen_{group}"], row[f"n_ref_{group}"] = values.get("n_gen"), values.get("n_ref")
     return row
 
@@ -126,9 +133,10 @@ def _is_number(value: Any) -> bool:
 
 
 def metric_columns(groups: list[str]) -> list[str]:
-    columns = [column for _, column in OVERALL_METRICS + COPY_METRICS]
+    copy_metrics = COPY_METRICS + WHOLE_SET_COPY_METRICS
+    columns = [column for _, column in OVERALL_METRICS + copy_metrics]
     for group in groups:
-        columns += [f"{column}_{group}" for _, column in GROUP_METRICS + COPY_METRICS]
+        columns += [f"{column}_{group}" for _, column in GROUP_METRICS + copy_metrics]
     return columns
 
 
