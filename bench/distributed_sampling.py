@@ -111,7 +111,7 @@ def main() -> None:
         checkpoint = _checkpoint(args, folder)
         for processes in counts:
             sample_args = ["-m", "ccua.cli", "sample", checkpoint, "--out", str(folder / f"samples{processes}"),
-                           "--per-class", str(args.per_class), "--steps", str(args.steps), "--batch-size",
+                           "--per-class", str(args.per_class), "--sampler-steps", str(args.steps), "--batch-size",
                            str(args.batch_size), "--no-png", "--device", args.device]
             rows.setdefault("`ccua sample`, whole command", {})[processes] = _launch(processes, sample_args,
                                                                                      args.threads)

@@ -27,7 +27,7 @@ if [[ ! -f $CLASSIFIER ]]; then
 fi
 
 echo "== evaluation (ccua evaluate) =="
-$CCUA evaluate "$RUN" --features classifier --feature-path "$CLASSIFIER" --per-class 50 --steps 25
+$CCUA evaluate "$RUN" --features classifier --feature-path "$CLASSIFIER" --per-class 50 --sampler-steps 25
 
 echo
 echo "run folder:        $RUN"

@@ -27,6 +27,16 @@ def tiny_config_dict(out_dir: Path, **sections) -> dict:
     return merge_sections(base, sections)
 
 
+def assert_close_to_scale(actual: torch.Tensor, expected: torch.Tensor, rel: float = 1e-5) -> None:
+    """``actual`` equals ``expected`` up to float rounding of another summation order: every element
+    within ``rel`` times the largest magnitude in ``expected`` (an element near zero is held to the
+    tensor's scale, not its own, so CPUs that sum in another order pass alike)."""
+    assert actual.shape == expected.shape, (actual.shape, expected.shape)
+    scale = expected.abs().max().item()
+    difference = (actual.double() - expected.double()).abs().max().item()
+    assert difference <= rel * scale, f"largest difference {difference:.3g} exceeds {rel:g} x scale {scale:.3g}"
+
+
 def merge_sections(base: dict, changes: dict) -> dict:
     """``base`` with ``changes`` merged in, section by section and key by key."""
     out = dict(base)

@@ -76,7 +76,7 @@ def test_bad_input_gives_one_line_and_exit_code_2(tmp_path):
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [
         "ccua: error: unknown config key 'chh' in 'model.unet' (valid keys: ch, ch_mult, attn_resolutions, "
-        "num_res_blocks, dropout)"]
+        "num_res_blocks, dropout, null_embedding)"]
     missing = subprocess.run([sys.executable, "-m", "ccua.cli", "sample", str(tmp_path / "nothing")],
                              capture_output=True, text=True)
     assert missing.returncode == 2 and "neither a run folder nor a checkpoint" in missing.stderr

@@ -12,6 +12,13 @@ from ccua.cli import main
 from tests.conftest import tiny_config_dict
 
 
+def metrics_file(run_dir: Path, step: int, guidance: float = 1.0, reference: str = "train") -> Path:
+    """The one metrics.json of a run's evaluation at ``step`` and ``guidance`` against ``reference``."""
+    found = list((run_dir / "eval").glob(f"step{step:07d}_*_w{guidance:g}_n*_{reference}-*/metrics.json"))
+    assert len(found) == 1, f"{len(found)} evaluations of step {step}, w {guidance}, {reference} in {run_dir}"
+    return found[0]
+
+
 def test_compare_two_methods_writes_the_report_and_skips_finished_runs(tmp_path, capsys):
     config = tmp_path / "tiny.yaml"
     config.write_text(yaml.safe_dump(tiny_config_dict(tmp_path / "unused")))
@@ -26,8 +33,8 @@ def test_compare_two_methods_writes_the_report_and_skips_finished_runs(tmp_path,
     assert all(float(r["fid"]) > 0 for r in rows)
     assert (report / "comparison.md").exists() and (report / "per_class.png").exists()
     assert (report / "tail_grid.png").exists()
-    metrics = json.loads((out / "runs" / "ccua-s0" / "eval" / "step0000002_w1_n3" / "metrics.json").read_text())
-    assert metrics["provenance"]["step"] == 2 and metrics["provenance"]["guidance"] == 1.0
+    metrics = json.loads(metrics_file(out / "runs" / "ccua-s0", 2).read_text())
+    assert metrics["provenance"]["step"] == 2 and metrics["record"]["samples"]["sample"]["guidance"] == 1.0
     assert metrics["provenance"]["feature_net"] == "random"
     # a second call trains nothing: the finished runs are skipped
     stamp = (out / "runs" / "plain-s0" / "checkpoints" / "0000002.pt").stat().st_mtime_ns
@@ -37,8 +44,8 @@ def test_compare_two_methods_writes_the_report_and_skips_finished_runs(tmp_path,
     longer = list(args)
     longer[longer.index("--steps") + 1] = "3"
     assert main(longer) == 0
-    assert (out / "runs" / "plain-s0" / "eval" / "step0000003_w1_n3" / "metrics.json").exists()
-    assert (out / "runs" / "plain-s0" / "eval" / "step0000002_w1_n3" / "metrics.json").exists()
+    assert metrics_file(out / "runs" / "plain-s0", 3).exists()
+    assert metrics_file(out / "runs" / "plain-s0", 2).exists()
 
 
 def test_evaluate_a_sample_folder(tmp_path, capsys):
@@ -50,8 +57,8 @@ def test_evaluate_a_sample_folder(tmp_path, capsys):
     assert main(["evaluate", str(tmp_path / "s"), "--features", "random", "--max-reference", "100"]) == 0
     printed = capsys.readouterr().out
     assert "head" in printed and "tail" in printed
-    metrics = json.loads((tmp_path / "s" / "eval" / "metrics.json").read_text())
-    assert metrics["provenance"]["sampler"] == "ddim" and metrics["provenance"]["steps"] == 2
+    metrics = json.loads(next((tmp_path / "s" / "eval").glob("samples_train-*/metrics.json")).read_text())
+    assert metrics["provenance"]["sample"]["sampler"] == "ddim" and metrics["provenance"]["sample"]["steps"] == 2
     assert metrics["groups"]["tail"]["n_gen"] == 9
 
 
@@ -74,14 +81,14 @@ def test_a_study_file_runs_variants_side_by_side_with_paired_differences(tmp_pat
     # the baseline alone first (--only), then the whole study, which skips the baseline's finished work
     assert main(["compare", str(study), "--out", str(out), "--only", "plain"]) == 0
     assert sorted(p.name for p in (out / "runs").iterdir()) == ["plain-s0", "plain-s1"]
-    stamp = (out / "runs" / "plain-s0" / "eval" / "step0000002_w1_n3" / "metrics.json").stat().st_mtime_ns
+    stamp = metrics_file(out / "runs" / "plain-s0", 2).stat().st_mtime_ns
     assert main(["compare", str(study), "--out", str(out)]) == 0
-    assert (out / "runs" / "plain-s0" / "eval" / "step0000002_w1_n3" / "metrics.json").stat().st_mtime_ns == stamp
+    assert metrics_file(out / "runs" / "plain-s0", 2).stat().st_mtime_ns == stamp
     runs = sorted(p.name for p in (out / "runs").iterdir())
     assert runs == ["cheap-s0", "cheap-s1", "plain-s0", "plain-s1", "strong-s0"]
     trained = yaml.safe_load((out / "runs" / "cheap-s1" / "config.yaml").read_text())
     assert trained["method"]["ccua"]["uncond_fraction"] == 0.25 and trained["train"]["seed"] == 1
-    test_ref = json.loads((out / "runs" / "plain-s0" / "eval" / "step0000002_w1_n3_test" / "metrics.json").read_text())
+    test_ref = json.loads(metrics_file(out / "runs" / "plain-s0", 2, reference="test").read_text())
     assert test_ref["provenance"]["reference_split"] == "test"
     assert test_ref["memorisation"]["overall"]["n"] == 30  # 3 images x 10 classes, each checked
     assert (out / "report" / "fixed_test" / "comparison.md").exists()

@@ -21,6 +21,13 @@ from ccua.generate import initial_noise, load_sample_file, save_samples
 SPLIT_COUNTS = [2, 5, 20]
 
 
+def _only_metrics(root):
+    """The metrics.json of the one evaluation under ``root`` (its folder is named by its record)."""
+    found = list(root.glob("*/metrics.json"))
+    assert len(found) == 1, found
+    return found[0]
+
+
 def _write_pngs(folder, count, colour, size=6, mode="RGB"):
     folder.mkdir(parents=True, exist_ok=True)
     rng = np.random.RandomState(len(str(folder)) + count)
@@ -115,7 +122,7 @@ def test_an_imbalanced_reference_is_named_in_the_metrics(split_folder, tmp_path,
     images = np.full((6, 6, 6, 3), 128, dtype=np.uint8)
     save_samples(tmp_path / "adm.npz", images, np.array([0, 0, 1, 1, 2, 2]))
     assert main(["evaluate", str(tmp_path / "adm.npz"), *_overrides(split_folder), "--features", "random"]) == 0
-    metrics = json.loads((tmp_path / "eval_adm" / "metrics.json").read_text())
+    metrics = json.loads(_only_metrics(tmp_path / "eval_adm").read_text())
     assert metrics["reference"]["balanced"] is False and metrics["reference"]["per_class_max"] == 20
     assert any("not balanced" in w and "--reference test" in w for w in metrics["warnings"])
     # the training counts come from the data config here (no sample_info.json): class 2 is the head
@@ -134,10 +141,10 @@ def test_evaluate_reads_exactly_the_npz_named_in_either_layout(split_folder, tmp
              arr_1=np.repeat(np.arange(3), 3))  # as DiT/ADM write samples
     args = [*_overrides(split_folder), "--features", "random", "--reference", "test"]
     assert main(["evaluate", str(tmp_path / "other.npz"), *args]) == 0
-    other = json.loads((tmp_path / "eval_other" / "metrics.json").read_text())
+    other = json.loads(_only_metrics(tmp_path / "eval_other").read_text())
     assert other["generated"]["n"] == 9 and other["provenance"]["samples"] == str(tmp_path / "other.npz")
     assert main(["evaluate", str(tmp_path), *args]) == 0  # a folder: its images.npz, named keys
-    named = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    named = json.loads(_only_metrics(tmp_path / "eval").read_text())
     assert named["generated"]["n"] == 4 and named["generated"]["per_class"] == [2, 2, 0]
 
 
@@ -163,7 +170,7 @@ def test_published_reference_statistics_give_the_overall_fid(tmp_path, monkeypat
     np.savez(tmp_path / "samples.npz", arr_0=images)  # no labels: none are needed for the overall FID
     assert main(["evaluate", str(tmp_path / "samples.npz"), "--reference-stats", str(tmp_path / "ref.npz"),
                  "--features", "random"]) == 0
-    metrics = json.loads((tmp_path / "eval_samples" / "metrics.json").read_text())
+    metrics = json.loads(_only_metrics(tmp_path / "eval_samples").read_text())
     assert metrics["overall"]["fid"] == pytest.approx(0.0, abs=1e-6)  # the same images' statistics
     assert metrics["groups"] == {} and metrics["per_class"] == []
     assert "groups and per-class numbers need the reference images" in metrics["notes"]["reference_stats"]

@@ -25,8 +25,12 @@ from tests.conftest import merge_sections, tiny_config_dict
 STEPS = {"steps": 6, "ckpt_every": 3, "log_every": 1}
 
 
-def _config(out_dir, name="tiny", **train_settings):
-    return config_from_dict(tiny_config_dict(out_dir, name=name, train={**STEPS, **train_settings}))
+def _config(out_dir, name="tiny", model=None, **train_settings):
+    return config_from_dict(tiny_config_dict(out_dir, name=name, train={**STEPS, **train_settings}, model=model or {}))
+
+
+#: a run of the time before the U-Net's null class was a setting: it had a learned null row
+BEFORE_NULL_SETTING = {"unet": {"null_embedding": "learned"}}
 
 
 @pytest.fixture(scope="module")
@@ -293,17 +297,26 @@ def test_rows_logged_after_the_checkpoint_are_dropped_on_resume(tmp_path, finish
 
 # ------------------------------------------------------------------ checkpoints of the flat model layout
 
+@pytest.fixture(scope="module")
+def finished_learned_null_run(tmp_path_factory) -> Path:
+    """As ``finished_run``, with the learned null row that runs of the flat layout had."""
+    return train(_config(tmp_path_factory.mktemp("finished_learned") / "runs", model=BEFORE_NULL_SETTING))
+
+
 def _flat_layout(config: dict) -> dict:
-    """A config dict as it was written before the U-Net and DiT settings got sections of their own."""
+    """A config dict as it was written before the U-Net and DiT settings got sections of their own
+    (and before the null class was a setting)."""
     model = config["model"]
-    flat = {"arch": model["arch"], **model["unet"], "dit_size": model["dit"]["size"],
+    unet = {k: v for k, v in model["unet"].items() if k != "null_embedding"}
+    flat = {"arch": model["arch"], **unet, "dit_size": model["dit"]["size"],
             **{k: v for k, v in model["dit"].items() if k != "size"}}
     return {**config, "model": flat}
 
 
-def test_checkpoints_of_the_flat_model_layout_sample_and_resume_exactly(tmp_path, finished_run, caplog):
+def test_checkpoints_of_the_flat_model_layout_sample_and_resume_exactly(tmp_path, finished_learned_null_run, caplog):
     from ccua.generate import LoadedModel
 
+    finished_run = finished_learned_null_run
     run = _copy_run(finished_run, tmp_path / "runs")
     _interrupted(run)
     checkpoint = run / "checkpoints" / "0000003.pt"
@@ -315,7 +328,8 @@ def test_checkpoints_of_the_flat_model_layout_sample_and_resume_exactly(tmp_path
     with caplog.at_level("WARNING"):
         loaded = LoadedModel(run)
         assert loaded.step == 3 and loaded.config.model.unet.ch == 8
-        train(_config(tmp_path / "runs"), resume="latest")
+        assert loaded.config.model.unet.null_embedding == "learned"  # what runs of that layout had
+        train(_config(tmp_path / "runs", model=BEFORE_NULL_SETTING), resume="latest")
     assert not [r for r in caplog.records if r.name.startswith("ccua")]  # stored configs are read silently
     _assert_same_weights(_weights(run / "checkpoints" / "0000006.pt"),
                          _weights(finished_run / "checkpoints" / "0000006.pt"))

@@ -28,8 +28,8 @@ SRC = Path(ccua.__file__).parent
 #: the layers of the package, lowest first: a module may import its own layer and those below,
 #: never one above, not even inside a function
 LAYERS = [
-    {"config", "progress"},
-    {"devices", "images", "checkpoint", "runs", "jobs", "latent", "launch", "distributed", "data", "models",
+    {"config", "progress", "files"},
+    {"devices", "images", "checkpoint", "runs", "records", "jobs", "latent", "launch", "distributed", "data", "models",
      "diffusion"},
     {"methods", "metrics", "report"},
     {"build"},

@@ -110,9 +110,11 @@ def _sample(args: argparse.Namespace, dist) -> Path:
     from ccua.build import check_config
     from ccua.generate import LoadedModel, sample_to_folder
 
+    changes = _sample_changes(args.overrides, "sample", ("sample",))
     loaded = LoadedModel(args.run, use_ema=not args.no_ema, device=dist.device)
-    changes = {k: v for k, v in {"sampler": args.sampler, "steps": args.steps, "eta": args.eta,
-                                  "guidance": args.guidance, "batch_size": args.batch_size}.items() if v is not None}
+    changes.update({k: v for k, v in {"sampler": args.sampler, "steps": _sampler_steps(args), "eta": args.eta,
+                                       "guidance": args.guidance, "batch_size": args.batch_size}.items()
+                    if v is not None})
     sample = dataclasses.replace(loaded.config.sample, **changes, use_ema=loaded.use_ema)
     check_config(dataclasses.replace(loaded.config, sample=sample))  # the sampler fits the objective
     labels = None
@@ -125,6 +127,39 @@ def _sample(args: argparse.Namespace, dist) -> Path:
     out = args.out or loaded.run_dir / "samples" / f"step{loaded.step:07d}_{sample.sampler}{sample.steps}_w{sample.guidance:g}_seed{args.seed}"
     return sample_to_folder(loaded, out, sample, labels=labels, per_class=args.per_class, seed=args.seed,
                             write_pngs=not args.no_png, overwrite=args.overwrite, dist=dist)
+
+
+def _checked_overrides(overrides: list[str], command: str, sections: tuple[str, ...]) -> list[str]:
+    """``overrides`` when each names a setting of ``sections``; else a ConfigError (the others
+    change the training, which a trained run cannot)."""
+    for item in overrides:
+        key = item.split("=", 1)[0].strip()
+        if key.split(".")[0] not in sections:
+            allowed = " and ".join(f"{section}.*" for section in sections)
+            raise ConfigError(f"ccua {command} takes {allowed} overrides, got {key!r}: settings of the training "
+                              "belong to `ccua train`")
+    return overrides
+
+
+def _sample_changes(overrides: list[str], command: str, sections: tuple[str, ...]) -> dict:
+    """The sampler settings that ``sample.*`` overrides set, typed and range-checked."""
+    from ccua.config import Config, apply_overrides
+
+    wanted = [o for o in _checked_overrides(overrides, command, sections) if o.startswith("sample.")]
+    if not wanted:
+        return {}
+    changed = apply_overrides(Config(), wanted).sample
+    names = {o.split("=", 1)[0].strip().split(".")[1] for o in wanted}
+    return {name: getattr(changed, name) for name in names}
+
+
+def _sampler_steps(args: argparse.Namespace) -> int | None:
+    """--sampler-steps, or its old spelling --steps (with a warning: on `compare`, --steps means
+    training steps)."""
+    if args.steps is not None:
+        log.warning("--steps is now spelled --sampler-steps here (the sampler's steps; `ccua compare --steps` is "
+                    "the training budget)")
+    return args.sampler_steps if args.sampler_steps is not None else args.steps
 
 
 # --------------------------------------------------------------------------- data
@@ -216,14 +251,13 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from ccua.evaluation import evaluate_target
     from ccua.report import copies_table, format_table
 
-    data = None
-    if args.data or args.overrides:
-        preset, overrides = _split_preset(([args.data] if args.data else []) + args.overrides)
-        data = _load(preset, overrides).data
+    sample_changes = _sample_changes(args.overrides, "evaluate", ("data", "sample"))
+    data = _evaluation_data(args)
     with process_group(args.device) as dist:  # one process, or the processes of torchrun / srun sharing the work
         result, out = evaluate_target(
             args.target, args.out, features=args.features, feature_path=args.feature_path,
-            reference_split=args.reference, per_class=args.per_class, sampler=args.sampler, steps=args.steps,
+            reference_split=args.reference, per_class=args.per_class, sampler=args.sampler,
+            steps=_sampler_steps(args), sample_changes=sample_changes,
             guidance=args.guidance, seed=args.seed, use_ema=not args.no_ema, group_mode=args.groups,
             bf16=args.bf16, allow_download=args.allow_download, data=data, max_reference=args.max_reference,
             reference_stats=args.reference_stats, memorisation=not args.no_memorisation, dist=dist)
@@ -233,6 +267,20 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     print("\n".join(copies_table(result.get("memorisation"))))
     print(f"metrics: {out / 'metrics.json'}")
     return 0
+
+
+def _evaluation_data(args: argparse.Namespace):
+    """The reference data set: --data's (with data.* overrides), else the target's own with them
+    (None: the target's own, read where it is evaluated)."""
+    overrides = [o for o in args.overrides if o.startswith("data.")]
+    if args.data:
+        return _load(args.data, overrides).data
+    if not overrides:
+        return None
+    from ccua.config import apply_overrides
+    from ccua.evaluation import target_config
+
+    return apply_overrides(target_config(args.target), overrides).data
 
 
 def cmd_features(args: argparse.Namespace) -> int:
@@ -363,7 +411,9 @@ def _add_sample(sub) -> None:
     p.add_argument("--out", default=None, help="output folder (default: RUN/samples/<settings>)")
     p.add_argument("--sampler", default=None, choices=_Names(_samplers), metavar="SAMPLER",
                    help="%(choices)s: one of the run's objective (an error names the ones that fit)")
-    p.add_argument("--steps", type=positive_int, default=None)
+    p.add_argument("overrides", nargs="*", help="sample.* overrides, e.g. sample.clip_x0=true sample.ddpm_variance=posterior")
+    p.add_argument("--sampler-steps", type=positive_int, default=None, help="the sampler's number of steps")
+    p.add_argument("--steps", type=positive_int, default=None, help=argparse.SUPPRESS)  # old spelling
     p.add_argument("--eta", type=float, default=None)
     p.add_argument("--guidance", type=float, default=None, help="w in eps_c + w (eps_c - eps_u)")
     p.add_argument("--per-class", type=positive_int, default=10, help="samples per class")
@@ -388,7 +438,9 @@ def _add_evaluate(sub) -> None:
     p = sub.add_parser("evaluate", help="FID, KID, precision/recall, IS per group and class of a run or samples")
     p.add_argument("target", help="run folder, checkpoint, sample folder or a sample .npz (arr_0/arr_1 or "
                                   "images/labels)")
-    p.add_argument("overrides", nargs="*", help="data.* overrides naming the reference data set")
+    p.add_argument("overrides", nargs="*",
+                   help="data.* overrides of the reference data set (the run's own, or --data's) and sample.* "
+                        "overrides of the sampler")
     p.add_argument("--out", default=None, help="output folder (default: RUN/eval/<settings> or SAMPLES/eval)")
     p.add_argument("--features", default="inception", choices=_Names(_feature_nets), metavar="NET",
                    help="feature network: %(choices)s (random: tests only)")
@@ -404,7 +456,8 @@ def _add_evaluate(sub) -> None:
                    help="%(choices)s: head/body/tail thirds, or many/medium/few by training count")
     p.add_argument("--sampler", default=None, choices=_Names(_samplers), metavar="SAMPLER",
                    help="%(choices)s: one of the run's objective (an error names the ones that fit)")
-    p.add_argument("--steps", type=positive_int, default=None)
+    p.add_argument("--sampler-steps", type=positive_int, default=None, help="the sampler's number of steps")
+    p.add_argument("--steps", type=positive_int, default=None, help=argparse.SUPPRESS)  # old spelling
     p.add_argument("--guidance", type=float, default=None)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-ema", action="store_true")

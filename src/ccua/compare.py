@@ -6,13 +6,18 @@ A comparison is given on the command line (``--methods plain,ccua``) or as a stu
 or a sensitivity sweep. Layout under the output folder::
 
     runs/<variant>-s<seed>/                   one training run each (resumed if unfinished, skipped if finished)
-    runs/<variant>-s<seed>/eval/step<N>_w<w>_n<k>/        its samples and metrics.json (one per guidance)
-    runs/<variant>-s<seed>/eval/step<N>_w<w>_n<k>_test/   the same samples against another reference split
+    runs/<variant>-s<seed>/eval/step<N>_<sampler><steps>_w<w>_n<k>_seed<s>_train-<hash>/
+                                              its samples and metrics.json (one per guidance)
+    runs/<variant>-s<seed>/eval/..._test-<hash>/   the same samples against another reference split
+    runs/<variant>-s<seed>/eval_guidance/...  the guidance tuner's proxy evaluations
     guidance.json                             the guidance per variant (and the proxy sweep, if asked)
     report/                                   fixed guidance, first reference: tables, plots, tail grid
     report/<guidance>_<reference>/            the other combinations
 
-Every phase skips what is already on disk, so an interrupted comparison resumes where it stopped.
+Every phase skips what is already on disk with exactly its settings, so an interrupted comparison
+resumes where it stopped, and an edited one never reports an old number: the evaluation folders
+are named by their record (:mod:`ccua.records`), and a run folder trained with other settings is
+refused.
 """
 
 from __future__ import annotations
@@ -30,13 +35,13 @@ import torch
 import yaml
 
 from ccua.build import load_checked_config
-from ccua.checkpoint import load_checkpoint
 from ccua.config import Config, ConfigError, save_config
 from ccua.data import SPLITS
 from ccua.jobs import Job, JobsFailed, run_jobs, worker_slot
 from ccua.launch import child_environment, gpu_group, torchrun_command
 from ccua.methods import METHODS
-from ccua.runs import run_checkpoints
+from ccua.files import folder_lock, write_text_atomic
+from ccua.runs import RunFolder
 
 log = logging.getLogger(__name__)
 
@@ -214,21 +219,17 @@ def planned_runs(settings: CompareSettings) -> list[PlannedRun]:
     return runs
 
 
-def is_finished(run_dir: Path, steps: int) -> bool:
-    found = run_checkpoints(run_dir)
-    return bool(found) and int(load_checkpoint(found[-1])["step"]) >= steps
-
-
 def train_one(config: Config, run_dir: Path, device: str | None = None) -> Path:
     """Train a run to its step budget: skipped when finished, resumed when a checkpoint exists."""
     from ccua.distributed import cleanup
     from ccua.training.trainer import Trainer
 
-    if is_finished(run_dir, config.train.steps):
+    folder = RunFolder(run_dir)
+    folder.check_holds(config, run_dir.name)
+    if folder.is_finished(config.train.steps):
         log.info("%s: finished, skipped", run_dir.name)
         return run_dir
-    found = run_checkpoints(run_dir)
-    trainer = Trainer(config, resume=str(run_dir) if found else None, run_dir=run_dir, device=device)
+    trainer = Trainer(config, resume=str(run_dir) if folder.checkpoints() else None, run_dir=run_dir, device=device)
     try:
         trainer.train()
     finally:
@@ -244,7 +245,9 @@ def train_under_torchrun(config: Config, run_dir: Path, processes: int, device: 
     ``processes`` gloo processes share the worker's threads. Output goes to ``run_dir/launch.log``;
     a failed launch is a RuntimeError naming its last error line and the log.
     """
-    if is_finished(run_dir, config.train.steps):
+    folder = RunFolder(run_dir)
+    folder.check_holds(config, run_dir.name)
+    if folder.is_finished(config.train.steps):
         log.info("%s: finished, skipped", run_dir.name)
         return run_dir
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -274,29 +277,32 @@ def _training_job(settings: CompareSettings, run: PlannedRun) -> Job:
 
 # --------------------------------------------------------------------------- evaluation
 
-def eval_dir_of(run: PlannedRun, guidance: float, per_class: int, reference: str) -> Path:
-    """Named by the trained step too, so a comparison extended to more steps evaluates anew."""
-    suffix = "" if reference == "train" else f"_{reference}"
-    return run.run_dir / "eval" / f"step{run.config.train.steps:07d}_w{guidance:g}_n{per_class}{suffix}"
+def evaluated_checkpoint(run: PlannedRun) -> Path:
+    """The checkpoint of the study's step budget: a run trained further is evaluated at that
+    step, never at a later one (a ConfigError when that checkpoint was not kept)."""
+    return RunFolder(run.run_dir).checkpoint_at(run.config.train.steps)
+
+
+def _evaluation_settings(settings: CompareSettings) -> dict[str, Any]:
+    """What every evaluation of the comparison shares (the rest is per run and guidance)."""
+    return {"features": settings.features, "feature_path": settings.feature_path,
+            "steps": settings.sampler_steps, "max_reference": settings.max_reference, "device": settings.device}
 
 
 def evaluate_one(settings: CompareSettings, run: PlannedRun, guidance: float) -> list[Path]:
-    """Sample the run once at ``guidance`` and score the samples against every reference split."""
+    """Sample the run's checkpoint once at ``guidance`` and score the samples against every
+    reference split. An evaluation folder whose record equals the request is reused; any change
+    (sampler steps, reference cap, feature network, counts, seed, ...) is a new evaluation."""
     from ccua.evaluation import evaluate_target
 
-    files = []
-    first = eval_dir_of(run, guidance, settings.per_class, settings.references[0])
+    files, first = [], None
     for reference in settings.references:
-        out = eval_dir_of(run, guidance, settings.per_class, reference)
-        if (out / "metrics.json").exists():
-            files.append(out / "metrics.json")
-            continue
-        # the first reference samples the run; the others reuse those samples
-        target = run.run_dir if reference == settings.references[0] else first / "samples"
-        evaluate_target(target, out_dir=out, features=settings.features, feature_path=settings.feature_path,
-                        per_class=settings.per_class, guidance=guidance, steps=settings.sampler_steps,
-                        seed=run.seed, reference_split=reference, max_reference=settings.max_reference,
-                        device=settings.device)
+        # the first reference samples the checkpoint; the others score those samples
+        target = evaluated_checkpoint(run) if first is None else first / "samples"
+        _, out = evaluate_target(target, eval_root=run.run_dir / "eval", per_class=settings.per_class,
+                                 guidance=guidance, seed=run.seed, reference_split=reference, reuse=True,
+                                 **_evaluation_settings(settings))
+        first = first or out
         files.append(out / "metrics.json")
     return files
 
@@ -310,38 +316,38 @@ def evaluate_mode(settings: CompareSettings, run: PlannedRun, mode: str, tuned_o
     return guidance, evaluate_one(settings, run, guidance)
 
 
+#: the noise seed of the guidance proxy's samples (not the final evaluation's)
+PROXY_SEED = 10_000
+
+
 def tune_guidance(settings: CompareSettings, run: PlannedRun, grid: list[float]) -> tuple[float, dict[str, float]]:
     """The w of ``grid`` with the lowest FID on a small held-out proxy: few samples from their own
     noise seed, against the balanced test split (not the training-set reference of the final numbers)."""
     from ccua.evaluation import evaluate_target
 
-    run_dir, scores = run.run_dir, {}
+    scores = {}
     for w in grid:
-        out = run_dir / "eval_guidance" / f"step{run.config.train.steps:07d}_w{w:g}"
-        if (out / "metrics.json").exists():
-            result = json.loads((out / "metrics.json").read_text())
-        else:
-            result, _ = evaluate_target(run_dir, out_dir=out, features=settings.features,
-                                        feature_path=settings.feature_path, per_class=settings.proxy_per_class,
-                                        guidance=w, steps=settings.sampler_steps, seed=10_000,
-                                        per_class_metrics=False, reference_split="test",
-                                        max_reference=settings.max_reference, device=settings.device)
+        result, _ = evaluate_target(evaluated_checkpoint(run), eval_root=run.run_dir / "eval_guidance",
+                                    per_class=settings.proxy_per_class, guidance=w, seed=PROXY_SEED,
+                                    per_class_metrics=False, reference_split="test", reuse=True,
+                                    **_evaluation_settings(settings))
         scores[f"{w:g}"] = result["overall"]["fid"]
     best = min(scores, key=scores.get)
     return float(best), scores
 
 
-def tail_samples(run_dir: Path, num_seeds: int, guidance: float, device: str | None) -> tuple[torch.Tensor, list[str]]:
+def tail_samples(checkpoint: Path, num_seeds: int, guidance: float, device: str | None,
+                 sampler_steps: int | None = None) -> tuple[torch.Tensor, list[str]]:
     """uint8 [tail classes * num_seeds, H, W, C] and column labels: every run's tail classes, drawn
     from the same initial noise (sample i of the stream) in every run."""
     from ccua.data import class_groups, to_uint8
     from ccua.generate import LoadedModel
     from ccua.devices import default_device
 
-    loaded = LoadedModel(run_dir, device=default_device(device))
+    loaded = LoadedModel(checkpoint, device=default_device(device))
     tail = class_groups(len(loaded.class_counts), loaded.class_counts)["tail"]
     labels = torch.tensor([c for c in tail for _ in range(num_seeds)])
-    sample = replace(loaded.config.sample, guidance=guidance)
+    sample = replace(loaded.config.sample, guidance=guidance, steps=sampler_steps or loaded.config.sample.steps)
     images = loaded.sample(labels, sample, seed=777, progress=False)
     return to_uint8(images), [f"c{c} s{s}" for c in tail for s in range(num_seeds)]
 
@@ -389,7 +395,7 @@ def _write_guidance(settings: CompareSettings, runs: list[PlannedRun], results: 
         if tuned is not None and tuned.error is None:
             best, scores = tuned.value
             record[run.variant].update(tuned=best, proxy_fid=scores, grid=settings.guidance_grid)
-    (settings.out_dir / "guidance.json").write_text(json.dumps(record, indent=2))
+    write_text_atomic(settings.out_dir / "guidance.json", json.dumps(record, indent=2))
 
 
 def _write_reports(settings: CompareSettings, runs: list[PlannedRun], results: dict[str, Any]) -> Path:
@@ -411,11 +417,22 @@ def _write_reports(settings: CompareSettings, runs: list[PlannedRun], results: d
 
 
 def compare(settings: CompareSettings) -> Path:
-    """Train, evaluate and report every (variant, seed); returns the main report folder."""
+    """Train, evaluate and report every (variant, seed); returns the main report folder.
+
+    Runs already in the output folder are reused only when they hold exactly the planned training
+    (resumed when unfinished, evaluated at the budget's checkpoint when trained further); a folder
+    trained with other settings stops the comparison before anything runs, naming them. Two
+    comparisons into one output folder are refused (a lock on the folder)."""
+    runs = planned_runs(settings)
+    for run in runs:  # before anything runs: an edited setting never reuses another training's folder
+        RunFolder(run.run_dir).check_holds(run.config, run.name)
+    with folder_lock(settings.out_dir, f"ccua compare into {settings.out_dir}"):
+        return _compare(settings, runs)
+
+
+def _compare(settings: CompareSettings, runs: list[PlannedRun]) -> Path:
     from ccua.report import tail_grid
 
-    settings.out_dir.mkdir(parents=True, exist_ok=True)
-    runs = planned_runs(settings)
     jobs = comparison_jobs(settings, runs)
     results = {job.name: result for job, result in zip(jobs, run_jobs(jobs, settings.jobs))}
     failed = _check(results.values(), "a job")
@@ -426,8 +443,8 @@ def compare(settings: CompareSettings) -> Path:
         tails, columns = {}, []
         for run in trained:
             if run.variant not in tails:
-                images, columns = tail_samples(run.run_dir, settings.tail_seeds, run.config.sample.guidance,
-                                               settings.device)
+                images, columns = tail_samples(evaluated_checkpoint(run), settings.tail_seeds,
+                                               run.config.sample.guidance, settings.device, settings.sampler_steps)
                 tails[run.variant] = images.numpy()
         tail_grid(tails, main_report / "tail_grid.png", column_labels=columns)
     if failed:

@@ -533,6 +533,12 @@ def load_config(preset_or_path: str | None = None, overrides: list[str] | None =
     return config_from_dict(values)
 
 
+def apply_overrides(config: Config, overrides: list[str]) -> Config:
+    """``config`` with dotted overrides applied (keys, types and ranges checked)."""
+    values = _merge(config.to_dict(), upgrade_keys(parse_overrides(overrides), "overrides"))
+    return config_from_dict(values)
+
+
 def save_config(config: Config, path: str | Path) -> None:
     Path(path).write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
 

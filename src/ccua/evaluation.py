@@ -8,17 +8,19 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from ccua.build import check_config, stored_config
-from ccua.config import DataConfig
+from ccua.config import Config, DataConfig
 from ccua.data import is_latent
 from ccua.distributed import DistInfo, barrier
-from ccua.metrics.weights import DEFAULT_CACHE, feature_weights_path
+from ccua.metrics.weights import DEFAULT_CACHE, feature_weights_path, file_sha256
+from ccua.records import EvaluationRecord, SampleFile, SampleRequest, Scoring, differing_keys
+from ccua.report import write_metrics
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +59,22 @@ def load_samples(path: str | Path) -> tuple[np.ndarray, np.ndarray | None, dict[
     return images, labels, info
 
 
+def target_config(target: str | Path) -> Config:
+    """The settings of what ``ccua evaluate`` or ``ccua sample`` is given: a run's or checkpoint's
+    stored config, or, for a sample file, a config holding the data set its sample_info.json names."""
+    from ccua.checkpoint import load_checkpoint
+    from ccua.runs import resolve_checkpoint
+
+    target = Path(target)
+    npz = _sample_file(target)
+    if npz is None:
+        return stored_config(load_checkpoint(resolve_checkpoint(target))["config"])
+    _, _, info = load_samples(npz)
+    if "data" not in info:
+        return Config()  # a file from elsewhere: the data.* overrides name its data set
+    return stored_config({"data": info["data"]})
+
+
 def _training_counts(info: dict[str, Any], data: DataConfig) -> tuple[list[int] | None, str | None]:
     """The training images per class, and where they come from: the samples' provenance, else the
     long-tail profile of the data config (what a run of that config trains on)."""
@@ -70,23 +88,17 @@ def _training_counts(info: dict[str, Any], data: DataConfig) -> tuple[list[int] 
     return counts, f"data config ({data.name}, imbalance {data.imbalance}): no sample_info.json beside the samples"
 
 
-def _sample_run(target: Path, out_dir: str | Path | None, per_class: int, seed: int, use_ema: bool,
-                dist: DistInfo, overrides: dict[str, Any]) -> tuple[Path, Path]:
-    """Sample a run folder or checkpoint into ``out/samples`` (shared by the processes of
-    ``dist``); returns (the .npz, out) once the file is written."""
-    from ccua.generate import SAMPLE_FILE, LoadedModel, sample_to_folder
+def _sample_into(loaded, out: Path, sample, per_class: int, seed: int, request: SampleRequest,
+                 dist: DistInfo) -> Path:
+    """Sample ``loaded`` into ``out/samples`` (shared by the processes of ``dist``); returns the
+    .npz once process 0 has written it."""
+    from ccua.generate import SAMPLE_FILE, sample_to_folder
 
-    loaded = LoadedModel(target, use_ema=use_ema, device=dist.device)
-    changes = {k: v for k, v in overrides.items() if v is not None}
-    sample = replace(loaded.config.sample, **changes, use_ema=loaded.use_ema)
-    check_config(replace(loaded.config, sample=sample))  # the sampler fits the objective, before any file is written
-    tag = f"step{loaded.step:07d}_{sample.sampler}{sample.steps}_w{sample.guidance:g}_n{per_class}_seed{seed}"
-    out = Path(out_dir) if out_dir else loaded.run_dir / "eval" / tag
     # This folder belongs to the evaluation: new samples replace the ones of an earlier evaluation.
     sample_dir = sample_to_folder(loaded, out / "samples", sample, per_class=per_class, seed=seed, write_pngs=False,
-                                  overwrite=True, dist=dist)
+                                  overwrite=True, dist=dist, request=asdict(request))
     barrier(dist)  # every process reads the sample file that process 0 has just written
-    return sample_dir / SAMPLE_FILE, out
+    return sample_dir / SAMPLE_FILE
 
 
 @dataclass
@@ -106,110 +118,230 @@ class _Options:
     seed: int
     memorisation: bool = True
 
-    def feature_net(self, data: DataConfig | None):
-        from ccua.metrics import build_feature_net
 
-        path = self.feature_path
+class _Scorer:
+    """Everything the scoring needs, made before any image is sampled: the feature network (its
+    weights found and read) and its part of the record; then (:meth:`prepare`, once no stored
+    evaluation can be reused) the reference (its data found) or published statistics, and the
+    training images of the near-copy test. A missing piece fails before sampling, so a failed
+    evaluation never leaves new samples beside old numbers."""
+
+    def __init__(self, options: _Options, data: DataConfig | None, reference_stats: str | Path | None):
+        from ccua.metrics import build_feature_net, load_reference_stats
+        from ccua.metrics.memorisation import CopyTest
+
+        self.options, self.data = options, data
+        if reference_stats is None:
+            _check_reference_data(data)
+        path = options.feature_path
         if data is not None:
-            path = feature_weights_path(self.features, path, data, self.cache_dir)
-        elif self.features == "classifier" and path is None:
+            path = feature_weights_path(options.features, path, data, options.cache_dir)
+        elif options.features == "classifier" and path is None:
             raise ValueError("--features classifier needs --feature-path (or the data set) to find its weights")
-        return build_feature_net(self.features, path=path, bf16=self.bf16, allow_download=self.allow_download,
-                                 device=self.dist.device, progress=self.dist.is_main)
+        self.net = build_feature_net(options.features, path=path, bf16=options.bf16,
+                                     allow_download=options.allow_download, device=options.dist.device,
+                                     progress=options.dist.is_main)
+        self.stats_path = None if reference_stats is None else Path(reference_stats)
+        self.stats = None if reference_stats is None else load_reference_stats(reference_stats)
+        self.reference = self.training_set = None
+        self.copy_test = CopyTest() if reference_stats is None and options.memorisation else None
+        self.scoring = Scoring(
+            features=self.net.name, weights_hash=self.net.weights_hash, feature_config=self.net.config_tag(),
+            bf16=options.bf16,
+            reference=options.reference_split if self.stats is None else f"stats:{self.stats_path.name}",
+            data=_data_identity(data), max_reference=options.max_reference, subset_seed=options.seed,
+            group_mode=options.group_mode, per_class_metrics=options.per_class_metrics,
+            copy_test=None if self.copy_test is None else asdict(self.copy_test),
+            reference_stats_sha256=None if self.stats_path is None else file_sha256(self.stats_path))
+
+    def prepare(self) -> None:
+        """Read the reference and the training images (their data found, or a clear error)."""
+        from ccua.data import build_training_set
+        from ccua.metrics import Reference
+
+        if self.stats is None:
+            self.reference = Reference.from_config(self.data, self.options.reference_split)
+        if self.copy_test is not None:
+            self.training_set = build_training_set(self.data)
+
+    def score(self, images: np.ndarray, labels: np.ndarray | None, info: dict[str, Any],
+              npz: Path) -> dict[str, Any] | None:
+        """The numbers (None on the processes other than 0)."""
+        from ccua.metrics import evaluate, evaluate_against_stats
+
+        if self.stats is not None:
+            return evaluate_against_stats(images, labels, self.stats, self.net, stats_name=str(self.stats_path),
+                                          dist=self.options.dist)
+        options = self.options
+        train_counts, counts_source = _training_counts(info, self.data)
+        result = evaluate(images, labels, self.reference, train_counts, self.net, cache_dir=options.cache_dir / "features",
+                          group_mode=options.group_mode, per_class=options.per_class_metrics,
+                          max_reference=options.max_reference, seed=options.seed, dist=options.dist)
+        if result is None:
+            return None
+        result["train_class_counts_source"] = counts_source
+        if self.training_set is not None:
+            result["memorisation"] = training_copies(images, labels, self.training_set, result, self.copy_test)
+        return result
+
+
+def _check_reference_data(data: DataConfig | None) -> None:
+    if data is None:
+        raise ValueError("the samples have no sample_info.json naming their data set: pass the data set "
+                         "(--data PRESET or data.* overrides)")
+    if is_latent(data):
+        raise ValueError("the run was trained on a latent cache: name the pixel data set for the reference "
+                         "(--data PRESET or data.name=... overrides)")
+
+
+def _data_identity(data: DataConfig | None) -> dict[str, Any] | None:
+    """The data settings that choose the reference and training images (not where they are read)."""
+    if data is None:
+        return None
+    return {key: getattr(data, key) for key in ("name", "resolution", "channels", "imbalance", "n_max",
+                                                "longtail_seed", "split_file", "test_split_file")}
 
 
 def evaluate_target(target: str | Path, out_dir: str | Path | None = None, *, features: str = "inception",
                     feature_path: str | None = None, reference_split: str = "train", per_class: int = 100,
                     sampler: str | None = None, steps: int | None = None, guidance: float | None = None,
+                    sample_changes: dict[str, Any] | None = None,
                     seed: int = 0, use_ema: bool = True, group_mode: str = "thirds", per_class_metrics: bool = True,
                     bf16: bool = False, allow_download: bool = False, data: DataConfig | None = None,
                     cache_dir: str | Path = DEFAULT_CACHE, max_reference: int | None = None,
                     device: str | None = None, reference_stats: str | Path | None = None,
-                    memorisation: bool = True, dist: DistInfo | None = None) -> tuple[dict[str, Any] | None, Path]:
+                    memorisation: bool = True, dist: DistInfo | None = None, eval_root: str | Path | None = None,
+                    reuse: bool = False) -> tuple[dict[str, Any] | None, Path]:
     """Evaluate a run folder / checkpoint (sampling it first), a sample folder, or exactly the .npz named.
 
     ``data``: the data set whose balanced ``reference_split`` is the reference (default: the one
     the run was trained on, read from the checkpoint or sample_info.json).
+    ``sampler``, ``steps``, ``guidance``, ``sample_changes``: sampler settings that replace the
+    run's (``sample_changes`` holds any ``sample.*`` setting by name).
     ``reference_stats``: a published statistics file (``mu``, ``sigma``) as the FID reference
     instead; then only the overall FID (and IS) can be computed.
     ``memorisation``: also measure near-copies of the (long-tailed) training images per group.
-    ``dist``: the processes of a torchrun or srun launch (every one calls this with the same
-    arguments): they share sampling and feature extraction, and process 0 scores and writes
-    the files (a file system all of them see is assumed).
-    Returns the metrics (None on the processes other than 0) and the folder holding metrics.json
-    and metrics.md.
+    ``dist``: the processes of a launch (each calls this with the same arguments) share sampling and
+    feature extraction; process 0 scores and writes the files (on a file system all of them see).
+
+    The evaluation's :class:`~ccua.records.EvaluationRecord` (what is sampled, how it is scored)
+    is made before anything is sampled; the output folder is ``out_dir``, else a folder named by
+    the record under ``eval_root`` (default: the run's ``eval/``, or the sample file's folder's
+    ``eval/``). With ``reuse``, metrics already in that folder with an equal record are returned
+    instead of evaluating again. Returns the metrics (None on the processes other than 0) and
+    the folder holding metrics.json and metrics.md.
     """
     from ccua.devices import default_device
-    from ccua.report import write_metrics
 
     dist = dist or DistInfo(device=default_device(device))
     options = _Options(features, feature_path, bf16, allow_download, dist, Path(cache_dir), reference_split,
                        group_mode, per_class_metrics, max_reference, seed, memorisation)
-    target = Path(target)
-    npz = _sample_file(target)
-    if npz is not None:
-        from ccua.generate import SAMPLE_FILE
-
-        # Each sample file gets its own metrics folder, so two files of one folder never share one.
-        out = Path(out_dir) if out_dir else npz.parent / ("eval" if npz.name == SAMPLE_FILE else f"eval_{npz.stem}")
-    else:
-        npz, out = _sample_run(target, out_dir, per_class, seed, use_ema, dist,
-                               {"sampler": sampler, "steps": steps, "guidance": guidance})
-    images, labels, info = load_samples(npz)
-    if data is None and "data" in info:
-        data = stored_config({"data": info["data"]}).data  # validated: a stale key is one clear error
-    if reference_stats is not None:
-        from ccua.metrics import evaluate_against_stats, load_reference_stats
-
-        stats = load_reference_stats(reference_stats)
-        result = evaluate_against_stats(images, labels, stats, options.feature_net(data),
-                                        stats_name=str(reference_stats), dist=dist)
-    else:
-        result = _evaluate_against_data(images, labels, info, npz, data, options)
+    changes = {**(sample_changes or {}), **{k: v for k, v in {"sampler": sampler, "steps": steps,
+                                                                "guidance": guidance}.items() if v is not None}}
+    source = _Source(Path(target), use_ema, per_class, seed, changes, dist)
+    if source.npz is not None and source.labels is None and reference_stats is None:
+        raise ValueError(f"{source.npz} has no labels (arr_1 or labels): per-group and per-class metrics need the "
+                         "class of every image; save them as arr_1, or give --reference-stats for the overall FID only")
+    data = data or source.data
+    scorer = _Scorer(options, data, reference_stats)
+    record = EvaluationRecord(source.record, scorer.scoring)
+    out = Path(out_dir) if out_dir else Path(eval_root or source.eval_root) / record.folder_name()
+    stored = reusable_metrics(out, record) if reuse else None
+    if stored is not None:
+        log.info("%s: the same evaluation is already there, reused", out)
+        return (stored if dist.is_main else None), out
+    scorer.prepare()
+    if dist.is_main:
+        remove_other_metrics(out, record)
+    barrier(dist)
+    images, labels, info, npz = source.images(out)
+    result = scorer.score(images, labels, info, npz)
     if result is None:  # not process 0
         return None, out
-    write_metrics(result, out, _provenance(info, npz, reference_split, reference_stats, result))
+    provenance = _provenance(info, npz, reference_split, reference_stats, result)
+    write_metrics(result, out, provenance, record.to_dict())
     log.info("metrics written to %s", out)
     return result, out
 
 
-def _evaluate_against_data(images: np.ndarray, labels: np.ndarray | None, info: dict[str, Any], npz: Path,
-                           data: DataConfig | None, options: _Options) -> dict[str, Any] | None:
-    """The full evaluation against the reference images of ``data``, per group and class
-    (None on the processes other than 0)."""
-    from ccua.metrics import Reference, evaluate
+class _Source:
+    """What an evaluation scores: a sample file as it is, or a checkpoint to sample (not yet
+    sampled: its request is known from the checkpoint and the settings)."""
 
-    if labels is None:
-        raise ValueError(f"{npz} has no labels (arr_1 or labels): per-group and per-class metrics need the class "
-                         "of every image; save them as arr_1, or give --reference-stats for the overall FID only")
-    if data is None:
-        raise ValueError(f"{npz} has no sample_info.json naming its data set: pass the data set "
-                         "(--data PRESET or data.* overrides)")
-    if is_latent(data):
-        raise ValueError("the run was trained on a latent cache: name the pixel data set for the reference "
-                         "(--data PRESET or data.name=... overrides)")
-    net = options.feature_net(data)
-    reference = Reference.from_config(data, options.reference_split)
-    train_counts, counts_source = _training_counts(info, data)
-    result = evaluate(images, labels, reference, train_counts, net, cache_dir=options.cache_dir / "features",
-                      group_mode=options.group_mode, per_class=options.per_class_metrics,
-                      max_reference=options.max_reference, seed=options.seed, dist=options.dist)
-    if result is None:
+    def __init__(self, target: Path, use_ema: bool, per_class: int, seed: int, changes: dict[str, Any],
+                 dist: DistInfo):
+        from ccua.generate import SAMPLE_FILE, LoadedModel
+
+        self.dist, self.per_class, self.seed = dist, per_class, seed
+        self.npz = _sample_file(target)
+        self.loaded, self.labels = None, None
+        if self.npz is not None:
+            self._images, self.labels, self.info = load_samples(self.npz)
+            self.data = stored_config({"data": self.info["data"]}).data if "data" in self.info else None
+            self.record = SampleFile(file_sha256(self.npz), self.info.get("request"))
+            # each sample file its own root, so two files of one folder never share an evaluation
+            self.eval_root = self.npz.parent / ("eval" if self.npz.name == SAMPLE_FILE else f"eval_{self.npz.stem}")
+            return
+        self.loaded = LoadedModel(target, use_ema=use_ema, device=dist.device)
+        self.sample = replace(self.loaded.config.sample, **changes, use_ema=self.loaded.use_ema)
+        check_config(replace(self.loaded.config, sample=self.sample))  # the sampler fits the objective
+        self.data = self.loaded.config.data
+        self.record = SampleRequest.of(self.loaded.config.name, self.loaded.checkpoint_path, self.loaded.run_dir, self.loaded.step,
+                                       self.loaded.use_ema, seed, per_class, len(self.loaded.class_counts), self.sample)
+        self.eval_root = self.loaded.run_dir / "eval"
+
+    def images(self, out: Path) -> tuple[np.ndarray, np.ndarray | None, dict[str, Any], Path]:
+        """(images, labels, provenance, the .npz): the file's, or new samples in ``out/samples``."""
+        if self.loaded is None:
+            return self._images, self.labels, self.info, self.npz
+        npz = _sample_into(self.loaded, out, self.sample, self.per_class, self.seed, self.record, self.dist)
+        images, labels, info = load_samples(npz)
+        return images, labels, info, npz
+
+
+METRICS_FILES = ("metrics.json", "metrics.md")
+
+
+def reusable_metrics(out: Path, record: EvaluationRecord) -> dict[str, Any] | None:
+    """The metrics in ``out`` when they were made by exactly ``record``, else None."""
+    from ccua.report import load_metrics
+
+    path = out / "metrics.json"
+    if not path.is_file():
         return None
-    result["train_class_counts_source"] = counts_source
-    if options.memorisation:
-        result["memorisation"] = training_copies(images, labels, data, result)
-    return result
+    try:
+        stored = load_metrics(path)
+    except ValueError:
+        return None  # unreadable: evaluated anew, and the file replaced
+    return stored if record.matches(stored.get("record")) else None
 
 
-def training_copies(images: np.ndarray, labels: np.ndarray, data: DataConfig, result: dict[str, Any]) -> dict | None:
-    """Near-copies of the training images the model saw (the long-tailed subset of ``data``), per
-    group of ``result``; None (with a warning in ``result``) when the images' shape differs."""
-    from ccua.data import build_training_set
+def remove_other_metrics(out: Path, record: EvaluationRecord) -> None:
+    """Remove the metrics of another evaluation from ``out`` before this one writes there, so the
+    folder never holds new samples beside old numbers."""
+    path = out / "metrics.json"
+    if not path.is_file():
+        return
+    try:
+        from ccua.report import load_metrics
+
+        stored = load_metrics(path).get("record")
+    except ValueError:
+        stored = None
+    if record.matches(stored):
+        return
+    log.info("%s: removing the metrics of another evaluation (%s differ)", out,
+             ", ".join(differing_keys(stored, record.to_dict())[:5]))
+    for name in METRICS_FILES:
+        (out / name).unlink(missing_ok=True)
+
+
+def training_copies(images: np.ndarray, labels: np.ndarray, train, result: dict[str, Any], test) -> dict | None:
+    """Near-copies of the training images the model saw (the long-tailed training set ``train``),
+    per group of ``result``; None (with a warning in ``result``) when the images' shape differs."""
     from ccua.images import to_uint8_nchw
     from ccua.metrics.memorisation import memorisation
 
-    train = build_training_set(data)
     train_images = np.stack([np.asarray(train.uint8_image(i)) for i in range(len(train))])
     generated = to_uint8_nchw(images).numpy()
     if generated.shape[1:] != train_images.shape[1:]:
@@ -217,14 +349,15 @@ def training_copies(images: np.ndarray, labels: np.ndarray, data: DataConfig, re
                                   f"images {train_images.shape[1:]} differ in shape")
         return None
     groups = {name: row["classes"] for name, row in result["groups"].items()}
-    return memorisation(generated, labels, train_images, train.labels, groups)
+    return memorisation(generated, labels, train_images, train.labels, groups, test)
 
 
 def _provenance(info: dict[str, Any], npz: Path, reference_split: str, reference_stats, result) -> dict[str, Any]:
+    """Where the numbers come from, beside the record: the checkpoint and sample file, the sampler's
+    settings once (``sample``), the counts, the reference."""
     provenance = {key: info.get(key) for key in ("checkpoint", "step", "ema", "seed", "num_samples",
                                                  "samples_per_class")}
-    provenance.update({k: v for k, v in info.items() if k.startswith("sample_")})
-    provenance.update({short: info.get(f"sample_{short}") for short in ("sampler", "steps", "eta", "guidance")})
+    provenance["sample"] = {k[len("sample_"):]: v for k, v in info.items() if k.startswith("sample_")} or None
     provenance.update(samples=str(npz), train_class_counts=result.get("train_class_counts"),
                       train_class_counts_source=result.get("train_class_counts_source"),
                       reference_split=None if reference_stats is not None else reference_split,

@@ -25,6 +25,7 @@ from ccua.build import build_model, build_objective, stored_config
 from ccua.checkpoint import load_checkpoint
 from ccua.config import Config, SampleConfig
 from ccua.distributed import DistInfo, on_main, own_items, shared_map
+from ccua.files import atomic_file, write_text_atomic
 from ccua.data import classes_head_to_tail, is_latent, to_uint8
 from ccua.data.sources import open_npz
 from ccua.diffusion import guided_prediction
@@ -192,9 +193,11 @@ LABEL_KEYS = ("arr_1", "labels")
 
 
 def save_samples(path: str | Path, images: np.ndarray, labels: np.ndarray) -> Path:
-    """Write uint8 NHWC ``images`` as ``arr_0`` and their ``labels`` as ``arr_1`` (the ADM/DiT layout)."""
+    """Write uint8 NHWC ``images`` as ``arr_0`` and their ``labels`` as ``arr_1`` (the ADM/DiT layout),
+    whole or not at all (:func:`ccua.files.atomic_file`)."""
     path = Path(path)
-    np.savez_compressed(path, arr_0=np.asarray(images, dtype=np.uint8), arr_1=np.asarray(labels, dtype=np.int64))
+    with atomic_file(path) as stream:
+        np.savez_compressed(stream, arr_0=np.asarray(images, dtype=np.uint8), arr_1=np.asarray(labels, dtype=np.int64))
     return path
 
 
@@ -267,9 +270,11 @@ def prepare_output_folder(out: Path, overwrite: bool = False) -> None:
 
 def sample_to_folder(loaded: LoadedModel, out_dir: str | Path, sample: SampleConfig, labels: Tensor | None = None,
                      per_class: int = 10, seed: int = 0, write_pngs: bool = True, progress: bool = True,
-                     overwrite: bool = False, dist: DistInfo | None = None) -> Path:
+                     overwrite: bool = False, dist: DistInfo | None = None,
+                     request: dict | None = None) -> Path:
     """Sample and write ``images.npz`` (arr_0: uint8 NHWC, arr_1: labels), PNGs, a per-class grid and
-    sample_info.json. A non-empty ``out_dir`` is refused unless ``overwrite``.
+    sample_info.json (with ``request``, the evaluation's sample request, when given). A non-empty
+    ``out_dir`` is refused unless ``overwrite``.
 
     Under several processes (``dist``) each draws its chunks and writes their PNGs; process 0
     gathers the images and writes the rest (one sample set).
@@ -305,7 +310,9 @@ def sample_to_folder(loaded: LoadedModel, out_dir: str | Path, sample: SampleCon
         "train_class_counts": loaded.class_counts, "data": asdict(loaded.config.data),
         **{f"sample_{k}": v for k, v in asdict(sample).items()},
     }
-    (out / "sample_info.json").write_text(json.dumps(info, indent=2))
+    if request is not None:
+        info["request"] = request
+    write_text_atomic(out / "sample_info.json", json.dumps(info, indent=2))
     log.info("wrote %d samples to %s", len(labels), out)
     return out
 

@@ -12,6 +12,8 @@ import torch.nn.functional as F
 from PIL import Image, ImageDraw, ImageFont
 from torch import Tensor
 
+from ccua.files import atomic_file
+
 # ITU-R 601-2 luma, the weights PIL uses for RGB -> "L".
 LUMA = (0.299, 0.587, 0.114)
 
@@ -93,8 +95,8 @@ def save_grid(rows: list[np.ndarray], path: str | Path, scale: int = 1, pad: int
         grid = _with_labels(grid, (row_labels or [])[:len(tiles)], (column_labels or [])[:columns],
                             (height * scale, width * scale), pad)
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    grid.save(path)
+    with atomic_file(path) as stream:
+        grid.save(stream, format=Image.registered_extensions().get(path.suffix.lower(), "PNG"))
     return path
 
 

@@ -1,9 +1,12 @@
 """Run folders: claiming a new one, finding a run's checkpoints (to sample or evaluate it, or to
 resume it), which settings a resume may change, and what a resume records.
 
-A run folder is ``out_dir/NNN-<name>`` with ``<name>`` the run name made safe for a file name.
-``config.yaml`` holds the settings the run was started with and is never rewritten; every resume
-appends one line to ``resumes.jsonl`` (step, time, checkpoint, changed settings old -> new).
+A run folder is ``out_dir/NNN-<name>`` with ``<name>`` the run name made safe for a file name
+(``ccua compare`` names its folders itself). ``config.yaml`` holds the settings the run was
+started with and is never rewritten; every resume appends one line to ``resumes.jsonl`` (step,
+time, checkpoint, changed settings old -> new). :class:`RunFolder` answers the questions asked
+of a folder: which checkpoints it holds, whether it holds exactly a given training, and whether
+another process is training in it.
 """
 
 from __future__ import annotations
@@ -14,10 +17,14 @@ import logging
 import os
 import re
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
-from ccua.config import Config, ConfigError
-from ccua.checkpoint import list_checkpoints
+import yaml
+
+from ccua.config import Config, ConfigError, config_from_dict
+from ccua.checkpoint import CHECKPOINT_PATTERN, list_checkpoints
+from ccua.files import folder_lock
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +41,84 @@ RESUMABLE = (
 )
 
 _NUMBERED = re.compile(r"^(\d{3,})-(.+)$")
+
+
+@dataclass(frozen=True)
+class RunFolder:
+    """One run folder: its stored settings, its checkpoints, and whether it holds a given training.
+
+    A folder holds a training when its config.yaml differs from that training's config only in
+    settings a resume may change (:data:`RESUMABLE`): then it can be continued to a larger budget,
+    and its checkpoint at step N is what that training gives at step N.
+    """
+
+    path: Path
+
+    @classmethod
+    def claim(cls, out_dir: str | Path, name: str) -> "RunFolder":
+        """A new numbered folder ``out_dir/NNN-<name>`` (:func:`claim_run_dir`)."""
+        return cls(claim_run_dir(out_dir, name))
+
+    @property
+    def config_file(self) -> Path:
+        return self.path / "config.yaml"
+
+    def checkpoints(self) -> list[Path]:
+        """Its checkpoints, oldest first."""
+        return run_checkpoints(self.path)
+
+    def checkpoint_steps(self) -> list[int]:
+        return [int(CHECKPOINT_PATTERN.match(p.name).group(1)) for p in self.checkpoints()]
+
+    def trained_step(self) -> int:
+        """The step of its newest checkpoint (0 without one)."""
+        steps = self.checkpoint_steps()
+        return steps[-1] if steps else 0
+
+    def is_finished(self, steps: int) -> bool:
+        """Trained to at least ``steps``."""
+        return bool(self.checkpoints()) and self.trained_step() >= steps
+
+    def checkpoint_at(self, step: int) -> Path:
+        """The checkpoint of exactly ``step``; a ConfigError naming the steps kept when it is missing."""
+        for path, found in zip(self.checkpoints(), self.checkpoint_steps()):
+            if found == step:
+                return path
+        kept = ", ".join(map(str, self.checkpoint_steps())) or "none"
+        raise ConfigError(f"run {self.path} has no checkpoint of step {step} (kept: {kept}); evaluate a kept step, "
+                          "or train the run again with train.keep_checkpoints=0 and a train.ckpt_every that "
+                          "divides it")
+
+    def stored_config(self) -> Config | None:
+        """The settings the run was started with (None before it wrote them)."""
+        if not self.config_file.is_file():
+            return None
+        try:
+            return config_from_dict(yaml.safe_load(self.config_file.read_text()) or {}, stored=True)
+        except (yaml.YAMLError, ConfigError) as error:
+            raise ConfigError(f"{self.config_file} cannot be read ({' '.join(str(error).split())}): "
+                              "repair it or move the run folder away") from None
+
+    def training_differences(self, config: Config) -> dict[str, list]:
+        """Settings of ``config`` that would train something else than this folder holds, each as
+        [the folder's value, ``config``'s value]; empty when the folder holds this training (or
+        nothing yet)."""
+        stored = self.stored_config()
+        return {} if stored is None else resume_changes(stored, config)[1]
+
+    def check_holds(self, config: Config, label: str) -> None:
+        """A ConfigError naming the differing settings when the folder holds another training."""
+        differing = self.training_differences(config)
+        if differing:
+            shown = "; ".join(f"{k}: run {old!r}, now {new!r}" for k, (old, new) in list(differing.items())[:4])
+            more = f" (+{len(differing) - 4} more)" if len(differing) > 4 else ""
+            raise ConfigError(f"{label}: {self.path} was trained with other settings ({shown}{more}); its "
+                              "results would be reported under the new ones. Give the changed setting a new "
+                              "variant name, or use another output folder")
+
+    def lock(self, holder: str):
+        """Hold the folder while training in it (:func:`ccua.files.folder_lock`)."""
+        return folder_lock(self.path, holder)
 
 
 def safe_name(name: str) -> str:

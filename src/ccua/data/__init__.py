@@ -6,6 +6,8 @@ The names of ``data.name`` are the image sources of :data:`ccua.data.sources.SOU
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import logging
 
 import numpy as np
@@ -88,6 +90,14 @@ def build_reference_set(config: DataConfig, split: str = "train") -> LongTailDat
     """
     if is_latent(config):
         raise DataError("a latent cache has no pixel reference set; evaluate against the image source")
+    return _reference_set(tuple(sorted(dataclasses.asdict(config).items())), split)
+
+
+@functools.lru_cache(maxsize=4)
+def _reference_set(settings: tuple, split: str) -> LongTailDataset:
+    # Made once per process and settings: an in-memory source is resized whole when it is built,
+    # and a comparison evaluates against the same reference many times.
+    config = DataConfig(**dict(settings))
     source = _load(config, split)
     return LongTailDataset(source, np.arange(len(source)), config.resolution, source_channels(config, source))
 

@@ -6,6 +6,7 @@ folder is read lazily so ImageNet-size sets work.
 
 from __future__ import annotations
 
+import functools
 import gzip
 import hashlib
 import io
@@ -224,7 +225,14 @@ FASHION_MNIST_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", 
 
 
 def _read_idx(path: Path) -> np.ndarray:
-    with gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb") as handle:
+    """A (read-only) IDX array; decompressed once per process while the file is unchanged."""
+    status = path.stat()
+    return _read_idx_once(str(path), status.st_mtime_ns, status.st_size)
+
+
+@functools.lru_cache(maxsize=8)
+def _read_idx_once(path: str, modified_ns: int, size: int) -> np.ndarray:
+    with gzip.open(path, "rb") if path.endswith(".gz") else open(path, "rb") as handle:
         data = handle.read()
     ndim = data[3]
     shape = tuple(int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))

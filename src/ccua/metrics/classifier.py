@@ -23,6 +23,7 @@ from torch import Tensor, nn
 from ccua.devices import default_device
 from ccua.images import to_uint8_nchw
 from ccua.metrics.features import DatasetImages, FeatureNet
+from ccua.files import atomic_file
 from ccua.metrics.weights import file_sha256
 from ccua.progress import progress_bar
 
@@ -80,7 +81,8 @@ class ClassifierFeatureNet(FeatureNet):
         """Load a file written by :func:`train_classifier` (plain tensors and metadata only)."""
         path = Path(path)
         if not path.is_file():
-            raise FileNotFoundError(f"classifier weights {path} do not exist; train them with train_classifier")
+            raise FileNotFoundError(f"classifier weights {path} do not exist: train them with `ccua features train "
+                                    "<preset> --out <file>` (its data set and resolution)")
         payload = torch.load(path, map_location="cpu", weights_only=True)
         if not isinstance(payload, dict) or "state_dict" not in payload or "meta" not in payload:
             raise ValueError(f"{path} is not a classifier file written by ccua.metrics.train_classifier")
@@ -188,7 +190,8 @@ def train_classifier(data_config: Any, out_path: str | Path, epochs: int = 3, ba
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    torch.save({"state_dict": state, "meta": meta}, out_path)
+    with atomic_file(out_path) as stream:
+        torch.save({"state_dict": state, "meta": meta}, stream)
     logger.info("classifier: test accuracy %.4f after %d epochs (%.0f s), saved to %s", test_accuracy, epochs,
                 train_seconds, out_path)
     return {**meta, "path": str(out_path), "weights_hash": file_sha256(out_path)}

@@ -12,8 +12,8 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import re
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,6 +23,7 @@ import torch
 
 from ccua.data.sources import open_npz
 from ccua.distributed import DistInfo, broadcast_object
+from ccua.files import atomic_file
 from ccua.images import to_uint8_nchw
 from ccua.metrics.features import DatasetImages, FeatureNet, TensorImages
 from ccua.metrics.scores import GaussianStats
@@ -186,8 +187,11 @@ def _load_cache(path: Path, key: dict[str, Any]) -> dict[str, np.ndarray] | None
                                ", ".join(differing))
                 return None
             return {name: data[name] for name in ("features", "labels", "indices", "mu", "sigma")}
-    except (OSError, ValueError, KeyError) as error:
-        logger.warning("reference cache %s cannot be read (%s); rebuilding", path, error)
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as error:
+        # truncated, or not a cache file at all: named, removed, and made anew
+        logger.warning("reference cache %s cannot be read (%s); removing it and rebuilding", path,
+                       " ".join(str(error).split()) or type(error).__name__)
+        path.unlink(missing_ok=True)
         return None
 
 
@@ -222,11 +226,9 @@ def reference_features(reference: Reference, feature_net: FeatureNet, cache_dir:
     labels = reference.labels[indices]
     stats = GaussianStats.from_features(features)
     if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + f".tmp{os.getpid()}.npz")
-        np.savez(tmp, features=features, labels=labels, indices=indices, mu=stats.mu, sigma=stats.sigma,
-                 key=np.array(json.dumps(key, sort_keys=True)))
-        os.replace(tmp, path)  # atomic: a crash never leaves a half-written cache behind
+        with atomic_file(path) as stream:  # a crash never leaves a half-written cache behind
+            np.savez(stream, features=features, labels=labels, indices=indices, mu=stats.mu, sigma=stats.sigma,
+                     key=np.array(json.dumps(key, sort_keys=True)))
         logger.info("reference features written to %s", path)
     return ReferenceFeatures(features, labels, indices, stats, key or {}, status, path)
 

@@ -44,6 +44,7 @@ def feature_weights_path(features: str, path: str | None, data: DataConfig,
         return path
     path = str(default_classifier_path(data, cache_dir))
     if not Path(path).exists():
-        raise FileNotFoundError(f"no domain classifier at {path}: train it with "
-                                f"`ccua features train` for data.name={data.name} data.resolution={data.resolution}")
+        raise FileNotFoundError(f"no domain classifier at {path}: train it with `ccua features train <preset> "
+                                f"data.name={data.name} data.resolution={data.resolution}`, or give its file "
+                                "(--feature-path)")
     return path

@@ -7,6 +7,8 @@ import logging
 from pathlib import Path
 from typing import Callable
 
+from ccua.files import write_text_atomic
+
 from ccua.report.grids import tail_grid
 from ccua.report.metrics_files import copies_table, format_table, library_versions, load_metrics, write_metrics
 from ccua.report.plots import available_metric, plot_per_class
@@ -61,7 +63,7 @@ def make_report(metric_files_or_run_dirs: list[str | Path], out_dir: str | Path,
         paths["plot"] = plot_per_class(runs, out_dir / "per_class.png", plot_metrics)
         parts += ["", f"![per-class {', '.join(plot_metrics)}](per_class.png)"]
     paths["markdown"] = out_dir / "comparison.md"
-    paths["markdown"].write_text("\n".join(parts) + "\n")
+    write_text_atomic(paths["markdown"], "\n".join(parts) + "\n")
     return paths
 
 

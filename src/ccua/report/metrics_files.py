@@ -13,6 +13,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from ccua.files import write_text_atomic
+
 from ccua.report.markdown import markdown
 
 
@@ -129,12 +131,15 @@ def _describe_groups(result: dict[str, Any]) -> str:
     return str(result["group_mode"])
 
 
-def write_metrics(result: dict[str, Any], out_dir: str | Path, provenance: dict[str, Any] | None = None) -> dict[str, Path]:
-    """Write ``metrics.json`` (numbers + provenance) and ``metrics.md`` (tables) into ``out_dir``.
+def write_metrics(result: dict[str, Any], out_dir: str | Path, provenance: dict[str, Any] | None = None,
+                  record: dict[str, Any] | None = None) -> dict[str, Path]:
+    """Write ``metrics.json`` (numbers, provenance and record) and ``metrics.md`` (tables) into
+    ``out_dir``, each whole or not at all.
 
-    ``provenance``: what the caller knows (checkpoint, step, ema, sampler, steps, guidance, seed,
-    counts, ...). Added here: the feature network, its weights hash and bf16, the reference set and
-    its size, library versions, the time.
+    ``record``: the evaluation's record (:class:`ccua.records.EvaluationRecord`), what a later
+    request is compared with before these numbers are reused. ``provenance``: what the caller
+    knows (checkpoint, step, ema, sample settings, seed, counts, ...). Added here: the feature
+    network, its weights hash and bf16, the reference set and its size, library versions, the time.
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -146,13 +151,13 @@ def write_metrics(result: dict[str, Any], out_dir: str | Path, provenance: dict[
         "n_generated": result["generated"]["n"], "group_mode": result["group_mode"], "versions": library_versions(),
         "written_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     })
-    payload = _jsonable({"provenance": full_provenance, **result})
+    payload = _jsonable({"record": record, "provenance": full_provenance, **result})
     json_path = out_dir / "metrics.json"
-    json_path.write_text(json.dumps(payload, indent=2, allow_nan=False))
+    write_text_atomic(json_path, json.dumps(payload, indent=2, allow_nan=False))
     lines = ["# Evaluation", ""]
-    for key in ("checkpoint", "step", "ema", "sampler", "steps", "guidance", "seed"):
-        if key in full_provenance:
-            lines.append(f"- {key}: {full_provenance[key]}")
+    for key, value in sampling_description(payload).items():
+        if value is not None:
+            lines.append(f"- {key}: {value}")
     lines += [f"- feature network: {net['name']} (sha256 {net['weights_hash'][:12]}…, {net['config'] or 'default'}"
               f"{', bf16' if net['bf16'] else ''})",
               f"- reference: {_describe_reference(result['reference'])}",
@@ -164,8 +169,26 @@ def write_metrics(result: dict[str, Any], out_dir: str | Path, provenance: dict[
         lines += [f"- {k}: {v}" for k, v in result["notes"].items()]
         lines += [f"- warning: {w}" for w in result["warnings"]]
     md_path = out_dir / "metrics.md"
-    md_path.write_text("\n".join(lines) + "\n")
+    write_text_atomic(md_path, "\n".join(lines) + "\n")
     return {"json": json_path, "markdown": md_path}
+
+
+def sampling_description(metrics: dict[str, Any]) -> dict[str, Any]:
+    """checkpoint, step, ema, sampler, sampler steps, guidance and seed of an evaluation: from its
+    record, or from the provenance of a metrics file written before records existed."""
+    record = metrics.get("record") or {}
+    samples = record.get("samples") or {}
+    if samples.get("kind") == "file":
+        samples = samples.get("request") or {}
+    provenance = metrics.get("provenance") or {}
+    if samples:
+        sample = samples.get("sample") or {}
+        return {"checkpoint": provenance.get("checkpoint"), "step": samples.get("step"), "ema": samples.get("ema"),
+                "sampler": sample.get("sampler"), "steps": sample.get("steps"), "guidance": sample.get("guidance"),
+                "seed": samples.get("seed")}
+    sample = provenance.get("sample") or {}
+    return {key: provenance.get(key, sample.get(key)) for key in
+            ("checkpoint", "step", "ema", "sampler", "steps", "guidance", "seed")}
 
 
 def load_metrics(path: str | Path) -> dict[str, Any]:

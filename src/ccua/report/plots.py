@@ -8,6 +8,8 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from ccua.files import atomic_file
+
 from ccua.report.tables import Run
 
 MARKERS = "osD^v<>pXh*"
@@ -71,8 +73,8 @@ def plot_per_class(runs: list[Run], path: str | Path, metrics: tuple[str, ...] =
             axes.legend(fontsize=7)
     figure.tight_layout()
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path)
+    with atomic_file(path) as stream:
+        figure.savefig(stream, format=path.suffix.lstrip(".") or "png")
     return path
 
 

@@ -10,8 +10,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+from ccua.files import atomic_file
+
 from ccua.report.markdown import markdown
-from ccua.report.metrics_files import load_metrics
+from ccua.report.metrics_files import load_metrics, sampling_description
 from ccua.report.stats import PairedDifference, paired_difference
 
 logger = logging.getLogger(__name__)
@@ -104,8 +106,9 @@ def run_row(run: Run, groups: list[str]) -> dict[str, Any]:
     m = run.metrics
     provenance = m.get("provenance", {})
     row: dict[str, Any] = {"name": run.name, "source": str(run.path)}
+    described = sampling_description(m)
     for key in PROVENANCE_COLUMNS:
-        row[key] = provenance.get(key)
+        row[key] = described[key] if key in described else provenance.get(key)
     overall = m.get("overall", {})
     row["n_gen"], row["n_ref"] = overall.get("n_gen"), overall.get("n_ref")
     for key, column in OVERALL_METRICS:
@@ -208,7 +211,7 @@ def write_csv(rows: list[dict[str, Any]], path: Path) -> Path:
     columns: list[str] = []
     for row in rows:
         columns += [c for c in row if c not in columns]
-    with open(path, "w", newline="") as handle:
+    with atomic_file(path, "w") as handle:
         writer = csv.DictWriter(handle, fieldnames=columns)
         writer.writeheader()
         for row in rows:

@@ -7,6 +7,7 @@ events, a JSON-lines log of every loss term, sample grids, the loss-curve plot a
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import logging
@@ -30,8 +31,8 @@ from ccua.data.batches import ResumableBatchSampler, batch_generator_seed, seed_
 from ccua.generate import generate_uint8, grid_labels, vae_decoder
 from ccua.images import save_grid
 from ccua.progress import progress_bar
-from ccua.runs import (LOSS_LOG, auto_resume, check_writable, checkpoint_folder, claim_run_dir, record_resume,
-                       refuse_changes, resume_candidates, resume_changes, run_checkpoints, run_folder_of,
+from ccua.runs import (LOSS_LOG, RunFolder, auto_resume, check_writable, checkpoint_folder, claim_run_dir,
+                       record_resume, refuse_changes, resume_candidates, resume_changes, run_checkpoints, run_folder_of,
                        truncate_loss_log)
 from ccua.distributed import (DistInfo, all_reduce_mean, barrier, cleanup, gather_objects, init_distributed, on_main)
 from ccua.training.ema import EMA
@@ -299,6 +300,17 @@ class Trainer:
         written, and :class:`TrainingInterrupted` (exit status 75) is raised; ``--resume auto``
         continues from that checkpoint exactly.
         """
+        with self._hold_run_folder():
+            return self._train()
+
+    def _hold_run_folder(self):
+        """Process 0 holds the run folder while training: a second training of the same run (say,
+        ``--resume latest`` launched twice) stops with one line instead of writing beside this one."""
+        if not self.dist.is_main:
+            return contextlib.nullcontext()
+        return RunFolder(self.run_dir).lock(f"a training of {self.config.name}")
+
+    def _train(self) -> Path:
         train = self.config.train
         log_file = self._open_outputs()
         progress = progress_bar(total=train.steps, initial=self.step,
