@@ -92,10 +92,13 @@ def main() -> None:
         print(differences_table(folder) + "\n")
     guidance = out / "guidance.json"
     if guidance.exists():
-        print("### guidance\n\n| variant | fixed w | tuned w | proxy FID per w |\n|---|---:|---:|---|")
+        print("### guidance\n\n| variant | fixed w | tuned w (overall) | tuned w (tail) | proxy FID per w | "
+              "tail proxy FID per w |\n|---|---:|---:|---:|---|---|")
         for name, record in json.loads(guidance.read_text()).items():
-            proxy = ", ".join(f"{w}: {fid:.2f}" for w, fid in (record.get("proxy_fid") or {}).items())
-            print(f"| {name} | {record.get('fixed')} | {record.get('tuned', '-')} | {proxy} |")
+            proxy, tail = (", ".join(f"{w}: {fid:.2f}" for w, fid in (record.get(key) or {}).items() if fid is not None)
+                           for key in ("proxy_fid", "proxy_fid_tail"))
+            print(f"| {name} | {record.get('fixed')} | {record.get('tuned', '-')} | {record.get('tuned_tail', '-')} | "
+                  f"{proxy} | {tail} |")
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""The baselines (CBDM, OCLT, dispersive, supcon) against hand computations on tiny batches.
+"""The baselines (CBDM, OCLT, dispersive, supcon, DiffROP) against hand computations on tiny batches.
 
 The hand computations use explicit Python loops, independent of the vectorised code.
 """
@@ -12,12 +12,12 @@ import torch
 import torch.nn.functional as F
 
 from ccua.build import build_methods
-from ccua.config import CBDMConfig, DispersiveConfig, MethodConfig, OCLTConfig, SupConConfig
+from ccua.config import CBDMConfig, DiffROPConfig, DispersiveConfig, MethodConfig, OCLTConfig, SupConConfig
 from ccua.diffusion.base import NoisedBatch
 from ccua.diffusion.ddpm import DDPM
 from ccua.methods import (
-    CBDM, CCUA, METHODS, OCLT, Dispersive, PassOutputs, StepContext, SupCon,
-    check_batch_size, check_combination, min_batch, ucl_loss,
+    CBDM, CCUA, METHODS, OCLT, DiffROP, Dispersive, PassOutputs, StepContext, SupCon,
+    check_batch_size, check_combination, diffrop_loss, min_batch, ucl_loss,
 )
 from ccua.methods.oclt import reference_log_probs
 
@@ -351,3 +351,77 @@ def test_supcon_with_ccua_shares_the_uncond_pass():
                           representations={"uncond": torch.randn(4, 3)})
     terms = {k: v for m in methods for k, v in m.loss_terms(context, outputs).items()}
     assert set(terms) == {"ucl", "al", "supcon"} and all(torch.isfinite(v) for v in terms.values())
+
+
+# ---------------------------------------------------------------------------------------- DiffROP
+
+def test_diffrop_by_hand():
+    """lambda / (1 + d), d = mean_i t_i [y_i != y_pi(i)] mean_e (v_i - v_pi(i))^2, t = 1 - s."""
+    predictions = torch.tensor([[1.0, 0.0], [0.0, 2.0], [1.0, 1.0], [3.0, 0.0]])
+    labels = torch.tensor([0, 1, 0, 0])
+    data_time = torch.tensor([0.5, 1.0, 0.25, 0.75])
+    permutation = torch.tensor([1, 0, 3, 2])  # pairs (0, 1) and (2, 3): only the first pair is of two classes
+    total = 0.0
+    for i in range(4):
+        j = int(permutation[i])
+        if labels[i] != labels[j]:
+            total += float(data_time[i]) * mse(predictions[i], predictions[j])
+    expected = 0.1 / (1 + total / 4)
+    assert diffrop_loss(predictions, labels, data_time, permutation, 0.1).item() == pytest.approx(expected, rel=1e-6)
+    same = diffrop_loss(predictions, torch.zeros(4, dtype=torch.long), data_time, permutation, 0.1)
+    assert same.item() == pytest.approx(0.1)  # pairs of one class add nothing
+
+
+def test_diffrop_pushes_the_predictions_of_two_classes_apart():
+    torch.manual_seed(12)
+    predictions = torch.randn(6, 4, requires_grad=True)
+    labels = torch.tensor([0, 1, 2, 0, 1, 2])
+    permutation = torch.tensor([1, 2, 0, 4, 5, 3])
+    ones = torch.ones(6)
+    before = diffrop_loss(predictions, labels, ones, permutation, 0.1)
+    before.backward()
+    with torch.no_grad():
+        moved = predictions - 1.0 * predictions.grad
+        spread_before = torch.cdist(predictions, predictions).mean()
+        assert diffrop_loss(moved, labels, ones, permutation, 0.1) < before
+        assert torch.cdist(moved, moved).mean() > spread_before
+
+
+def test_diffrop_as_a_method_reads_the_true_labels_and_the_data_time():
+    torch.manual_seed(13)
+    method = DiffROP(DiffROPConfig(weight=0.2))
+    labels = torch.tensor([0, 1, 0, 1])
+    dropped = torch.tensor([True, False, False, False])  # a dropped label still counts with its class
+    context = make_context(torch.randn(4, 2), labels, torch.tensor([100, 500, 900, 300]), [2, 2], dropped=dropped)
+    method.prepare(context)
+    predictions = torch.randn(4, 2)
+    terms = method.loss_terms(context, PassOutputs(predictions={"cond": predictions}, representations={}))
+    expected = diffrop_loss(predictions, labels, 1 - context.batch.s, context.state["diffrop_permutation"], 0.2)
+    assert set(terms) == {"diffrop"} and terms["diffrop"].item() == pytest.approx(expected.item())
+    check_combination(["ccua", "diffrop"], "flow")  # combinable, on either objective
+    check_combination(["ccua", "diffrop"], "ddpm")
+
+
+def test_diffrop_with_ccua_trains_and_logs_its_own_term(tmp_path):
+    import json
+
+    from ccua.config import config_from_dict
+    from ccua.training import train
+    from tests.conftest import tiny_config_dict
+
+    run = train(config_from_dict(tiny_config_dict(tmp_path, method={"names": ["ccua", "diffrop"]})))
+    rows = [json.loads(line) for line in (run / "losses.jsonl").read_text().splitlines()]
+    assert all({"dm", "ucl", "al", "diffrop"} <= set(row) for row in rows)
+    assert all(0 < row["diffrop"] <= 0.1 for row in rows)  # lambda / (1 + d) with d >= 0
+
+
+def test_the_release_preset_differs_from_the_published_one_where_the_release_does():
+    from ccua.build import load_checked_config
+
+    published, release = load_checked_config("sit_s2_imagenet_lt256"), load_checked_config("sit_s2_imagenet_lt256_release")
+    assert release.method.names == ["ccua", "diffrop"] and release.method.diffrop.weight == 0.1
+    assert release.method.ccua.weighting == "flow_time" and published.method.ccua.weighting == "noise_level"
+    assert (release.sample.guidance, release.sample.guidance_channels) == (6.5, 3)  # cfg 7.5 on 3 channels
+    for section in ("data", "model", "diffusion", "train"):
+        assert getattr(release, section) == getattr(published, section), section
+    assert (release.method.ccua.alpha, release.method.ccua.gamma) == (0.05, 0.05)

@@ -139,6 +139,10 @@ def test_the_proxy_size_and_grid_edited_retune_from_new_evaluations(finished_stu
         assert new == pytest.approx(guidance[variant]["proxy_fid"])
     for row, metrics in _reported(out, "report/tuned_train"):
         assert metrics["record"]["samples"]["sample"]["guidance"] == guidance[row["name"]]["tuned"]
+    for row, metrics in _reported(out, "report/tuned_tail_train"):  # the w whose tail proxy FID is lowest
+        tail = guidance[row["name"]]["proxy_fid_tail"]
+        assert metrics["record"]["samples"]["sample"]["guidance"] == guidance[row["name"]]["tuned_tail"]
+        assert tail[f"{guidance[row['name']]['tuned_tail']:g}"] == min(tail.values())
 
 
 def test_the_feature_network_and_its_weights_edited_are_evaluated_anew(finished_study, tmp_path, classifiers):

@@ -307,12 +307,18 @@ def evaluate_one(settings: CompareSettings, run: PlannedRun, guidance: float) ->
     return files
 
 
+#: guidance modes: the variant's fixed w, the w tuned on the overall proxy FID, on the tail's
+GUIDANCE_MODES = ("fixed", "tuned", "tuned_tail")
+#: the proxy FID each tuned mode minimises: of all images, of the tail group's
+TUNED_ON = {"tuned": "overall", "tuned_tail": "tail"}
+
+
 def evaluate_mode(settings: CompareSettings, run: PlannedRun, mode: str, tuned_on: PlannedRun) -> tuple[float, list[Path]]:
-    """Evaluate at the variant's fixed w, or at the w tuned on ``tuned_on`` (its first seed)."""
+    """Evaluate at the variant's fixed w, or at a w tuned on ``tuned_on`` (its first seed)."""
     if mode == "fixed":
         guidance = run.config.sample.guidance
-    else:
-        guidance, _ = tune_guidance(settings, tuned_on, settings.guidance_grid)  # reads the sweep's files
+    else:  # reads the sweep's files
+        guidance = tune_guidance(settings, tuned_on, settings.guidance_grid)[TUNED_ON[mode]]
     return guidance, evaluate_one(settings, run, guidance)
 
 
@@ -320,20 +326,25 @@ def evaluate_mode(settings: CompareSettings, run: PlannedRun, mode: str, tuned_o
 PROXY_SEED = 10_000
 
 
-def tune_guidance(settings: CompareSettings, run: PlannedRun, grid: list[float]) -> tuple[float, dict[str, float]]:
-    """The w of ``grid`` with the lowest FID on a small held-out proxy: few samples from their own
-    noise seed, against the balanced test split (not the training-set reference of the final numbers)."""
+def tune_guidance(settings: CompareSettings, run: PlannedRun, grid: list[float]) -> dict[str, Any]:
+    """The w of ``grid`` with the lowest FID on a small held-out proxy (few samples from their own
+    noise seed, against the balanced test split, not the training-set reference of the final
+    numbers): overall (``overall``) and on the tail group alone (``tail``), with the proxy FIDs."""
     from ccua.evaluation import evaluate_target
 
-    scores = {}
+    scores: dict[str, dict[str, float]] = {"overall": {}, "tail": {}}
     for w in grid:
         result, _ = evaluate_target(evaluated_checkpoint(run), eval_root=run.run_dir / "eval_guidance",
                                     per_class=settings.proxy_per_class, guidance=w, seed=PROXY_SEED,
                                     per_class_metrics=False, reference_split="test", reuse=True,
                                     **_evaluation_settings(settings))
-        scores[f"{w:g}"] = result["overall"]["fid"]
-    best = min(scores, key=scores.get)
-    return float(best), scores
+        scores["overall"][f"{w:g}"] = result["overall"]["fid"]
+        scores["tail"][f"{w:g}"] = (result["groups"].get("tail") or {}).get("fid")
+    tuned = {"proxy_fid": scores["overall"], "proxy_fid_tail": scores["tail"]}
+    for criterion, values in scores.items():
+        known = {w: fid for w, fid in values.items() if fid is not None}
+        tuned[criterion] = float(min(known, key=known.get)) if known else None
+    return tuned
 
 
 def tail_samples(checkpoint: Path, num_seeds: int, guidance: float, device: str | None,
@@ -378,14 +389,18 @@ def comparison_jobs(settings: CompareSettings, runs: list[PlannedRun]) -> list[J
         for run in variant_runs:
             jobs.append(Job(f"evaluate {run.name} fixed", evaluate_mode, (settings, run, "fixed", first),
                             after=(f"train {run.name}",)))
-            if settings.guidance_grid:  # after the fixed one: both may pick the same w (and folder)
-                jobs.append(Job(f"evaluate {run.name} tuned", evaluate_mode, (settings, run, "tuned", first),
-                                after=(f"tune {variant}", f"evaluate {run.name} fixed")))
+            previous = f"evaluate {run.name} fixed"
+            for mode in GUIDANCE_MODES[1:] if settings.guidance_grid else ():
+                # one after the other: two modes may pick the same w, and so the same evaluation
+                jobs.append(Job(f"evaluate {run.name} {mode}", evaluate_mode, (settings, run, mode, first),
+                                after=(f"tune {variant}", previous)))
+                previous = f"evaluate {run.name} {mode}"
     return jobs
 
 
 def _write_guidance(settings: CompareSettings, runs: list[PlannedRun], results: dict[str, Any]) -> None:
-    """guidance.json: per variant the fixed w and, with a grid, the tuned w and its proxy FIDs."""
+    """guidance.json: per variant the fixed w and, with a grid, the w tuned overall (``tuned``) and on
+    the tail (``tuned_tail``) with the proxy FIDs they minimise."""
     record = {}
     for run in runs:
         if run.variant in record:
@@ -393,8 +408,9 @@ def _write_guidance(settings: CompareSettings, runs: list[PlannedRun], results: 
         record[run.variant] = {"step": run.config.train.steps, "fixed": run.config.sample.guidance}
         tuned = results.get(f"tune {run.variant}")
         if tuned is not None and tuned.error is None:
-            best, scores = tuned.value
-            record[run.variant].update(tuned=best, proxy_fid=scores, grid=settings.guidance_grid)
+            found = tuned.value
+            record[run.variant].update(tuned=found["overall"], tuned_tail=found["tail"], proxy_fid=found["proxy_fid"],
+                                       proxy_fid_tail=found["proxy_fid_tail"], grid=settings.guidance_grid)
     write_text_atomic(settings.out_dir / "guidance.json", json.dumps(record, indent=2))
 
 
@@ -404,7 +420,7 @@ def _write_reports(settings: CompareSettings, runs: list[PlannedRun], results: d
 
     baseline = settings.baseline or settings.variants[0].name
     main_report = settings.out_dir / "report"
-    for mode in ["fixed"] + (["tuned"] if settings.guidance_grid else []):
+    for mode in GUIDANCE_MODES if settings.guidance_grid else GUIDANCE_MODES[:1]:
         evaluated = [(run, results[f"evaluate {run.name} {mode}"]) for run in runs]
         evaluated = [(run, result.value[1]) for run, result in evaluated if result.error is None]
         for index, reference in enumerate(settings.references):
@@ -412,8 +428,13 @@ def _write_reports(settings: CompareSettings, runs: list[PlannedRun], results: d
                 continue
             folder = main_report if (mode, index) == ("fixed", 0) else main_report / f"{mode}_{reference}"
             make_report([files[index] for _, files in evaluated], folder, names=[run.variant for run, _ in evaluated],
-                        baseline=baseline, title=f"Comparison ({mode} guidance, reference: balanced {reference} split)")
+                        baseline=baseline, title=f"Comparison ({_MODE_TITLES[mode]}, reference: balanced {reference} "
+                                                  "split)")
     return main_report
+
+
+_MODE_TITLES = {"fixed": "fixed guidance", "tuned": "guidance tuned on the overall proxy FID",
+                "tuned_tail": "guidance tuned on the tail's proxy FID"}
 
 
 def compare(settings: CompareSettings) -> Path:

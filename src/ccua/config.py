@@ -156,6 +156,14 @@ class SupConConfig:
 
 
 @dataclass
+class DiffROPConfig:
+    """DiffROP (arXiv 2402.10821) as the released CCUA SiT trainer adds it: lambda / (1 + d), d the
+    data-time-weighted distance of the predictions of randomly paired samples of two classes."""
+
+    weight: float = 0.1  # lambda, the release's default
+
+
+@dataclass
 class MethodConfig:
     """Which methods are added to the denoising loss; they combine (e.g. [ccua, cbdm])."""
 
@@ -165,6 +173,7 @@ class MethodConfig:
     oclt: OCLTConfig = field(default_factory=OCLTConfig)
     dispersive: DispersiveConfig = field(default_factory=DispersiveConfig)
     supcon: SupConConfig = field(default_factory=SupConConfig)
+    diffrop: DiffROPConfig = field(default_factory=DiffROPConfig)
     # one forward call on [x_t; x_t] (faster) or one call per pass
     batched_passes: bool = True
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 from ccua.methods.base import Method, PassOutputs, StepContext
 from ccua.methods.cbdm import CBDM, cbdm_loss, class_prior
 from ccua.methods.ccua import CCUA, alignment_loss, ucl_loss
+from ccua.methods.diffrop import DiffROP, diffrop_loss
 from ccua.methods.dispersive import Dispersive, dispersive_loss
 from ccua.methods.oclt import OCLT
 from ccua.methods.supcon import SupCon, supcon_loss
@@ -21,6 +22,7 @@ METHODS: dict[str, type[Method]] = {
     "oclt": OCLT,
     "dispersive": Dispersive,
     "supcon": SupCon,
+    "diffrop": DiffROP,
 }
 #: the name that means no method (plain denoising training)
 PLAIN = "plain"
@@ -73,6 +75,6 @@ def check_batch_size(names: list[str], batch_size: int) -> None:
         raise ValueError(f"per-process batch size {batch_size} is too small: {'; '.join(short)}")
 
 
-__all__ = ["CBDM", "CCUA", "Dispersive", "METHODS", "Method", "OCLT", "PLAIN", "PassOutputs", "StepContext",
+__all__ = ["CBDM", "CCUA", "DiffROP", "Dispersive", "METHODS", "Method", "OCLT", "PLAIN", "PassOutputs", "StepContext",
            "SupCon", "alignment_loss", "cbdm_loss", "check_batch_size", "check_combination", "class_prior",
-           "dispersive_loss", "min_batch", "supcon_loss", "ucl_loss"]
+           "diffrop_loss", "dispersive_loss", "min_batch", "supcon_loss", "ucl_loss"]

@@ -1,0 +1,102 @@
+"""The near-copy share of a run's samples along its training: at which budget does it copy its tail?
+
+For every kept checkpoint of each run (or those named with --steps) and every guidance w, this
+samples ``--per-class`` images of every class (the same initial noise for every checkpoint) and
+measures near-copies of the training images (``ccua.metrics.memorisation``: nearest /
+second-nearest < 1/3, shifts of up to 2 pixels and mirroring allowed), per head/body/tail group:
+the share within the class, the share against the whole training set, and the distinct training
+images the samples land nearest to. It prints one table and writes it as CSV (``--out``); rows
+already in that CSV are not measured again, so an interrupted curve resumes. Example (the pilot of
+docs/results/memorising_regime.md):
+    python bench/copy_curve.py runs/fashion_mnist_lt_memorising/runs/plain-s0 --guidance 0,1 \
+        --per-class 50 --sampler-steps 50 --out runs/fashion_mnist_lt_memorising/pilot_copies.csv
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ccua.data import build_training_set, class_groups
+from ccua.files import atomic_file
+from ccua.generate import LoadedModel
+from ccua.images import to_uint8_nchw
+from ccua.metrics.memorisation import memorisation
+from ccua.runs import RunFolder
+
+COLUMNS = ("run", "step", "guidance", "group", "n", "n_train", "copy_share", "copy_share_whole_set",
+           "copies_of_other_class", "distinct_nearest", "median_ratio")
+NOISE_SEED = 2024  # one noise stream for every checkpoint and run: the curves differ by the weights alone
+
+
+def measure(checkpoint: Path, guidance: float, per_class: int, sampler_steps: int) -> list[dict]:
+    """One row per group (and overall) for one checkpoint at one guidance."""
+    loaded = LoadedModel(checkpoint)
+    sample = replace(loaded.config.sample, guidance=guidance, steps=sampler_steps)
+    labels = torch.arange(len(loaded.class_counts)).repeat_interleave(per_class)
+    images = loaded.sample_uint8(labels, sample, seed=NOISE_SEED, progress=False)
+    train = build_training_set(loaded.config.data)
+    train_images = np.stack([np.asarray(train.uint8_image(i)) for i in range(len(train))])
+    groups = class_groups(len(loaded.class_counts), loaded.class_counts)
+    found = memorisation(to_uint8_nchw(images).numpy(), labels.numpy(), train_images, train.labels, groups)
+    rows = []
+    for name in ["overall", *groups]:
+        within = found["overall"] if name == "overall" else found["groups"][name]
+        whole = found["whole_set"]["overall"] if name == "overall" else found["whole_set"]["groups"][name]
+        rows.append({"run": loaded.run_dir.name, "step": loaded.step, "guidance": guidance, "group": name,
+                     "n": within["n"], "n_train": within.get("n_train", len(train)),
+                     "copy_share": within["copy_share"], "copy_share_whole_set": whole["copy_share"],
+                     "copies_of_other_class": whole["copies_of_other_class"],
+                     "distinct_nearest": within["distinct_nearest"], "median_ratio": within["median_ratio"]})
+    return rows
+
+
+def _done(path: Path) -> tuple[list[dict], set[tuple]]:
+    if not path.is_file():
+        return [], set()
+    rows = list(csv.DictReader(path.open()))
+    return rows, {(r["run"], int(r["step"]), float(r["guidance"])) for r in rows}
+
+
+def _print(rows: list[dict]) -> None:
+    print("| run | step | w | group | n | train images | copies (class) | copies (whole set) | distinct nearest |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['run']} | {r['step']} | {float(r['guidance']):g} | {r['group']} | {r['n']} | {r['n_train']} | "
+              f"{float(r['copy_share']):.3f} | {float(r['copy_share_whole_set']):.3f} | {r['distinct_nearest']} |")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("runs", nargs="+", help="run folders")
+    parser.add_argument("--steps", default=None, help="comma-separated checkpoint steps (default: every kept one)")
+    parser.add_argument("--guidance", default="0,1", help="comma-separated w values")
+    parser.add_argument("--per-class", type=int, default=50)
+    parser.add_argument("--sampler-steps", type=int, default=50)
+    parser.add_argument("--out", required=True, help="CSV file (rows already there are kept, not measured again)")
+    args = parser.parse_args()
+    out = Path(args.out)
+    rows, done = _done(out)
+    wanted = None if args.steps is None else {int(s) for s in args.steps.split(",")}
+    for run in args.runs:
+        folder = RunFolder(Path(run))
+        for step, checkpoint in zip(folder.checkpoint_steps(), folder.checkpoints()):
+            for w in (float(v) for v in args.guidance.split(",")):
+                if (wanted is not None and step not in wanted) or (folder.path.name, step, w) in done:
+                    continue
+                rows += measure(checkpoint, w, args.per_class, args.sampler_steps)
+                with atomic_file(out, "w") as stream:  # rewritten after each point: nothing lost on a stop
+                    writer = csv.DictWriter(stream, fieldnames=COLUMNS)
+                    writer.writeheader()
+                    writer.writerows(rows)
+                print(f"{folder.path.name} step {step} w {w:g}: measured", flush=True)
+    _print(rows)
+
+
+if __name__ == "__main__":
+    main()
