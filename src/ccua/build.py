@@ -14,13 +14,14 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+from pathlib import Path
 from typing import Iterable, Iterator
 
 import torch
 from torch import nn
 
 from ccua.config import (DIT_SIZE_FIELDS, Config, ConfigError, DiffusionConfig, DiTConfig, MethodConfig, ModelConfig,
-                         config_from_dict, load_config)
+                         config_from_dict, load_config, range_problems)
 from ccua.data import DATA_SETS, is_latent
 from ccua.diffusion import LABEL_DROP_MODES, OBJECTIVES, SAMPLERS, Objective
 from ccua.diffusion.ddpm import ANCESTRAL_VARIANCES
@@ -55,7 +56,8 @@ def check_config(config: Config) -> Config:
     """``config`` when every registry knows its names and its parts fit together, with a named
     DiT size written into ``model.dit``'s depth and width (so config.yaml shows the architecture
     trained); else a ConfigError naming the first setting that does not, with the valid values."""
-    problems = itertools.chain(_choice_problems(config), _method_problems(config), _sampling_problems(config))
+    problems = itertools.chain(range_problems(config), _choice_problems(config), _method_problems(config),
+                               _sampling_problems(config))
     problem = next(problems, None)
     if problem is None:
         config = _with_dit_size(config)
@@ -165,6 +167,62 @@ def _model_problems(config: Config) -> Iterator[str]:
 def build_model(config: ModelConfig, in_channels: int, num_classes: int, resolution: int) -> nn.Module:
     """The backbone ``config.arch``, from its section of settings, for data of the given shape and class count."""
     return BACKBONES[config.arch].from_config(getattr(config, config.arch), in_channels, num_classes, resolution)
+
+
+def training_footprint(config: ModelConfig, in_channels: int, num_classes: int, resolution: int, batch: int,
+                       passes: int = 1) -> tuple[int, int]:
+    """(parameters, bytes) of training the model at a per-process ``batch``, estimated without
+    allocating it: the model is built and run once on PyTorch's meta device (shapes only). Bytes:
+    fp32 weights, gradients, two Adam moments and the EMA copy, plus every module's output of
+    ``passes`` forward passes (what backward keeps). A floor, not a bound: workspace and the
+    allocator's slack come on top."""
+    with torch.device("meta"):
+        model = build_model(config, in_channels, num_classes, resolution)
+        activations = 0
+
+        def count(module, inputs, output):
+            nonlocal activations
+            for tensor in output if isinstance(output, (tuple, list)) else (output,):
+                if isinstance(tensor, torch.Tensor):
+                    activations += tensor.numel()
+
+        hooks = [m.register_forward_hook(count) for m in model.modules() if not list(m.children())]
+        try:
+            x = torch.zeros(batch, in_channels, resolution, resolution)
+            model(x, torch.zeros(batch, dtype=torch.long), torch.zeros(batch, dtype=torch.long))
+        finally:
+            for hook in hooks:
+                hook.remove()
+    parameters = sum(p.numel() for p in model.parameters())
+    return parameters, 4 * (5 * parameters + passes * activations)
+
+
+def available_memory(device: torch.device) -> int | None:
+    """Bytes free for a new allocation on ``device`` (the GPU's free memory, or the machine's
+    available RAM); None where it cannot be told."""
+    if device.type == "cuda":
+        return int(torch.cuda.mem_get_info(device)[0])
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def check_model_fits(config: Config, in_channels: int, num_classes: int, resolution: int, batch: int,
+                     device: torch.device) -> None:
+    """ConfigError, with the estimate, when training ``config``'s model cannot fit the free memory
+    of ``device`` (:func:`training_footprint`), before anything is allocated."""
+    passes = 1 + len({p for method in build_methods(config.method) for p in method.passes})
+    parameters, needed = training_footprint(config.model, in_channels, num_classes, resolution, batch, passes)
+    free = available_memory(device)
+    if free is not None and needed > free:
+        raise ConfigError(f"the {config.model.arch} of these model.{config.model.arch}.* settings has "
+                          f"{parameters / 1e6:.1f}M parameters; training it at {batch} images per process needs "
+                          f"at least {needed / 2**30:.1f} GiB, more than the {free / 2**30:.1f} GiB free on "
+                          f"{device.type}: make the model smaller or lower train.batch_size")
 
 
 def build_objective(config: DiffusionConfig) -> Objective:

@@ -113,6 +113,28 @@ def save_checkpoint(state: dict, folder: Path, step: int, keep: int) -> Path:
     return path
 
 
+#: how many times its own size a PyTorch archive's entries may declare: torch stores them
+#: uncompressed, so a larger expansion is a crafted file (a "zip bomb"), refused before loading
+MAX_EXPANSION = 2.0
+
+
+def check_archive_sizes(path: str | Path, what: str = "checkpoint") -> None:
+    """CheckpointError naming ``path`` when the entries of the zip archive declare far more bytes
+    than the file holds (:data:`MAX_EXPANSION`); other files are left to ``torch.load``."""
+    path = Path(path)
+    try:
+        if not zipfile.is_zipfile(path):
+            return
+        with zipfile.ZipFile(path) as archive:
+            declared = sum(info.file_size for info in archive.infolist())
+    except (OSError, zipfile.BadZipFile):
+        return  # torch.load names what is wrong with it
+    size = path.stat().st_size
+    if declared > MAX_EXPANSION * size + (1 << 20):
+        raise CheckpointError(f"{what} {path} declares {declared} bytes of contents in a {size}-byte file: PyTorch "
+                              "stores its archives uncompressed, so this is not one it wrote; refused unread")
+
+
 def load_checkpoint(path: str | Path, required: tuple[str, ...] = REQUIRED_KEYS) -> dict:
     """Load a checkpoint with ``weights_only=True``: tensors and plain containers only.
 
@@ -120,6 +142,7 @@ def load_checkpoint(path: str | Path, required: tuple[str, ...] = REQUIRED_KEYS)
     PyTorch file, holds arbitrary Python objects, or lacks one of ``required``.
     """
     path = Path(path)
+    check_archive_sizes(path)
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
@@ -137,6 +160,58 @@ def load_checkpoint(path: str | Path, required: tuple[str, ...] = REQUIRED_KEYS)
         raise CheckpointError(f"{path} is not a ccua checkpoint: it lacks {', '.join(map(repr, missing))} "
                               f"(it holds {held or 'nothing'})")
     return state
+
+
+def checked_header(state: dict, path: str | Path) -> tuple[int, list[int], tuple[int, int, int]]:
+    """(step, class counts, data shape) of a loaded checkpoint, each checked for what it must be;
+    a CheckpointError naming the file and the key otherwise."""
+    def integers(value, key: str, length: int | None = None) -> list[int]:
+        values = value.tolist() if isinstance(value, torch.Tensor) else value
+        if (not isinstance(values, (list, tuple)) or (length is not None and len(values) != length)
+                or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in values)):
+            wanted = f"{length} non-negative integers" if length else "a list of non-negative integers"
+            raise CheckpointError(f"checkpoint {path}: {key!r} must be {wanted}, got {str(values)[:80]}")
+        return [int(v) for v in values]
+
+    step = state["step"]
+    if isinstance(step, torch.Tensor) and step.numel() == 1 and not step.is_floating_point():
+        step = int(step)
+    if not isinstance(step, int) or isinstance(step, bool) or step < 0:
+        raise CheckpointError(f"checkpoint {path}: 'step' must be a non-negative integer, got {step!r}")
+    counts = integers(state["class_counts"], "class_counts")
+    if not counts:
+        raise CheckpointError(f"checkpoint {path}: 'class_counts' is empty")
+    shape = integers(state["data_shape"], "data_shape", 3)
+    if min(shape) < 1:
+        raise CheckpointError(f"checkpoint {path}: 'data_shape' must be 3 positive integers, got {shape}")
+    return step, counts, tuple(shape)
+
+
+def check_weights(weights: object, model: torch.nn.Module, path: str | Path, key: str) -> dict:
+    """``weights`` when they are a state dict that fits ``model`` exactly: the same names, shapes and
+    floating dtypes, every value finite; else a CheckpointError naming the file and the entry."""
+    if not isinstance(weights, dict):
+        raise CheckpointError(f"checkpoint {path}: {key!r} is a {type(weights).__name__}, not a state dict")
+    expected = model.state_dict()
+    missing = [name for name in expected if name not in weights]
+    unexpected = [name for name in weights if name not in expected]
+    if missing or unexpected:
+        which = f"lacks {missing[0]!r}" if missing else f"has {unexpected[0]!r}, which the model has not"
+        raise CheckpointError(f"checkpoint {path}: {key} {which} ({len(missing)} missing, {len(unexpected)} "
+                              "unexpected entries): it was trained with another model config")
+    for name, wanted in expected.items():
+        value = weights[name]
+        if not isinstance(value, torch.Tensor) or value.shape != wanted.shape:
+            shape = tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
+            raise CheckpointError(f"checkpoint {path}: {key}.{name} has shape {shape}, the model needs "
+                                  f"{tuple(wanted.shape)} (another model config or class count)")
+        if wanted.is_floating_point() and not value.is_floating_point():
+            raise CheckpointError(f"checkpoint {path}: {key}.{name} is {value.dtype}, the model needs floating "
+                                  "point weights")
+        if value.is_floating_point() and not torch.isfinite(value).all():
+            raise CheckpointError(f"checkpoint {path}: {key}.{name} holds NaN or infinite values (a diverged "
+                                  "run?): sample or resume an earlier checkpoint")
+    return weights
 
 
 def _unreadable_reason(path: Path, error: Exception) -> str:

@@ -32,10 +32,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 
 from ccua.build import load_checked_config
-from ccua.config import Config, ConfigError, save_config
+from ccua.config import Config, ConfigError, read_yaml_file, save_config
 from ccua.data import SPLITS
 from ccua.jobs import Job, JobsFailed, run_jobs, worker_slot
 from ccua.launch import child_environment, gpu_group, torchrun_command
@@ -123,8 +122,8 @@ def is_study_file(path: str) -> bool:
     if file.suffix not in (".yaml", ".yml") or not file.is_file():
         return False
     try:
-        data = yaml.safe_load(file.read_text())
-    except yaml.YAMLError:
+        data = read_yaml_file(file, "study file")
+    except ConfigError:
         return False
     return isinstance(data, dict) and "variants" in data
 
@@ -135,7 +134,9 @@ def load_study(path: str | Path, only: list[str] | None = None, **changes: Any) 
     ``only`` keeps the named variants (in the file's order), e.g. the core of a long study first: its
     runs, evaluations and reports are the same as in the whole study's, which later skips them."""
     path = Path(path)
-    data = yaml.safe_load(path.read_text()) or {}
+    data = read_yaml_file(path, "study file") or {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: a study file holds a mapping at the top level, got {type(data).__name__}")
     unknown = set(data) - _STUDY_KEYS
     if unknown:
         raise ConfigError(f"{path}: unknown study key(s) {sorted(unknown)} (valid: {sorted(_STUDY_KEYS)})")

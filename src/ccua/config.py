@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import re
 from dataclasses import dataclass, field, fields, is_dataclass
 from importlib import resources
@@ -35,6 +36,11 @@ class DataConfig:
     # image_folder: the test split in the same format (ImageNet_LT_test.txt): the balanced reference
     test_split_file: str | None = None
     download: bool = False  # fetch CIFAR from the internet when it is not at root
+    # image folders are untrusted input: listed paths and links must stay inside root (a class's
+    # images inside its own folder) unless this is set; an image declaring more pixels than
+    # max_image_pixels is refused (None: 64 x resolution^2, at least 4096 x 4096)
+    allow_outside_root: bool = False
+    max_image_pixels: int | None = None
     resolution: int = 16
     channels: int | None = None  # None = the source's own (1 for digits, 3 for colour)
     imbalance: float | None = 0.01  # rho of the exponential profile; None = keep the source as it is
@@ -348,7 +354,7 @@ def config_from_dict(values: dict[str, Any], stored: bool = False) -> Config:
     """
     merged = with_defaults(values, stored)
     config = _build(Config, merged)
-    problem = next(_range_problems(config), None)
+    problem = next(range_problems(config), None)
     if problem is not None:
         raise ConfigError(problem)
     return config
@@ -446,7 +452,7 @@ def preset_names() -> list[str]:
     return sorted(p.name[: -len(".yaml")] for p in folder.iterdir() if p.name.endswith(".yaml"))
 
 
-class _Loader(yaml.SafeLoader):
+class _Loader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):  # libyaml's C parser where installed
     """PyYAML's safe loader with YAML 1.2 numbers: ``1e-3`` and ``1e3`` are floats.
 
     YAML 1.1 (PyYAML's default) only reads a float with a dot, so ``lr: 1e-4`` would be the
@@ -459,11 +465,24 @@ _Loader.add_implicit_resolver(
     re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$"),
     list("-+0123456789."))
 
+#: the largest config, study or run file read (characters): configs are a few KB
+MAX_YAML_CHARS = 1 << 20
+
 
 def parse_yaml(text: str, source: str) -> Any:
-    """YAML text -> Python values (safe types only); ConfigError naming ``source`` and the line."""
+    """YAML text -> Python values (safe types only); ConfigError naming ``source`` and the line.
+
+    Config files are untrusted input: a file over :data:`MAX_YAML_CHARS` and aliases (``*name``,
+    which let a few lines expand to gigabytes) are refused before anything is built.
+    """
+    if len(text) > MAX_YAML_CHARS:
+        raise ConfigError(f"{source}: {len(text)} characters, more than a config file may hold ({MAX_YAML_CHARS})")
     try:
-        return yaml.load(text, Loader=_Loader)  # noqa: S506 - _Loader is a SafeLoader
+        for event in yaml.parse(text, Loader=_Loader):  # events only: an alias is refused before it expands
+            if isinstance(event, yaml.AliasEvent):
+                raise ConfigError(f"{source}: line {event.start_mark.line + 1}: YAML aliases (*{event.anchor}) are not "
+                                  "allowed in config files; write the values out")
+        return yaml.load(text, Loader=_Loader)  # noqa: S506 - _Loader is a safe loader
     except yaml.MarkedYAMLError as error:
         mark = error.problem_mark or error.context_mark
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
@@ -471,6 +490,18 @@ def parse_yaml(text: str, source: str) -> Any:
         raise ConfigError(f"{source}: not valid YAML{where}: {what}") from None
     except yaml.YAMLError as error:
         raise ConfigError(f"{source}: not valid YAML: {error}") from None
+
+
+def read_yaml_file(path: str | Path, what: str = "config file") -> Any:
+    """The YAML of a file (:func:`parse_yaml`'s checks), its size checked before it is read."""
+    path = Path(path)
+    try:
+        if path.stat().st_size > 4 * MAX_YAML_CHARS:
+            raise ConfigError(f"{what} {path} is {path.stat().st_size} bytes, more than a config file may hold")
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError) as error:
+        raise ConfigError(f"cannot read {what} {path}: {error}") from None
+    return parse_yaml(text, str(path))
 
 
 def _locate(name_or_path: str, folder: Path | None) -> tuple[str, str, Path | None]:
@@ -485,6 +516,8 @@ def _locate(name_or_path: str, folder: Path | None) -> tuple[str, str, Path | No
         if folder is not None and not path.is_absolute():
             path = folder / path
         if path.is_file():
+            if path.stat().st_size > 4 * MAX_YAML_CHARS:
+                raise ConfigError(f"config file {path} is {path.stat().st_size} bytes, more than a config file may hold")
             try:
                 return str(path.resolve()), path.read_text(), path.resolve().parent
             except (OSError, UnicodeDecodeError) as error:
@@ -552,10 +585,20 @@ def save_config(config: Config, path: str | Path) -> None:
     Path(path).write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
 
 
-def _range_problems(config: Config) -> Iterator[str]:
+def range_problems(config: Config) -> Iterator[str]:
     """One message per numeric setting outside the range where it means something."""
+    yield from _non_finite_problems(config.to_dict())
     yield from _count_problems(config)
     yield from _value_problems(config)
+
+
+def _non_finite_problems(values: dict[str, Any], prefix: str = "") -> Iterator[str]:
+    """NaN or infinite numbers anywhere in the config (no setting means anything with them)."""
+    for key, value in values.items():
+        if isinstance(value, dict):
+            yield from _non_finite_problems(value, f"{prefix}{key}.")
+        elif isinstance(value, float) and not math.isfinite(value):
+            yield f"{prefix}{key}={value} must be a finite number"
 
 
 def _count_problems(config: Config) -> Iterator[str]:
@@ -588,6 +631,7 @@ def _count_problems(config: Config) -> Iterator[str]:
     ]
     optional = [("data.n_max", data.n_max, 1, "images of the head class"),
                 ("data.channels", data.channels, 1, "image channels"),
+                ("data.max_image_pixels", data.max_image_pixels, 1, "pixels an image file may declare"),
                 ("sample.guidance_channels", sample.guidance_channels, 1, "guided channels")]
     for key, value, minimum, what in at_least + [o for o in optional if o[1] is not None]:
         if value < minimum:
@@ -611,10 +655,13 @@ def _value_problems(config: Config) -> Iterator[str]:
     for key, value in positive:
         if not value > 0:
             yield f"{key}={value} must be > 0"
-    for key, value in [("train.weight_decay", train.weight_decay), ("sample.eta", sample.eta)]:
+    for key, value in [("train.weight_decay", train.weight_decay)]:
         if value < 0:
             yield f"{key}={value} must be >= 0"
     intervals = [("train.ema_decay", train.ema_decay, 0, 1, "[0, 1]"),
+                 ("sample.eta", sample.eta, 0, 1, "[0, 1]"),
+                 # w = -1 is the unconditional model; far beyond 100 the guided prediction overflows
+                 ("sample.guidance", sample.guidance, -1, 100, "[-1, 100]"),
                  ("model.unet.dropout", config.model.unet.dropout, 0, 1, "[0, 1)"),
                  ("diffusion.label_drop_prob", diffusion.label_drop_prob, 0, 1, "[0, 1)")]
     for key, value, low, high, shown in intervals:

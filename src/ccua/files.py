@@ -33,9 +33,11 @@ def atomic_file(path: str | Path, mode: str = "wb") -> Iterator[IO]:
         with os.fdopen(handle, mode) as stream:
             yield stream
         os.replace(temporary, path)
-    except BaseException:
+    except BaseException as error:
         with contextlib.suppress(OSError):
             os.unlink(temporary)
+        if isinstance(error, OSError) and error.filename is None:  # say which file could not be written
+            raise OSError(error.errno, error.strerror or str(error), str(path)) from None
         raise
 
 

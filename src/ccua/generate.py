@@ -10,6 +10,7 @@ images are those of one process, bit for bit, for every sampler.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import shutil
@@ -22,7 +23,7 @@ import torch
 from torch import Tensor, nn
 
 from ccua.build import build_model, build_objective, stored_config
-from ccua.checkpoint import load_checkpoint
+from ccua.checkpoint import check_weights, checked_header, load_checkpoint
 from ccua.config import Config, SampleConfig
 from ccua.distributed import DistInfo, on_main, own_items, shared_map
 from ccua.files import atomic_file, write_text_atomic
@@ -34,6 +35,10 @@ from ccua.progress import progress_bar
 from ccua.runs import resolve_checkpoint, run_folder_of
 
 log = logging.getLogger(__name__)
+
+
+class NonFiniteSamples(ValueError):
+    """The sampler produced NaN or infinite values (broken weights, or settings that overflow)."""
 
 
 def initial_noise(shape: tuple[int, ...], seed: int, start: int = 0) -> Tensor:
@@ -78,7 +83,11 @@ def generate_chunk(model: nn.Module, objective, labels: Tensor, data_shape: tupl
 
     x = objective.sample(predict, noise, sample, progress=progress,
                          generator=step_noise_generator(seed, chunk, noise.device))
-    return decode(x) if decode is not None else x
+    x = decode(x) if decode is not None else x
+    if not torch.isfinite(x).all():  # written out they would be black images, silently
+        raise NonFiniteSamples(f"samples {start}-{start + len(y) - 1} came out NaN or infinite (guidance "
+                               f"{sample.guidance:g}, {sample.sampler} {sample.steps} steps); nothing was written")
+    return x
 
 
 @torch.no_grad()
@@ -147,13 +156,12 @@ class LoadedModel:
         self.checkpoint_path = resolve_checkpoint(run_or_checkpoint)
         state = load_checkpoint(self.checkpoint_path)
         self.config: Config = stored_config(state["config"])
-        self.step: int = int(state["step"])
-        self.class_counts: list[int] = [int(c) for c in state["class_counts"]]
-        self.data_shape: tuple[int, int, int] = tuple(int(v) for v in state["data_shape"])
+        self.step, self.class_counts, self.data_shape = checked_header(state, self.checkpoint_path)
         self.use_ema = use_ema and state.get("ema") is not None
         self.device = torch.device(device)
         model = build_model(self.config.model, self.data_shape[0], len(self.class_counts), self.data_shape[1])
-        model.load_state_dict(state["ema"] if self.use_ema else state["model"])
+        key = "ema" if self.use_ema else "model"
+        model.load_state_dict(check_weights(state[key], model, self.checkpoint_path, key))
         self.model = model.to(self.device).eval()
         self.objective = build_objective(self.config.diffusion)
         self.latent = is_latent(self.config.data)
@@ -168,16 +176,25 @@ class LoadedModel:
 
     def sample(self, labels: Tensor, sample: SampleConfig, seed: int = 0, progress: bool = True) -> Tensor:
         """Images in [-1, 1] for ``labels``."""
-        return generate(self.model, self.objective, labels, self.data_shape, sample, seed, self.device, progress,
-                        decode=self.decoder())
+        with self._naming_the_checkpoint():
+            return generate(self.model, self.objective, labels, self.data_shape, sample, seed, self.device, progress,
+                            decode=self.decoder())
+
+    @contextlib.contextmanager
+    def _naming_the_checkpoint(self):
+        try:
+            yield
+        except NonFiniteSamples as error:
+            raise NonFiniteSamples(f"sampling {self.checkpoint_path}: {error}") from None
 
     def sample_uint8(self, labels: Tensor, sample: SampleConfig, seed: int = 0, progress: bool = True,
                      dist: DistInfo | None = None, each=None) -> np.ndarray | None:
         """uint8 [N, H, W, C] images for ``labels``, shared by the processes of ``dist``
         (:func:`generate_uint8`: process 0 gets them all, the others None)."""
         dist = dist or DistInfo(device=self.device)
-        return generate_uint8(self.model, self.objective, labels, self.data_shape, sample, seed, dist, progress,
-                              self.decoder(), each)
+        with self._naming_the_checkpoint():
+            return generate_uint8(self.model, self.objective, labels, self.data_shape, sample, seed, dist, progress,
+                                  self.decoder(), each)
 
 
 # --------------------------------------------------------------------------- sample files
@@ -259,13 +276,18 @@ def prepare_output_folder(out: Path, overwrite: bool = False) -> None:
         if not overwrite:
             raise ValueError(f"output folder {out} is not empty: choose another --out, or pass --overwrite to "
                              "replace the samples in it")
-        for name in SAMPLE_OUTPUTS:
-            old = out / name
-            if old.is_dir() and not old.is_symlink():
-                shutil.rmtree(old)
-            elif old.exists() or old.is_symlink():
-                old.unlink()
+        remove_sample_outputs(out)
     out.mkdir(parents=True, exist_ok=True)
+
+
+def remove_sample_outputs(out: Path) -> None:
+    """Remove what a sampling run writes into ``out`` (:data:`SAMPLE_OUTPUTS`), nothing else."""
+    for name in SAMPLE_OUTPUTS:
+        old = out / name
+        if old.is_dir() and not old.is_symlink():
+            shutil.rmtree(old, ignore_errors=True)
+        elif old.exists() or old.is_symlink():
+            old.unlink(missing_ok=True)
 
 
 def sample_to_folder(loaded: LoadedModel, out_dir: str | Path, sample: SampleConfig, labels: Tensor | None = None,
@@ -294,9 +316,23 @@ def sample_to_folder(loaded: LoadedModel, out_dir: str | Path, sample: SampleCon
         for i, image in enumerate(images, start):
             pil_image(image).save(png_dir / f"{i:06d}_c{label_list[i]}.png")
 
-    images = loaded.sample_uint8(labels, sample, seed, progress, dist, write_pngs_of if write_pngs else None)
-    if images is None:  # not process 0: its chunks went there
-        return out
+    try:
+        images = loaded.sample_uint8(labels, sample, seed, progress, dist, write_pngs_of if write_pngs else None)
+        if images is None:  # not process 0: its chunks went there
+            return out
+        _write_sample_set(loaded, out, sample, labels, seed, images, request)
+    except OSError as error:  # a full disk, say: no partial sample set is left behind
+        on_main(lambda: remove_sample_outputs(out), dist)
+        raise OSError(error.errno, f"cannot write the samples ({error.strerror or error}); the partial sample set "
+                                   "was removed", str(error.filename or out)) from None
+    log.info("wrote %d samples to %s", len(labels), out)
+    return out
+
+
+def _write_sample_set(loaded: LoadedModel, out: Path, sample: SampleConfig, labels: Tensor, seed: int,
+                      images: np.ndarray, request: dict | None) -> None:
+    """images.npz, the per-class grid and sample_info.json of a drawn sample set (process 0)."""
+    num_classes = len(loaded.class_counts)
     save_samples(out / SAMPLE_FILE, images, labels.numpy())
     order = grid_labels(loaded.class_counts, 1)
     rows = [images[labels.numpy() == c][:10] for c in order.tolist()]
@@ -313,8 +349,6 @@ def sample_to_folder(loaded: LoadedModel, out_dir: str | Path, sample: SampleCon
     if request is not None:
         info["request"] = request
     write_text_atomic(out / "sample_info.json", json.dumps(info, indent=2))
-    log.info("wrote %d samples to %s", len(labels), out)
-    return out
 
 
 def _prepare_sample_folder(out: Path, png_dir: Path | None, overwrite: bool) -> None:

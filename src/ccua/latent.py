@@ -23,6 +23,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
+from ccua.checkpoint import check_archive_sizes
 from ccua.progress import progress_bar
 
 #: The factor SD-VAE latents are multiplied by so that they have roughly unit variance.
@@ -183,6 +184,7 @@ class LatentDataset(Dataset):
         if not self.path.is_file():
             raise FileNotFoundError(f"no latent cache at {self.path}: write one with ccua.latent.encode_dataset")
         # mmap: a large cache is paged in on demand and shared by DataLoader workers.
+        check_archive_sizes(self.path, "latent cache")
         cache = torch.load(self.path, map_location="cpu", weights_only=True, mmap=True)
         missing = [k for k in ("latents", "labels", "num_classes") if k not in cache]
         if missing:

@@ -20,9 +20,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import yaml
-
-from ccua.config import Config, ConfigError, config_from_dict
+from ccua.config import Config, ConfigError, config_from_dict, read_yaml_file
 from ccua.checkpoint import CHECKPOINT_PATTERN, list_checkpoints
 from ccua.files import folder_lock
 
@@ -38,6 +36,7 @@ RESUMABLE = (
     "train.sample_every", "train.progress", "train.dist_timeout_minutes", "train.proxy_every",
     "train.proxy_samples", "train.proxy_features", "train.proxy_feature_path", "train.proxy_sampler_steps", "sample",
     "data.root", "data.download", "data.num_workers", "data.vae", "data.test_split_file",
+    "data.allow_outside_root", "data.max_image_pixels",
 )
 
 _NUMBERED = re.compile(r"^(\d{3,})-(.+)$")
@@ -94,8 +93,8 @@ class RunFolder:
         if not self.config_file.is_file():
             return None
         try:
-            return config_from_dict(yaml.safe_load(self.config_file.read_text()) or {}, stored=True)
-        except (yaml.YAMLError, ConfigError) as error:
+            return config_from_dict(read_yaml_file(self.config_file, "run config") or {}, stored=True)
+        except ConfigError as error:
             raise ConfigError(f"{self.config_file} cannot be read ({' '.join(str(error).split())}): "
                               "repair it or move the run folder away") from None
 

@@ -17,7 +17,8 @@ from ccua.data.dataset import LongTailDataset, to_model_range, to_uint8
 from ccua.data.longtail import (GROUP_MODES, balanced_class_probabilities, class_groups, class_label,
                                 classes_head_to_tail, count_groups, longtail_counts, longtail_indices)
 from ccua.data.batches import ResumableBatchSampler
-from ccua.data.sources import SOURCES, SPLITS, ArraySource, DataError, FolderSource, ImageSource, load_source
+from ccua.data.sources import (SOURCES, SPLITS, ArraySource, DataError, FolderSource, ImageSource, ReadPolicy,
+                               load_source, pixel_limit)
 
 log = logging.getLogger(__name__)
 
@@ -41,8 +42,14 @@ def source_channels(config: DataConfig, source: ImageSource) -> int:
     return config.channels or source.native_channels()
 
 
+def read_policy(config: DataConfig) -> ReadPolicy:
+    """What the image files of ``config`` may make the loader do (:class:`ReadPolicy`)."""
+    return ReadPolicy(config.allow_outside_root, pixel_limit(config.resolution, config.max_image_pixels))
+
+
 def _load(config: DataConfig, split: str) -> ImageSource:
-    return load_source(config.name, config.root, split, config.split_file, config.download, config.test_split_file)
+    return load_source(config.name, config.root, split, config.split_file, config.download, config.test_split_file,
+                       read_policy(config))
 
 
 def longtail_subset(labels: np.ndarray, num_classes: int, config: DataConfig,

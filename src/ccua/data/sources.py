@@ -112,15 +112,54 @@ def image_to_uint8(img: Image.Image) -> np.ndarray:
     return np.asarray(img.convert("RGB"))
 
 
-def _decode(path: str | Path) -> np.ndarray:
-    with Image.open(path) as img:
+#: the formats image files are read as, whatever their name says (PIL would otherwise also hand,
+#: say, a PostScript file named x.png to Ghostscript); those this Pillow has (MPO, camera JPEGs, is
+#: its own format in some versions)
+IMAGE_FORMATS = ("PNG", "JPEG", "MPO", "BMP", "WEBP", "GIF", "TIFF")
+
+
+@functools.lru_cache(maxsize=1)
+def _image_formats() -> tuple[str, ...]:
+    Image.init()
+    return tuple(name for name in IMAGE_FORMATS if name in Image.OPEN)
+#: the smallest automatic pixel limit (4096 x 4096): a decoded image stays below 50 MB (RGB)
+MIN_PIXEL_LIMIT = 4096 * 4096
+
+
+@dataclass(frozen=True)
+class ReadPolicy:
+    """What a folder of untrusted image files may make the loader do."""
+
+    allow_outside_root: bool = False  # follow paths and links that leave data.root
+    max_pixels: int | None = None  # refuse images declaring more pixels (None: no limit)
+
+
+def pixel_limit(resolution: int, setting: int | None = None) -> int:
+    """``data.max_image_pixels``, else 64 x the training image's area, at least 4096 x 4096."""
+    return setting if setting is not None else max(64 * resolution * resolution, MIN_PIXEL_LIMIT)
+
+
+class ImageTooLarge(DataError):
+    """An image declaring more pixels than the loader is allowed to decode."""
+
+
+def _decode(path: str | Path, max_pixels: int | None = None) -> np.ndarray:
+    with Image.open(path, formats=_image_formats()) as img:
+        width, height = img.size  # from the header: nothing decoded yet
+        if max_pixels is not None and width * height > max_pixels:
+            raise ImageTooLarge(f"image file {path} declares {width}x{height} pixels, more than the limit of "
+                                f"{max_pixels} (data.max_image_pixels, default 64 x the training resolution's "
+                                "area and at least 4096x4096): raise the limit if the file is genuine")
         return image_to_uint8(img)
 
 
-def read_image(path: str | Path) -> np.ndarray:
-    """The image file at ``path`` as by :func:`image_to_uint8`; DataError naming the file if it cannot be read."""
+def read_image(path: str | Path, max_pixels: int | None = None) -> np.ndarray:
+    """The image file at ``path`` as by :func:`image_to_uint8`; DataError naming the file if it cannot
+    be read, is not one of :data:`IMAGE_FORMATS`, or declares more than ``max_pixels`` pixels."""
     try:
-        return _decode(path)
+        return _decode(path, max_pixels)
+    except ImageTooLarge:
+        raise
     except Exception as error:  # PIL raises several types for broken files
         raise DataError(f"cannot read image file {path}: {error}") from None
 
@@ -135,12 +174,13 @@ class FolderSource:
     labels: np.ndarray
     num_classes: int
     class_names: list[str]
+    policy: ReadPolicy = field(default_factory=ReadPolicy)
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def image(self, index: int) -> np.ndarray:
-        return read_image(self.root / self.paths[index])
+        return read_image(self.root / self.paths[index], self.policy.max_pixels)
 
     def native_channels(self, max_files: int = 256) -> int:
         """1 if the files checked (up to ``max_files``, spread over the set) are all grey, else 3.
@@ -149,7 +189,7 @@ class FolderSource:
         """
         for index in np.unique(np.linspace(0, len(self.paths) - 1, min(len(self.paths), max_files)).astype(int)):
             try:
-                with Image.open(self.root / self.paths[index]) as img:
+                with Image.open(self.root / self.paths[index], formats=_image_formats()) as img:
                     if img.mode not in GREY_MODES:
                         return 3
             except Exception:  # an unreadable file says nothing about the channels; --verify lists it
@@ -160,7 +200,7 @@ class FolderSource:
         """Open and decode every file once; ``(path, reason)`` of those that fail, in file order."""
         def check(rel: str) -> str | None:
             try:
-                _decode(self.root / rel)
+                _decode(self.root / rel, self.policy.max_pixels)
             except Exception as error:  # PIL raises several types for broken files
                 return str(error) or type(error).__name__
             return None
@@ -406,8 +446,18 @@ def _is_hidden(name: str) -> bool:
     return name.startswith(".") or name == "__MACOSX"
 
 
-def _image_files(class_dir: Path) -> list[Path]:
-    """The image files below ``class_dir``: symlinked folders followed (once each), hidden ones skipped."""
+def _inside(path: str | Path, folder: str | Path) -> bool:
+    """Whether ``path`` resolves (symlinks included) to ``folder`` or below it."""
+    return Path(os.path.realpath(path)).is_relative_to(os.path.realpath(folder))
+
+
+def _image_files(class_dir: Path, root: Path, policy: ReadPolicy) -> list[Path]:
+    """The image files below ``class_dir``: symlinked folders followed (once each), hidden ones skipped.
+
+    Every file must resolve inside the class folder: a link to another class's folder, or out of
+    data.root, is a DataError naming it (with ``policy.allow_outside_root`` links may leave the
+    class folder, never to data.root or above it, which would take every class's images).
+    """
     files: list[Path] = []
     seen: set[str] = set()
     for folder, subfolders, names in os.walk(class_dir, followlinks=True):
@@ -416,18 +466,31 @@ def _image_files(class_dir: Path) -> list[Path]:
             subfolders[:] = []
             continue
         seen.add(real)
+        if _inside(root, real):
+            raise DataError(f"{folder} links to {real}, which holds the whole of data.root {root}: it would take "
+                            "every class's images; remove the link")
+        if not policy.allow_outside_root and not _inside(real, class_dir):
+            where = "another class's folder" if _inside(real, root) else "outside data.root"
+            raise DataError(f"{folder} links to {real}, {where}; ccua reads a class's images from its own folder "
+                            "only (set data.allow_outside_root=true to follow such links)")
         subfolders[:] = [d for d in subfolders if not _is_hidden(d)]
         files += [Path(folder) / n for n in names if not _is_hidden(n) and Path(n).suffix.lower() in IMAGE_SUFFIXES]
+    if not policy.allow_outside_root:
+        outside = [f for f in files if not _inside(f, class_dir)]
+        if outside:
+            raise DataError(f"{outside[0]} links to {os.path.realpath(outside[0])}, outside its class folder "
+                            f"{class_dir} ({len(outside)} such file(s)); set data.allow_outside_root=true to read them")
     return sorted(files)
 
 
-def read_split_file(split_path: str | Path, root: Path,
-                    num_classes: int | None = None) -> tuple[list[str], np.ndarray]:
+def read_split_file(split_path: str | Path, root: Path, num_classes: int | None = None,
+                    policy: ReadPolicy = ReadPolicy()) -> tuple[list[str], np.ndarray]:
     """``relative/path label`` lines: blank lines skipped, CRLF and a UTF-8 BOM accepted.
 
     A line that is not ``path label``, a label that is not an integer, below 0 or (given
-    ``num_classes``) beyond the class count, and listed files missing under ``root`` are
-    DataErrors naming the file and line.
+    ``num_classes``) beyond the class count, a path that leaves ``root`` (absolute, ``..``, or
+    through a link; unless ``policy.allow_outside_root``) and listed files missing under ``root``
+    are DataErrors naming the file and line.
     """
     split_path = Path(split_path)
     if not split_path.is_file():
@@ -452,7 +515,11 @@ def read_split_file(split_path: str | Path, root: Path,
         if num_classes is not None and label >= num_classes:
             raise DataError(f"{split_path}:{line_no}: label {label} is beyond the {num_classes} classes of the "
                             f"training data (0..{num_classes - 1})")
-        paths.append(parts[0].strip())
+        path = parts[0].strip()
+        if not policy.allow_outside_root and not _inside(root / path, root):
+            raise DataError(f"{split_path}:{line_no}: {path} is outside data.root {root}; listed paths must stay "
+                            "inside it (set data.allow_outside_root=true to read files elsewhere)")
+        paths.append(path)
         labels.append(label)
         line_numbers.append(line_no)
     if not paths:
@@ -465,24 +532,25 @@ def read_split_file(split_path: str | Path, root: Path,
     return paths, np.asarray(labels, dtype=np.int64)
 
 
-def _class_folders(root: Path) -> FolderSource:
+def _class_folders(root: Path, policy: ReadPolicy) -> FolderSource:
     """One sub-folder per class (sorted names = class indices; symlinked folders count, hidden ones not)."""
     class_dirs = sorted(p for p in root.iterdir() if p.is_dir() and not _is_hidden(p.name))
     if not class_dirs:
         raise DataError(f"image folder {root} has no class sub-folders")
     paths, labels = [], []
     for label, class_dir in enumerate(class_dirs):
-        files = _image_files(class_dir)
+        files = _image_files(class_dir, root, policy)
         if not files:
             raise DataError(f"class {label} has no image files in its folder {class_dir} "
                             f"({', '.join(sorted(IMAGE_SUFFIXES))}): add images or remove the folder")
         paths += [str(f.relative_to(root)) for f in files]
         labels += [label] * len(files)
-    return FolderSource(root, paths, np.asarray(labels, dtype=np.int64), len(class_dirs), [d.name for d in class_dirs])
+    return FolderSource(root, paths, np.asarray(labels, dtype=np.int64), len(class_dirs), [d.name for d in class_dirs],
+                        policy)
 
 
 def load_image_folder(root: str | Path | None, split_file: str | Path | None = None, split: str = "train",
-                      test_split_file: str | Path | None = None) -> FolderSource:
+                      test_split_file: str | Path | None = None, policy: ReadPolicy = ReadPolicy()) -> FolderSource:
     """A folder with one sub-folder per class (sorted names = class indices), or a split file.
 
     ``split="test"`` reads ``test_split_file`` (e.g. ImageNet-LT's ImageNet_LT_test.txt), paths
@@ -497,38 +565,38 @@ def load_image_folder(root: str | Path | None, split_file: str | Path | None = N
         if not test_split_file:
             raise DataError("an image folder's test split is data.test_split_file (lines 'relative/path label', "
                             "e.g. ImageNet_LT_test.txt), which is not set: set it, or use the train split")
-        train = load_image_folder(root, split_file)
-        paths, labels = read_split_file(test_split_file, root, train.num_classes)
-        return FolderSource(root, paths, labels, train.num_classes, train.class_names)
+        train = load_image_folder(root, split_file, policy=policy)
+        paths, labels = read_split_file(test_split_file, root, train.num_classes, policy)
+        return FolderSource(root, paths, labels, train.num_classes, train.class_names, policy)
     if split_file:
-        paths, labels = read_split_file(split_file, root)
+        paths, labels = read_split_file(split_file, root, policy=policy)
         num_classes = int(labels.max()) + 1
-        return FolderSource(root, paths, labels, num_classes, [str(c) for c in range(num_classes)])
-    return _class_folders(root)
+        return FolderSource(root, paths, labels, num_classes, [str(c) for c in range(num_classes)], policy)
+    return _class_folders(root, policy)
 
 
-def _fashion_mnist(root, split, split_file, download, test_split_file) -> ImageSource:
+def _fashion_mnist(root, split, split_file, download, test_split_file, policy) -> ImageSource:
     return load_fashion_mnist(root, split)
 
 
-def _mnist(root, split, split_file, download, test_split_file) -> ImageSource:
+def _mnist(root, split, split_file, download, test_split_file, policy) -> ImageSource:
     return load_mnist(root, split)
 
 
-def _cifar10(root, split, split_file, download, test_split_file) -> ImageSource:
+def _cifar10(root, split, split_file, download, test_split_file, policy) -> ImageSource:
     return load_cifar("cifar10", root, split, download)
 
 
-def _cifar100(root, split, split_file, download, test_split_file) -> ImageSource:
+def _cifar100(root, split, split_file, download, test_split_file, policy) -> ImageSource:
     return load_cifar("cifar100", root, split, download)
 
 
-def _image_folder(root, split, split_file, download, test_split_file) -> ImageSource:
-    return load_image_folder(root, split_file, split, test_split_file)
+def _image_folder(root, split, split_file, download, test_split_file, policy) -> ImageSource:
+    return load_image_folder(root, split_file, split, test_split_file, policy)
 
 
 #: ``data.name`` -> the loader of that image source; called with (root, split, split_file,
-#: download, test_split_file), each loader reads what it needs
+#: download, test_split_file, policy), each loader reads what it needs
 SOURCES: dict[str, Callable[..., ImageSource]] = {
     "fashion_mnist": _fashion_mnist, "mnist": _mnist, "cifar10": _cifar10, "cifar100": _cifar100,
     "image_folder": _image_folder,
@@ -538,10 +606,11 @@ SPLITS = ("train", "test")
 
 
 def load_source(name: str, root: str | None = None, split: str = "train", split_file: str | None = None,
-                download: bool = False, test_split_file: str | None = None) -> ImageSource:
+                download: bool = False, test_split_file: str | None = None,
+                policy: ReadPolicy = ReadPolicy()) -> ImageSource:
     """The balanced source data set ``name`` (before any long-tail subsampling)."""
     if split not in SPLITS:
         raise DataError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
     if name not in SOURCES:
         raise DataError(f"unknown data set {name!r} (valid: {', '.join(SOURCES)})")
-    return SOURCES[name](root, split, split_file, download, test_split_file)
+    return SOURCES[name](root, split, split_file, download, test_split_file, policy)

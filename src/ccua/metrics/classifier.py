@@ -24,6 +24,7 @@ from ccua.devices import default_device
 from ccua.images import to_uint8_nchw
 from ccua.metrics.features import DatasetImages, FeatureNet
 from ccua.files import atomic_file
+from ccua.checkpoint import check_archive_sizes
 from ccua.metrics.weights import file_sha256
 from ccua.progress import progress_bar
 
@@ -83,6 +84,7 @@ class ClassifierFeatureNet(FeatureNet):
         if not path.is_file():
             raise FileNotFoundError(f"classifier weights {path} do not exist: train them with `ccua features train "
                                     "<preset> --out <file>` (its data set and resolution)")
+        check_archive_sizes(path, "classifier weights file")
         payload = torch.load(path, map_location="cpu", weights_only=True)
         if not isinstance(payload, dict) or "state_dict" not in payload or "meta" not in payload:
             raise ValueError(f"{path} is not a classifier file written by ccua.metrics.train_classifier")

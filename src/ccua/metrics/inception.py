@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ccua.metrics.features import FeatureNet
+from ccua.checkpoint import check_archive_sizes
 from ccua.metrics.weights import file_sha256
 
 logger = logging.getLogger(__name__)
@@ -408,6 +409,7 @@ def find_inception_weights(path: str | Path | None = None, allow_download: bool 
 
 def load_inception(path: Path) -> tuple[nn.Module, str]:
     """Load the network from ``path``: (module, kind) with kind "torchscript" or "state_dict"."""
+    check_archive_sizes(path, "Inception weights file")
     if is_torchscript_file(path):
         with warnings.catch_warnings():
             # torch >= 2.9 marks torch.jit.load deprecated; the port exists only in this format

@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import Callable
 
 from ccua.files import write_text_atomic
-
 from ccua.report.grids import tail_grid
 from ccua.report.metrics_files import copies_table, format_table, library_versions, load_metrics, write_metrics
 from ccua.report.plots import available_metric, plot_per_class

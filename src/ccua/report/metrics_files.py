@@ -14,7 +14,6 @@ import numpy as np
 import torch
 
 from ccua.files import write_text_atomic
-
 from ccua.report.markdown import markdown
 
 

@@ -9,7 +9,6 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from ccua.files import atomic_file
-
 from ccua.report.tables import Run
 
 MARKERS = "osD^v<>pXh*"

@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Any, Callable
 
 from ccua.files import atomic_file
-
 from ccua.report.markdown import markdown
 from ccua.report.metrics_files import load_metrics, sampling_description
 from ccua.report.stats import PairedDifference, paired_difference

@@ -22,9 +22,11 @@ from PIL import Image
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
-from ccua.build import build_methods, build_model, build_objective, build_optimizer, check_config, stored_config
-from ccua.checkpoint import (RESUME_KEYS, CheckpointError, checkpoint_path, list_checkpoints, load_checkpoint,
-                             preserved_rng, remove_stale_temporaries, rng_state, save_checkpoint, set_rng_state)
+from ccua.build import (build_methods, build_model, build_objective, build_optimizer, check_config, check_model_fits,
+                        stored_config)
+from ccua.checkpoint import (RESUME_KEYS, CheckpointError, check_weights, checked_header, checkpoint_path,
+                             list_checkpoints, load_checkpoint, preserved_rng, remove_stale_temporaries, rng_state,
+                             save_checkpoint, set_rng_state)
 from ccua.config import Config, ConfigError, parse_yaml, save_config
 from ccua.data import build_training_set, is_latent
 from ccua.data.batches import ResumableBatchSampler, batch_generator_seed, seed_everything
@@ -101,6 +103,8 @@ class Trainer:
         x_example, _ = self.dataset[0]
         self.data_shape = tuple(x_example.shape)
         configure_backends(train.tf32)
+        check_model_fits(config, self.data_shape[0], self.dataset.num_classes, self.data_shape[1], self.local_batch,
+                         self.device)
         self.model = to_memory_format(build_model(config.model, self.data_shape[0], self.dataset.num_classes,
                                                   self.data_shape[1]).to(self.device), train.channels_last)
         self.objective = build_objective(config.diffusion)
@@ -185,19 +189,20 @@ class Trainer:
     def _restore(self, path: Path, state: dict) -> None:
         allowed, refused = resume_changes(stored_config(state["config"]), self.config)
         refuse_changes(path, refused)
-        saved_counts = [int(c) for c in state["class_counts"]]
+        step, saved_counts, _ = checked_header(state, path)
         if saved_counts != list(self.class_counts):
             raise ConfigError(f"checkpoint {path} was trained on per-class counts {saved_counts}, but the data now "
                               f"gives {list(self.class_counts)} (data.root={self.config.data.root!r})")
         self.resume_changes = allowed
+        # the model's (this model) and the EMA's (the same shapes) weights checked entry by entry
+        self.model.load_state_dict(check_weights(state["model"], self.model, path, "model"))
+        self.ema.load_state_dict(check_weights(state["ema"], self.model, path, "ema"))
         try:
-            self.model.load_state_dict(state["model"])
-            self.ema.load_state_dict(state["ema"])
             self.optimizer.load_state_dict(state["optimizer"])
         except (RuntimeError, ValueError, KeyError) as error:
             raise CheckpointError(f"checkpoint {path} does not fit this model: {str(error).splitlines()[0]}") from None
         self.scheduler.load_state_dict(state["scheduler"])
-        self.step = int(state["step"])
+        self.step = step
         states = state["rng"]
         if len(states) != self.dist.world_size:
             log.warning("checkpoint has RNG states of %d processes, this run has %d: noise will differ "
