@@ -14,7 +14,7 @@ import ccua.training.trainer as trainer_module
 from ccua.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
 from ccua.cli import main
 from ccua.runs import claim_run_dir
-from ccua.training.preemption import REQUEUE_EXIT_CODE, StopSignals
+from ccua.training.preemption import REQUEUE_EXIT_CODE, STOP_MARKER, StopSignals
 from tests.conftest import tiny_config_dict
 
 STEPS = 6
@@ -54,8 +54,11 @@ def test_a_stop_signal_writes_one_checkpoint_exits_75_and_resume_auto_is_exact(t
     checkpoints = list_checkpoints(tmp_path / "stopped" / "000-tiny" / "checkpoints")
     assert [int(p.stem) for p in checkpoints] == sorted({4, stop_at} - ({4} if stop_at < 4 else set()))
     assert signal.getsignal(signum) is signal.SIG_DFL  # the handlers are given back
+    marker = json.loads((tmp_path / "stopped" / "000-tiny" / STOP_MARKER).read_text())
+    assert marker["step"] == stop_at and marker["signal"] == signal.Signals(signum).name
 
     assert main(["train", config, "--resume", "auto"]) == 0  # the requeued job: the same command line
+    assert not (tmp_path / "stopped" / "000-tiny" / STOP_MARKER).exists()  # this launch was not stopped
     assert sorted(p.name for p in (tmp_path / "stopped").iterdir()) == ["000-tiny"]
     whole = load_checkpoint(list_checkpoints(tmp_path / "whole" / "000-tiny" / "checkpoints")[-1])
     resumed = load_checkpoint(checkpoints[-1].parent / f"{STEPS:07d}.pt")

@@ -562,6 +562,7 @@ def _is_user_error(error: Exception) -> bool:
     """Errors whose message says what to change: bad settings or input, missing or unwritable
     files (an OS error naming its file), unreadable checkpoints, a diverged run."""
     from ccua.data.sources import DataError
+    from ccua.distributed import PeerLost
     from ccua.jobs import JobsFailed
     from ccua.checkpoint import CheckpointError
     from ccua.training.trainer import TrainingDiverged
@@ -569,7 +570,7 @@ def _is_user_error(error: Exception) -> bool:
     if isinstance(error, OSError) and error.filename is not None:
         return True
     return isinstance(error, (ConfigError, DataError, CheckpointError, JobsFailed, TrainingDiverged, FileNotFoundError,
-                              ValueError))
+                              ValueError, PeerLost))
 
 
 if __name__ == "__main__":

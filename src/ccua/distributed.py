@@ -101,9 +101,36 @@ def process_group(device: str | torch.device | None = None,
     cleanup(info)
 
 
+class PeerLost(RuntimeError):
+    """A collective failed because another process of the launch is gone (killed, or its node lost)."""
+
+
+#: what gloo and NCCL say when the other end of a collective has gone away
+_LOST_PEER_SIGNS = ("connection reset by peer", "connection closed by peer", "broken pipe", "socket timeout",
+                    "connection refused", "communicator was aborted", "timed out")
+
+
+@contextlib.contextmanager
+def collective(info: DistInfo, what: str = "a collective"):
+    """Turn the transport error of a collective whose peer died into one :class:`PeerLost` saying
+    which process this is and which one was lost (the other one, in a launch of two)."""
+    try:
+        yield
+    except RuntimeError as error:
+        text = " ".join(str(error).split()).lower()
+        sign = next((sign for sign in _LOST_PEER_SIGNS if sign in text), None)
+        if not info.enabled or sign is None:
+            raise
+        others = [r for r in range(info.world_size) if r != info.rank]
+        lost = f"process {others[0]}" if len(others) == 1 else f"another of the {info.world_size} processes"
+        raise PeerLost(f"process {info.rank} of {info.world_size}: {lost} of the launch was lost during {what} "
+                       f"({type(error).__name__}: {sign})") from None
+
+
 def barrier(info: DistInfo) -> None:
     if info.enabled:
-        dist.barrier()
+        with collective(info, "a barrier"):
+            dist.barrier()
 
 
 def cleanup(info: DistInfo | None) -> None:
@@ -113,14 +140,18 @@ def cleanup(info: DistInfo | None) -> None:
     if not dist.is_initialized():
         return
     if info is not None and info.enabled:
-        dist.barrier()
+        try:
+            dist.barrier()
+        except RuntimeError:  # a peer is gone (the error that ended the run says so): leave anyway
+            pass
     dist.destroy_process_group()
 
 
 def all_reduce_mean(tensor: torch.Tensor, info: DistInfo) -> torch.Tensor:
     if info.enabled:
         tensor = tensor.clone()
-        dist.all_reduce(tensor)
+        with collective(info, "the all-reduce of a step"):
+            dist.all_reduce(tensor)
         tensor /= info.world_size
     return tensor
 
@@ -130,7 +161,8 @@ def gather_objects(obj: Any, info: DistInfo) -> list:
     if not info.enabled:
         return [obj]
     out = [None] * info.world_size
-    dist.all_gather_object(out, obj)
+    with collective(info, "a gather"):
+        dist.all_gather_object(out, obj)
     return out
 
 

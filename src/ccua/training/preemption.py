@@ -15,6 +15,9 @@ from types import FrameType
 
 #: the exit status of a run stopped by a signal after writing its checkpoint (sysexits.h EX_TEMPFAIL)
 REQUEUE_EXIT_CODE = 75
+#: the file a stopped run leaves in its folder (step, signal, checkpoint), removed when it starts
+#: again: under torchrun, which exits 1 for a stopped worker, a job script asks this file
+STOP_MARKER = "stopped.json"
 #: the signals that stop training gracefully (SIGUSR1 where the platform has it)
 STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGUSR1") if hasattr(signal, name))
 

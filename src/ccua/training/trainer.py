@@ -30,16 +30,18 @@ from ccua.checkpoint import (RESUME_KEYS, CheckpointError, check_weights, checke
 from ccua.config import Config, ConfigError, parse_yaml, save_config
 from ccua.data import build_training_set, is_latent
 from ccua.data.batches import ResumableBatchSampler, batch_generator_seed, seed_everything
+from ccua.files import write_text_atomic
 from ccua.generate import generate_uint8, grid_labels, vae_decoder
 from ccua.images import save_grid
 from ccua.progress import progress_bar
 from ccua.runs import (LOSS_LOG, RunFolder, auto_resume, check_writable, checkpoint_folder, claim_run_dir,
                        record_resume, refuse_changes, resume_candidates, resume_changes, run_checkpoints, run_folder_of,
                        truncate_loss_log)
-from ccua.distributed import (DistInfo, all_reduce_mean, barrier, cleanup, gather_objects, init_distributed, on_main)
+from ccua.distributed import (DistInfo, PeerLost, all_reduce_mean, barrier, cleanup, collective, gather_objects,
+                              init_distributed, on_main)
 from ccua.training.ema import EMA
 from ccua.training.performance import configure_backends, maybe_compile, to_memory_format
-from ccua.training.preemption import StopSignals, TrainingInterrupted
+from ccua.training.preemption import STOP_MARKER, StopSignals, TrainingInterrupted
 from ccua.training.step import PassRunner, training_losses
 
 log = logging.getLogger(__name__)
@@ -322,7 +324,7 @@ class Trainer:
                                 disable=not (train.progress and self.dist.is_main), desc=self.config.name,
                                 dynamic_ncols=True)
         try:
-            with StopSignals() as self.signals:
+            with StopSignals() as self.signals, self._naming_a_lost_peer():
                 self._loop(log_file, progress)
                 if self.stop_agreed and self.step < train.steps:
                     self._stop()
@@ -339,8 +341,21 @@ class Trainer:
                 log_file.close()
             if self.writer is not None:
                 self.writer.close()
-            barrier(self.dist)
+        barrier(self.dist)  # not after an error: a lost peer would replace the error that says so
         return self.run_dir
+
+    @contextlib.contextmanager
+    def _naming_a_lost_peer(self):
+        """A collective that fails because another process died (including DDP's gradient
+        all-reduce inside backward) ends this one with one line: who was lost, how to go on."""
+        try:
+            with collective(self.dist, "training"):
+                yield
+        except PeerLost as error:
+            kept = list_checkpoints(self.checkpoint_dir)
+            newest = f"the newest checkpoint is {kept[-1]}" if kept else "no checkpoint was written yet"
+            raise PeerLost(f"{error} after step {self.step}; {newest}: relaunch the same command with --resume "
+                           "auto") from None
 
     def _open_outputs(self):
         """The run folder, TensorBoard writer and loss log (process 0; None elsewhere)."""
@@ -398,6 +413,9 @@ class Trainer:
                    "--resume auto continues the run")
         if self.dist.is_main:
             log.warning(message)
+            # torchrun reports a stopped worker as a failure (exit 1): this file tells a job script it was a stop
+            write_text_atomic(self.run_dir / STOP_MARKER, json.dumps(
+                {"step": self.step, "signal": received, "checkpoint": str(path)}) + "\n")
         raise TrainingInterrupted(message)
 
     def _prepare_run_folder(self) -> None:
@@ -405,6 +423,7 @@ class Trainer:
         it), no partial files of an interrupted write, no log rows past the step it starts from,
         and a resume record."""
         self.run_dir.mkdir(parents=True, exist_ok=True)
+        (self.run_dir / STOP_MARKER).unlink(missing_ok=True)  # this launch was not stopped (yet)
         remove_stale_temporaries(self.checkpoint_dir)
         if self.resume_from is None or not (self.run_dir / "config.yaml").exists():
             save_config(self.config, self.run_dir / "config.yaml")
