@@ -95,5 +95,5 @@ def test_a_sampler_of_another_objective_is_refused_before_sampling(tmp_path, cap
     for command in (["sample", str(run), "--out", str(tmp_path / "s")], ["evaluate", str(run), "--features", "random"]):
         assert main(command + ["--sampler", "heun"]) == 2
         assert capsys.readouterr().err.strip() == ("ccua: error: sampler 'heun' is for the flow objective; "
-                                                   "use ddim or ddpm")
+                                                   "use ddim, ddpm, dpm++ or unipc")
     assert not (tmp_path / "s").exists() and not (run / "eval").exists()

@@ -97,3 +97,28 @@ def test_generate_is_reproducible_across_batch_sizes():
 
 def test_grid_rows_go_from_head_to_tail():
     assert grid_labels([5, 50, 20], 2).tolist() == [1, 1, 2, 2, 0, 0]
+
+
+@pytest.mark.parametrize("solver", ["dpm++", "unipc"])
+def test_few_step_solvers_land_on_the_data_distribution_where_ddim_does_not(solver):
+    """diffusers' DPM-Solver++ (2M) and UniPC on the objective's own schedule, with the exact
+    epsilon of Gaussian data: at 20 network evaluations they are within 0.02 of the data's
+    standard deviation, DDIM at 20 steps is not."""
+    from ccua.config import SampleConfig
+
+    ddpm = DDPM()
+    mu, sigma = 0.5, 0.3
+    predict, calls = GaussianEpsilon(ddpm, mu, sigma), []
+
+    def counting(x, t):
+        calls.append(1)
+        return predict(x, t)
+
+    torch.manual_seed(0)
+    noise = torch.randn(4000, 1, dtype=torch.float64)
+    x = ddpm.sample(counting, noise, SampleConfig(sampler=solver, steps=20))
+    assert len(calls) == 20
+    assert x.mean().item() == pytest.approx(mu, abs=0.02)
+    assert x.std().item() == pytest.approx(sigma, abs=0.02)
+    ddim = ddpm.sample(predict, noise, SampleConfig(sampler="ddim", steps=20))
+    assert abs(ddim.std().item() - sigma) > 0.03

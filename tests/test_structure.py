@@ -17,6 +17,7 @@ from ccua.config import Config, ConfigError, MethodConfig
 from ccua.data import DATA_SETS, GROUP_MODES, SOURCES, SPLITS
 from ccua.diffusion import LABEL_DROP_MODES, OBJECTIVES, SAMPLERS, DDPM, Flow
 from ccua.diffusion.ddpm import ANCESTRAL_VARIANCES
+from ccua.diffusion.solvers import SOLVERS
 from ccua.methods import METHODS, PLAIN
 from ccua.methods.ccua import NEGATIVES, WEIGHTINGS
 from ccua.metrics import FEATURE_NETS
@@ -197,7 +198,8 @@ OWNERS = {
     "data/longtail.py": set(GROUP_MODES),
     "models/__init__.py": set(BACKBONES),
     "diffusion/__init__.py": set(OBJECTIVES),
-    "diffusion/ddpm.py": set(DDPM.samplers) | set(ANCESTRAL_VARIANCES),
+    "diffusion/ddpm.py": (set(DDPM.samplers) - set(SOLVERS)) | set(ANCESTRAL_VARIANCES),
+    "diffusion/solvers.py": set(SOLVERS),
     "diffusion/flow.py": set(Flow.samplers),
     "diffusion/base.py": set(LABEL_DROP_MODES),
     "methods/__init__.py": set(METHODS) | {PLAIN},

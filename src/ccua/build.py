@@ -24,6 +24,7 @@ from ccua.config import (DIT_SIZE_FIELDS, Config, ConfigError, DiffusionConfig, 
                          config_from_dict, load_config, range_problems)
 from ccua.data import DATA_SETS, is_latent
 from ccua.diffusion import LABEL_DROP_MODES, OBJECTIVES, SAMPLERS, Objective
+from ccua.diffusion.solvers import SOLVERS
 from ccua.diffusion.ddpm import ANCESTRAL_VARIANCES
 from ccua.methods import METHODS, PLAIN, Method, check_combination
 from ccua.metrics import FEATURE_NETS
@@ -132,8 +133,10 @@ def _sampling_problems(config: Config) -> Iterator[str]:
     if sample.sampler not in offered:
         owner = next(name for name, objective in OBJECTIVES.items() if sample.sampler in objective.samplers)
         yield f"sampler {sample.sampler!r} is for the {owner} objective; use {_one_of(offered)}"
-    if diffusion.objective == "ddpm" and sample.sampler == "ddim" and sample.steps > diffusion.timesteps:
+    if diffusion.objective == "ddpm" and sample.sampler in ("ddim", *SOLVERS) and sample.steps > diffusion.timesteps:
         yield f"sample.steps={sample.steps} exceeds diffusion.timesteps={diffusion.timesteps}"
+    if sample.clip_x0 and sample.sampler in SOLVERS:
+        yield f"sample.clip_x0=true is not applied by the {sample.sampler} solver: use ddim or ddpm to clip"
     if sample.clip_x0 and (diffusion.objective != "ddpm" or is_latent(config.data)):
         yield ("sample.clip_x0=true clips x0 to the pixel range [-1, 1]: it needs the ddpm objective on pixel data "
                "(latents are not bounded)")

@@ -7,6 +7,7 @@ from torch import Tensor
 
 from ccua.config import DiffusionConfig, SampleConfig
 from ccua.diffusion.base import NoisedBatch, Objective, PredictFn, expand_like, gaussian_like
+from ccua.diffusion.solvers import SOLVERS, solver_runner
 from ccua.progress import progress_bar
 
 #: the ancestral sampler's noise variance: beta_t (released, default) or the posterior's beta-tilde_t
@@ -141,5 +142,6 @@ class DDPM(Objective):
                               generator=generator)
 
     #: ``sample.sampler`` -> how it runs: ddim (steps, eta) or ddpm (ancestral over all T steps;
-    #: ``steps`` unused), both clipping the predicted x0 only with ``clip_x0``
-    samplers = {"ddim": _run_ddim, "ddpm": _run_ancestral}
+    #: ``steps`` unused), both clipping the predicted x0 only with ``clip_x0``; and the few-step
+    #: solvers of :data:`ccua.diffusion.solvers.SOLVERS` (DPM-Solver++ 2M, UniPC) in ``steps`` steps
+    samplers = {"ddim": _run_ddim, "ddpm": _run_ancestral, **{name: solver_runner(name) for name in SOLVERS}}
