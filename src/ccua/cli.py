@@ -525,7 +525,10 @@ def _add_compare(sub) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from ccua import __version__
+
     parser = _Parser(prog="ccua", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"ccua {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     for add in (_add_train, _add_sample, _add_data, _add_evaluate, _add_features, _add_report, _add_compare):
         add(sub)

@@ -264,6 +264,23 @@ def evaluate_target(target: str | Path, out_dir: str | Path | None = None, *, fe
     return result, out
 
 
+def score_images(images: np.ndarray, labels: np.ndarray, data: DataConfig, *, features: str = "inception",
+                 feature_path: str | None = None, reference_split: str = "train", max_reference: int | None = None,
+                 memorisation: bool = True, device: str | None = None, seed: int = 0,
+                 cache_dir: str | Path = DEFAULT_CACHE) -> dict[str, Any]:
+    """The metrics of images held in memory (uint8, with their labels) against ``data``: what
+    :func:`evaluate_target` computes for a sample file, without files (:func:`ccua.evaluate_samples`)."""
+    from ccua.devices import default_device
+
+    dist = DistInfo(device=default_device(device))
+    options = _Options(features, feature_path, False, False, dist, Path(cache_dir), reference_split, "thirds",
+                       True, max_reference, seed, memorisation)
+    _check_reference_data(data)
+    scorer = _Scorer(options, data, None)
+    scorer.prepare()
+    return scorer.score(images, labels, {}, Path("<images in memory>"))
+
+
 class _Source:
     """What an evaluation scores: a sample file as it is, or a checkpoint to sample (not yet
     sampled: its request is known from the checkpoint and the settings)."""

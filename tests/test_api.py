@@ -1,0 +1,73 @@
+"""The Python API: load a run, sample it, score images, as the README's "From Python" shows."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+import ccua
+from ccua.cli import main
+from ccua.config import DataConfig
+from tests.conftest import tiny_config_dict
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("api")
+    config = root / "tiny.yaml"
+    config.write_text(yaml.safe_dump(tiny_config_dict(root / "runs", train={"steps": 2})))
+    assert main(["train", str(config)]) == 0
+    return root / "runs" / "000-tiny"
+
+
+def test_a_run_samples_the_images_of_ccua_sample(tiny_run, tmp_path):
+    run = ccua.load_run(tiny_run)
+    assert run.step == 2 and run.config.name == "tiny" and run.model.null_label == len(run.class_counts)
+    images = run.sample([0, 1, 2, 2], sampler="ddim", steps=3, guidance=1.0, seed=4)
+    assert images.dtype == np.uint8 and images.shape == (4, 8, 8, 1)
+    assert main(["sample", str(tiny_run), "--labels", "0,1,2,2", "--per-class", "1", "--sampler", "ddim",
+                 "--sampler-steps", "3", "--guidance", "1", "--seed", "4", "--out", str(tmp_path / "s"),
+                 "--no-png"]) == 0
+    with np.load(tmp_path / "s" / "images.npz") as written:
+        assert np.array_equal(written["arr_0"], images)
+    with pytest.raises(ValueError, match="labels must be in"):
+        run.sample([99])
+    with pytest.raises(ValueError, match="sample.eta"):
+        run.sample([0], eta=-1.0)
+
+
+def test_scores_of_images_in_memory_are_typed(tiny_run):
+    run = ccua.load_run(tiny_run)
+    labels = np.repeat(np.arange(10), 3)
+    images = run.sample(labels, steps=2, seed=0)
+    data = DataConfig(name="fashion_mnist", resolution=8, imbalance=0.1, n_max=40)
+    scores = ccua.evaluate_samples(images, labels, data=data, features="random", max_reference=100)
+    assert isinstance(scores, ccua.Scores) and scores.fid == scores.overall.fid > 0
+    assert set(scores.groups) == {"head", "body", "tail"} and scores.groups["tail"].n_generated == 9
+    assert scores.per_class[0].n_generated == 3 and set(scores.copies) == {"head", "body", "tail"}
+    assert scores.raw["reference"]["n"] == 100
+
+
+def test_the_readme_example_runs(tiny_run, tmp_path):
+    """The README's block, with the tiny run and the test feature network in place of the demo's."""
+    block = re.search(r"## From Python\n\n```python\n(.*?)```", README.read_text(), re.S).group(1)
+    code = (block.replace('"runs/demo/000-fashion_mnist_lt_ccua"', repr(str(tiny_run)))
+            .replace('data="fashion_mnist_lt"', 'data=ccua.load_run(' + repr(str(tiny_run)) + ').config.data')
+            .replace('features="classifier"', 'features="random"')
+            .replace('feature_path=".cache/ccua/classifiers/fashion_mnist-16px.pt"', "max_reference=100"))
+    assert code != block
+    exec(compile(code, "README.md", "exec"), {})
+
+
+def test_version_and_python_dash_m():
+    assert ccua.__version__ != "0+unknown"
+    result = subprocess.run([sys.executable, "-m", "ccua", "--version"], capture_output=True, text=True)
+    assert result.returncode == 0 and result.stdout.strip() == f"ccua {ccua.__version__}"
