@@ -9,6 +9,7 @@ import os
 import subprocess
 import sys
 import threading
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -289,3 +290,45 @@ def test_bad_reference_statistics_are_one_line(tmp_path, capsys):
     np.savez(tmp_path / "inception.npz", mu=np.zeros(2048), sigma=np.eye(2048))
     assert main(args + [str(tmp_path / "inception.npz")]) == 2
     _one_error_line(capsys, "holds 2048-d statistics but the random features are 32-d", "--features inception")
+
+
+# --------------------------------------------------------------------------- train/ and test/ class folders
+
+def _class_tree(root, classes: dict[str, int]) -> None:
+    for name, count in classes.items():
+        folder = root / name
+        folder.mkdir(parents=True)
+        for i in range(count):
+            Image.fromarray(np.full((6, 6, 3), 10 * i, np.uint8)).save(folder / f"{i}.png")
+
+
+def test_a_test_folder_of_class_folders_is_the_test_split(tmp_path, capsys):
+    _class_tree(tmp_path / "train", {"cat": 6, "dog": 3, "eel": 2})
+    _class_tree(tmp_path / "test", {"dog": 2, "cat": 2, "eel": 2})
+    test = load_source("image_folder", str(tmp_path / "train"), "test", test_root=str(tmp_path / "test"))
+    assert test.class_names == ["cat", "dog", "eel"] and np.bincount(test.labels).tolist() == [2, 2, 2]
+    assert all(Path(test.root / p).parent.name == test.class_names[label] for p, label in zip(test.paths, test.labels))
+    settings = ["fashion_mnist_lt", "data.name=image_folder", f"data.root={tmp_path / 'train'}", "data.imbalance=null",
+                f"data.test_root={tmp_path / 'test'}", "data.resolution=8"]
+    out = tmp_path / "classifier.pt"
+    assert main(["features", "train", *settings, "--out", str(out), "--epochs", "1", "--batch-size", "4"]) == 0
+    assert out.exists()
+    import ccua  # the test folder is the reference of `--reference test`; near-copies use the training folder
+
+    data = DataConfig(name="image_folder", root=str(tmp_path / "train"), imbalance=None, resolution=8,
+                      test_root=str(tmp_path / "test"))
+    scores = ccua.evaluate_samples(np.zeros((6, 8, 8, 3), np.uint8), [0, 0, 1, 1, 2, 2], data=data,
+                                   features="random", reference="test")
+    assert scores.raw["reference"]["n"] == 6 and str(tmp_path / "test") in scores.raw["reference"]["source"]
+    assert scores.raw["memorisation"]["groups"]["head"]["n_train"] == 6  # the training folder's cat images
+
+
+@pytest.mark.parametrize("extra, missing, message", [
+    ({"fox": 1}, None, "has class 'fox', which the training folder"),
+    ({}, "eel", "class 'eel' has no folder in"),
+])
+def test_a_class_on_one_side_only_is_named(tmp_path, extra, missing, message):
+    _class_tree(tmp_path / "train", {"cat": 2, "dog": 2, "eel": 2})
+    _class_tree(tmp_path / "test", {name: 1 for name in ("cat", "dog", "eel") if name != missing} | extra)
+    with pytest.raises(DataError, match=message):
+        load_source("image_folder", str(tmp_path / "train"), "test", test_root=str(tmp_path / "test"))

@@ -35,6 +35,9 @@ class DataConfig:
     split_file: str | None = None  # image_folder: "relative/path label" lines (ImageNet-LT format)
     # image_folder: the test split in the same format (ImageNet_LT_test.txt): the balanced reference
     test_split_file: str | None = None
+    # image_folder: the test split as a folder of class sub-folders with the training folder's class
+    # names (train/<class>/ beside test/<class>/)
+    test_root: str | None = None
     download: bool = False  # fetch CIFAR from the internet when it is not at root
     # image folders are untrusted input: listed paths and links must stay inside root (a class's
     # images inside its own folder) unless this is set; an image declaring more pixels than

@@ -199,7 +199,7 @@ def _data_identity(data: DataConfig | None) -> dict[str, Any] | None:
     if data is None:
         return None
     return {key: getattr(data, key) for key in ("name", "resolution", "channels", "imbalance", "n_max",
-                                                "longtail_seed", "split_file", "test_split_file")}
+                                                "longtail_seed", "split_file", "test_split_file", "test_root")}
 
 
 def evaluate_target(target: str | Path, out_dir: str | Path | None = None, *, features: str = "inception",

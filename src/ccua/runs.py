@@ -36,7 +36,7 @@ RESUMABLE = (
     "train.sample_every", "train.progress", "train.dist_timeout_minutes", "train.proxy_every",
     "train.proxy_samples", "train.proxy_features", "train.proxy_feature_path", "train.proxy_sampler_steps", "sample",
     "data.root", "data.download", "data.num_workers", "data.vae", "data.test_split_file",
-    "data.allow_outside_root", "data.max_image_pixels",
+    "data.allow_outside_root", "data.max_image_pixels", "data.test_root",
 )
 
 _NUMBERED = re.compile(r"^(\d{3,})-(.+)$")

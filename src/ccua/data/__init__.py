@@ -49,7 +49,7 @@ def read_policy(config: DataConfig) -> ReadPolicy:
 
 def _load(config: DataConfig, split: str) -> ImageSource:
     return load_source(config.name, config.root, split, config.split_file, config.download, config.test_split_file,
-                       read_policy(config))
+                       read_policy(config), config.test_root)
 
 
 def longtail_subset(labels: np.ndarray, num_classes: int, config: DataConfig,
@@ -124,6 +124,8 @@ def describe_reference(labels: np.ndarray, num_classes: int, split: str = "train
         if config.name == "image_folder":
             listed = config.test_split_file if split == "test" else config.split_file
             source = f"image folder {config.root}" + (f", split file {listed}" if listed else "")
+            if split == "test" and config.test_root:
+                source = f"image folder {config.test_root}"
     balanced = bool(counts.min() > 0 and counts.max() <= BALANCE_TOLERANCE * counts.min())
     info = {"split": split, "source": source, "per_class_min": int(counts.min()), "per_class_max": int(counts.max()),
             "balanced": balanced, "note": None}
@@ -146,7 +148,8 @@ def verify_images(config: DataConfig, progress: bool = True) -> tuple[int, list[
     if is_latent(config):
         raise DataError("a latent cache holds no image files to verify; verify the pixel data set it was "
                         "encoded from")
-    splits = ["train"] + (["test"] if config.name == "image_folder" and config.test_split_file else [])
+    has_test = config.test_split_file or config.test_root
+    splits = ["train"] + (["test"] if config.name == "image_folder" and has_test else [])
     checked, bad = 0, []
     for split in splits:
         source = _load(config, split)

@@ -549,22 +549,45 @@ def _class_folders(root: Path, policy: ReadPolicy) -> FolderSource:
                         policy)
 
 
+def _test_folders(train: FolderSource, test_root: Path, policy: ReadPolicy) -> FolderSource:
+    """The test split of a ``train/<class>/`` folder: ``test_root/<class>/`` with the same class names
+    (labels as in training); a class on one side only is a DataError naming it."""
+    if not test_root.is_dir():
+        raise DataError(f"test folder {test_root} (data.test_root) does not exist")
+    test = _class_folders(test_root, policy)
+    only_train = sorted(set(train.class_names) - set(test.class_names))
+    only_test = sorted(set(test.class_names) - set(train.class_names))
+    if only_train or only_test:
+        side = (f"class {only_train[0]!r} has no folder in {test_root}" if only_train
+                else f"{test_root} has class {only_test[0]!r}, which the training folder {train.root} has not")
+        raise DataError(f"{side} ({len(only_train)} training classes missing from the test folder, {len(only_test)} "
+                        "test classes unknown): the two folders must hold the same class names")
+    label_of = {name: label for label, name in enumerate(train.class_names)}
+    labels = np.asarray([label_of[test.class_names[label]] for label in test.labels], dtype=np.int64)
+    return FolderSource(test_root, test.paths, labels, train.num_classes, train.class_names, policy)
+
+
 def load_image_folder(root: str | Path | None, split_file: str | Path | None = None, split: str = "train",
-                      test_split_file: str | Path | None = None, policy: ReadPolicy = ReadPolicy()) -> FolderSource:
+                      test_split_file: str | Path | None = None, policy: ReadPolicy = ReadPolicy(),
+                      test_root: str | Path | None = None) -> FolderSource:
     """A folder with one sub-folder per class (sorted names = class indices), or a split file.
 
-    ``split="test"`` reads ``test_split_file`` (e.g. ImageNet-LT's ImageNet_LT_test.txt), paths
-    relative to the same root, with the classes of the training data.
+    ``split="test"`` reads ``test_root`` (a folder of class sub-folders named as the training
+    folder's: ``train/<class>/`` beside ``test/<class>/``) or ``test_split_file`` (e.g. ImageNet-LT's
+    ImageNet_LT_test.txt, paths relative to the same root), with the classes of the training data.
     """
     if root is None:
         raise DataError("data.root must point to the image folder")
     root = Path(root)
     if not root.is_dir():
         raise DataError(f"image folder {root} does not exist")
+    if split == "test" and test_root:
+        return _test_folders(load_image_folder(root, split_file, policy=policy), Path(test_root), policy)
     if split == "test":
         if not test_split_file:
-            raise DataError("an image folder's test split is data.test_split_file (lines 'relative/path label', "
-                            "e.g. ImageNet_LT_test.txt), which is not set: set it, or use the train split")
+            raise DataError("an image folder's test split is data.test_root (a folder of class sub-folders) or "
+                            "data.test_split_file (lines 'relative/path label', e.g. ImageNet_LT_test.txt); "
+                            "neither is set: set one, or use the train split")
         train = load_image_folder(root, split_file, policy=policy)
         paths, labels = read_split_file(test_split_file, root, train.num_classes, policy)
         return FolderSource(root, paths, labels, train.num_classes, train.class_names, policy)
@@ -575,28 +598,28 @@ def load_image_folder(root: str | Path | None, split_file: str | Path | None = N
     return _class_folders(root, policy)
 
 
-def _fashion_mnist(root, split, split_file, download, test_split_file, policy) -> ImageSource:
+def _fashion_mnist(root, split, split_file, download, test_split_file, policy, test_root) -> ImageSource:
     return load_fashion_mnist(root, split)
 
 
-def _mnist(root, split, split_file, download, test_split_file, policy) -> ImageSource:
+def _mnist(root, split, split_file, download, test_split_file, policy, test_root) -> ImageSource:
     return load_mnist(root, split)
 
 
-def _cifar10(root, split, split_file, download, test_split_file, policy) -> ImageSource:
+def _cifar10(root, split, split_file, download, test_split_file, policy, test_root) -> ImageSource:
     return load_cifar("cifar10", root, split, download)
 
 
-def _cifar100(root, split, split_file, download, test_split_file, policy) -> ImageSource:
+def _cifar100(root, split, split_file, download, test_split_file, policy, test_root) -> ImageSource:
     return load_cifar("cifar100", root, split, download)
 
 
-def _image_folder(root, split, split_file, download, test_split_file, policy) -> ImageSource:
-    return load_image_folder(root, split_file, split, test_split_file, policy)
+def _image_folder(root, split, split_file, download, test_split_file, policy, test_root) -> ImageSource:
+    return load_image_folder(root, split_file, split, test_split_file, policy, test_root)
 
 
 #: ``data.name`` -> the loader of that image source; called with (root, split, split_file,
-#: download, test_split_file, policy), each loader reads what it needs
+#: download, test_split_file, policy, test_root), each loader reads what it needs
 SOURCES: dict[str, Callable[..., ImageSource]] = {
     "fashion_mnist": _fashion_mnist, "mnist": _mnist, "cifar10": _cifar10, "cifar100": _cifar100,
     "image_folder": _image_folder,
@@ -607,10 +630,10 @@ SPLITS = ("train", "test")
 
 def load_source(name: str, root: str | None = None, split: str = "train", split_file: str | None = None,
                 download: bool = False, test_split_file: str | None = None,
-                policy: ReadPolicy = ReadPolicy()) -> ImageSource:
+                policy: ReadPolicy = ReadPolicy(), test_root: str | None = None) -> ImageSource:
     """The balanced source data set ``name`` (before any long-tail subsampling)."""
     if split not in SPLITS:
         raise DataError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
     if name not in SOURCES:
         raise DataError(f"unknown data set {name!r} (valid: {', '.join(SOURCES)})")
-    return SOURCES[name](root, split, split_file, download, test_split_file, policy)
+    return SOURCES[name](root, split, split_file, download, test_split_file, policy, test_root)

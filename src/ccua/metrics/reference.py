@@ -111,7 +111,10 @@ def reference_key(data_config: Any, split: str, dataset: Any = None) -> str:
     channels = getattr(dataset, "channels", None) or data_config.channels
     key = f"{data_config.name}-{split}-{data_config.resolution}px-{channels}ch"
     listed = getattr(data_config, "test_split_file" if split == "test" else "split_file", None)
-    if listed:
+    folder = getattr(data_config, "test_root", None) if split == "test" else None
+    if folder:
+        key += f"-{Path(folder).name}"
+    elif listed:
         key += f"-{Path(listed).stem}"
     return key
 
