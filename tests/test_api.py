@@ -71,3 +71,21 @@ def test_version_and_python_dash_m():
     assert ccua.__version__ != "0+unknown"
     result = subprocess.run([sys.executable, "-m", "ccua", "--version"], capture_output=True, text=True)
     assert result.returncode == 0 and result.stdout.strip() == f"ccua {ccua.__version__}"
+
+
+def test_an_export_is_safetensors_and_json_and_samples_as_the_run(tiny_run, tmp_path):
+    from safetensors.torch import load_file
+    import json as _json
+
+    assert main(["export", str(tiny_run), "--format", "safetensors", "--out", str(tmp_path / "x")]) == 0
+    weights = load_file(tmp_path / "x" / "model.safetensors")  # no ccua needed to read it
+    meta = _json.loads((tmp_path / "x" / "config.json").read_text())
+    assert meta["step"] == 2 and meta["ema"] is True and meta["config"]["name"] == "tiny"
+    run = ccua.load_run(tiny_run)
+    assert set(weights) == set(run.model.state_dict())
+    exported = ccua.load_run(tmp_path / "x")
+    assert exported.step == 2 and exported.class_counts == run.class_counts
+    labels = [0, 3, 9]
+    assert np.array_equal(exported.sample(labels, steps=2, seed=1), run.sample(labels, steps=2, seed=1))
+    assert main(["sample", str(tmp_path / "x"), "--per-class", "1", "--sampler-steps", "2", "--no-png",
+                 "--out", str(tmp_path / "s")]) == 0

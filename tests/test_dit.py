@@ -206,3 +206,77 @@ def test_tiny_preset_model_runs():
     model = build_model(config.model, in_channels=1, num_classes=10, resolution=config.data.resolution)
     x = torch.randn(2, 1, config.data.resolution, config.data.resolution)
     assert model(x, torch.rand(2), torch.tensor([0, model.null_label])).shape == x.shape
+
+
+# --------------------------------------------------------------------------- released checkpoints
+
+def _in_release_layout(model: DiT, learn_sigma: bool) -> dict[str, torch.Tensor]:
+    """``model``'s weights as the DiT/SiT release names and shapes them (timm's PatchEmbed and Mlp,
+    ``embedding_table``, a saved ``pos_embed``, and with ``learn_sigma`` a variance half in the
+    final layer's output: per pixel [prediction (C), variance (C)])."""
+    state = {}
+    for name, value in model.state_dict().items():
+        name = (name.replace("x_embedder.", "x_embedder.proj.").replace("y_embedder.", "y_embedder.embedding_table.")
+                .replace(".mlp.0.", ".mlp.fc1.").replace(".mlp.2.", ".mlp.fc2."))
+        state[name] = value.clone()
+    state["pos_embed"] = model.pos_embed.clone()
+    if learn_sigma:
+        weight, bias = state["final_layer.linear.weight"], state["final_layer.linear.bias"]
+        c, pixels = model.out_channels, weight.shape[0] // model.out_channels
+        variance_w, variance_b = torch.randn_like(weight), torch.randn_like(bias)
+        state["final_layer.linear.weight"] = torch.cat([weight.view(pixels, c, -1), variance_w.view(pixels, c, -1)],
+                                                       1).view(2 * pixels * c, -1)
+        state["final_layer.linear.bias"] = torch.cat([bias.view(pixels, c), variance_b.view(pixels, c)], 1).flatten()
+    return state
+
+
+@pytest.mark.parametrize("learn_sigma", [True, False], ids=["DiT (learned variance)", "SiT"])
+def test_a_checkpoint_in_the_release_layout_loads_into_the_same_predictions(tmp_path, learn_sigma):
+    from ccua.models.dit_release import load_release_weights
+
+    source = tiny_dit(channels=4)
+    randomize_(source)
+    path = tmp_path / "release.pt"
+    torch.save(_in_release_layout(source, learn_sigma), path)
+    torch.manual_seed(5)
+    target = DiT(in_channels=4, num_classes=5, input_size=8, patch_size=2, hidden_size=32, depth=4, num_heads=4)
+    load_release_weights(target, path)
+    x, t, y = torch.randn(3, 4, 8, 8), torch.rand(3), torch.tensor([0, 4, 5])
+    torch.testing.assert_close(target(x, t, y), source(x, t, y))
+
+
+def test_a_release_of_another_class_count_keeps_its_null_row_and_names_misfits(tmp_path):
+    from ccua.checkpoint import CheckpointError
+    from ccua.models.dit_release import load_release_weights
+
+    source = tiny_dit(channels=4, num_classes=7)
+    randomize_(source)
+    torch.save({"ema": _in_release_layout(source, True)}, tmp_path / "release.pt")  # a training checkpoint's ema
+    target = DiT(in_channels=4, num_classes=3, input_size=8, patch_size=2, hidden_size=32, depth=4, num_heads=4)
+    load_release_weights(target, tmp_path / "release.pt")
+    assert torch.equal(target.y_embedder.weight[3], source.y_embedder.weight[7])  # the null rows
+    x, t = torch.randn(2, 4, 8, 8), torch.rand(2)
+    null = torch.tensor([3, 3])
+    torch.testing.assert_close(target(x, t, null), source(x, t, torch.tensor([7, 7])))  # the unconditional model
+    deeper = DiT(in_channels=4, num_classes=7, input_size=8, patch_size=2, hidden_size=32, depth=5, num_heads=4)
+    with pytest.raises(CheckpointError, match="the release has no 'blocks.4"):
+        load_release_weights(deeper, tmp_path / "release.pt")
+
+
+def test_init_from_starts_a_training_from_the_release(tmp_path):
+    from ccua.checkpoint import list_checkpoints, load_checkpoint
+    from ccua.config import config_from_dict
+    from ccua.training import train
+    from tests.conftest import tiny_config_dict
+
+    settings = tiny_config_dict(tmp_path / "runs", train={"steps": 1, "lr": 1e-12, "ema_decay": 0.0},
+                                model={"arch": "dit", "dit": {"depth": 2, "hidden_size": 32, "num_heads": 4,
+                                                              "patch_size": 2}})
+    source = DiT(in_channels=1, num_classes=10, input_size=8, patch_size=2, hidden_size=32, depth=2, num_heads=4)
+    randomize_(source)
+    torch.save(_in_release_layout(source, True), tmp_path / "release.pt")
+    settings["model"]["dit"]["init_from"] = str(tmp_path / "release.pt")
+    run = train(config_from_dict(settings))
+    weights = load_checkpoint(list_checkpoints(run / "checkpoints")[-1])["model"]
+    for name, value in source.state_dict().items():  # one step at lr 1e-12 moves nothing visible
+        torch.testing.assert_close(weights[name], value, rtol=0, atol=1e-6)

@@ -162,6 +162,19 @@ def _sampler_steps(args: argparse.Namespace) -> int | None:
     return args.sampler_steps if args.sampler_steps is not None else args.steps
 
 
+# --------------------------------------------------------------------------- export
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from ccua.generate import LoadedModel
+
+    loaded = LoadedModel(args.run, use_ema=not args.no_ema)
+    out = Path(args.out) if args.out else loaded.run_dir / "export" / f"step{loaded.step:07d}"
+    folder = loaded.export(out)
+    print(f"export: {folder} ({'EMA' if loaded.use_ema else 'raw'} weights of step {loaded.step}, "
+          "model.safetensors + config.json)")
+    return 0
+
+
 # --------------------------------------------------------------------------- data
 
 def cmd_data(args: argparse.Namespace) -> int:
@@ -427,6 +440,15 @@ def _add_sample(sub) -> None:
     p.set_defaults(func=cmd_sample)
 
 
+def _add_export(sub) -> None:
+    p = sub.add_parser("export", help="a run's weights as model.safetensors and its config as config.json")
+    p.add_argument("run", help="run folder or checkpoint file")
+    p.add_argument("--format", default="safetensors", choices=["safetensors"])
+    p.add_argument("--out", default=None, help="output folder (default: RUN/export/step<N>)")
+    p.add_argument("--no-ema", action="store_true", help="the raw weights instead of the EMA")
+    p.set_defaults(func=cmd_export)
+
+
 def _add_data(sub) -> None:
     p = sub.add_parser("data", help="per-class counts after long-tail subsampling; `data encode` for latents")
     p.add_argument("config", nargs=argparse.REMAINDER, help="preset or YAML, then overrides")
@@ -530,7 +552,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="ccua", description=__doc__)
     parser.add_argument("--version", action="version", version=f"ccua {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
-    for add in (_add_train, _add_sample, _add_data, _add_evaluate, _add_features, _add_report, _add_compare):
+    for add in (_add_train, _add_sample, _add_export, _add_data, _add_evaluate, _add_features, _add_report,
+                _add_compare):
         add(sub)
     return parser
 

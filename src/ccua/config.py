@@ -84,6 +84,9 @@ class DiTConfig:
     patch_size: int = 2
     mlp_ratio: float = 4.0
     encoder_depth: str = "N/4"  # where encode() stops: N/8, N/4, N/2, 3N/4, N or a block count
+    # a released DiT/SiT checkpoint (DiT-XL-2-256x256.pt, SiT-XL-2-256x256.pt) to start from instead of
+    # DiT's initialisation (models/dit_release.py); used when a run starts, not when it resumes
+    init_from: str | None = None
 
 
 @dataclass

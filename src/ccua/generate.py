@@ -26,6 +26,7 @@ from ccua.build import build_model, build_objective, stored_config
 from ccua.checkpoint import check_weights, checked_header, load_checkpoint
 from ccua.config import Config, SampleConfig
 from ccua.distributed import DistInfo, on_main, own_items, shared_map
+from ccua.exported import WEIGHTS_FILE, is_export, read_export, write_export
 from ccua.files import atomic_file, write_text_atomic
 from ccua.data import classes_head_to_tail, is_latent, to_uint8
 from ccua.data.sources import open_npz
@@ -153,8 +154,14 @@ class LoadedModel:
     """A model restored from a checkpoint, with what is needed to sample from it."""
 
     def __init__(self, run_or_checkpoint: str | Path, use_ema: bool = True, device: str | torch.device = "cpu"):
-        self.checkpoint_path = resolve_checkpoint(run_or_checkpoint)
-        state = load_checkpoint(self.checkpoint_path)
+        if is_export(run_or_checkpoint):  # a safetensors export: its weights are the ones it was made with
+            self.checkpoint_path = Path(run_or_checkpoint) / WEIGHTS_FILE
+            weights, state = read_export(run_or_checkpoint)
+            state = {**state, "model": weights, "ema": None}
+            use_ema = False
+        else:
+            self.checkpoint_path = resolve_checkpoint(run_or_checkpoint)
+            state = load_checkpoint(self.checkpoint_path)
         self.config: Config = stored_config(state["config"])
         self.step, self.class_counts, self.data_shape = checked_header(state, self.checkpoint_path)
         self.use_ema = use_ema and state.get("ema") is not None
@@ -169,6 +176,13 @@ class LoadedModel:
     @property
     def run_dir(self) -> Path:
         return run_folder_of(self.checkpoint_path)
+
+    def export(self, folder: str | Path) -> Path:
+        """Write the weights this model was loaded with (EMA by default) and its config as a
+        safetensors export (:mod:`ccua.exported`)."""
+        meta = {"config": self.config.to_dict(), "step": self.step, "class_counts": self.class_counts,
+                "data_shape": list(self.data_shape), "ema": self.use_ema, "source": str(self.checkpoint_path)}
+        return write_export(folder, self.model.state_dict(), meta)
 
     def decoder(self):
         """Latent models: a function from latents to pixels through the configured VAE."""

@@ -124,8 +124,7 @@ class Trainer:
             run_dir = gather_objects(run_dir, self.dist)[0]
         self.run_dir = Path(run_dir)
         self.checkpoint_dir = checkpoint_folder(self.run_dir)
-        if resume_state is not None:
-            self._restore(self.resume_from, resume_state)
+        self._start_weights(resume_state)
         seed_rank = batch_generator_seed(train.seed, self.dist.rank)
         if resume_state is None:
             seed_everything(seed_rank)  # different noise, times and dropout in every process
@@ -142,6 +141,18 @@ class Trainer:
         self._saved_step: int | None = None
 
     # ------------------------------------------------------------------ set-up helpers
+    def _start_weights(self, resume_state: dict | None) -> None:
+        """The checkpoint's state on a resume; a released DiT/SiT's weights with
+        ``model.dit.init_from``; else the model's own initialisation."""
+        model = self.config.model
+        if resume_state is not None:
+            self._restore(self.resume_from, resume_state)
+        elif model.arch == "dit" and model.dit.init_from:
+            from ccua.models.dit_release import load_release_weights
+
+            load_release_weights(self.model, model.dit.init_from)
+            self.ema = EMA(self.model, self.config.train.ema_decay)  # the average starts from the loaded weights
+
     def _check_methods(self) -> None:
         # Names and combinations were checked with the config; the batch needs the process count.
         for method in self.methods:
