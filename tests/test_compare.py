@@ -159,3 +159,14 @@ def test_the_shipped_study_files_plan_runs_with_the_settings_they_name(study):
             assert ccua.temperature == 0.5
         if run.variant in {"plain", "ccua"}:
             assert (ccua.alpha, ccua.gamma, ccua.temperature) == (1, 1, 0.1)
+
+
+def test_shipped_studies_are_found_by_name():
+    from ccua.compare import find_study, load_study, study_names
+
+    assert {"fashion_mnist_lt", "fashion_mnist_lt_memorising", "fashion_mnist_lt_sweep"} <= set(study_names())
+    assert find_study("fashion_mnist_lt") == "fashion_mnist_lt"  # the preset of that name wins
+    study = find_study("fashion_mnist_lt_study")
+    assert Path(study).is_file() and Path(study).name == "fashion_mnist_lt.yaml"
+    assert load_study(find_study("fashion_mnist_lt_memorising")).preset == "fashion_mnist_lt"
+    assert find_study("studies/fashion_mnist_lt.yaml") == "studies/fashion_mnist_lt.yaml"

@@ -324,7 +324,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from ccua.compare import CompareSettings, compare, is_study_file, load_study
+    from ccua.compare import CompareSettings, compare, find_study, is_study_file, load_study
 
     given = {
         "seeds": [int(s) for s in args.seeds.split(",")] if args.seeds else None, "steps": args.steps,
@@ -335,6 +335,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
         "max_reference": args.max_reference, "references": args.references.split(",") if args.references else None,
         "baseline": args.baseline, "jobs": args.jobs, "gpus_per_run": args.gpus_per_run, "device": args.device,
     }
+    args.preset = find_study(args.preset)
     if is_study_file(args.preset):
         if args.methods or args.overrides:
             raise ConfigError(f"{args.preset} is a study file: its variants and overrides are set in the file")
@@ -518,7 +519,8 @@ def _add_report(sub) -> None:
 
 def _add_compare(sub) -> None:
     p = sub.add_parser("compare", help="train, evaluate and report several methods under one protocol")
-    p.add_argument("preset", help="preset or YAML config shared by every run, or a study file (studies/*.yaml)")
+    p.add_argument("preset", help="preset or YAML config shared by every run, or a study: a file (studies/*.yaml) or "
+                                  "a shipped study's name (fashion_mnist_lt_memorising, fashion_mnist_lt_study)")
     p.add_argument("overrides", nargs="*", help="overrides shared by every run")
     p.add_argument("--methods", default=None, help="comma-separated (default plain,ccua); a+b combines methods")
     p.add_argument("--only", default=None, help="comma-separated variants of a study file to run and report")

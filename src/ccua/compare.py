@@ -28,13 +28,14 @@ import os
 import subprocess
 import sys
 from dataclasses import dataclass, field, replace
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from ccua.build import load_checked_config
-from ccua.config import Config, ConfigError, read_yaml_file, save_config
+from ccua.config import Config, ConfigError, preset_names, read_yaml_file, save_config
 from ccua.data import SPLITS
 from ccua.jobs import Job, JobsFailed, run_jobs, worker_slot
 from ccua.launch import child_environment, gpu_group, torchrun_command
@@ -114,6 +115,26 @@ class CompareSettings:
 _STUDY_KEYS = {"preset", "variants", "seeds", "steps", "overrides", "evaluation", "baseline", "jobs", "gpus_per_run"}
 _EVALUATION_KEYS = {"per_class", "features", "feature_path", "guidance", "guidance_grid", "proxy_per_class",
                     "sampler_steps", "tail_seeds", "max_reference", "references"}
+
+
+def study_names() -> list[str]:
+    """The studies shipped with the package (``ccua compare <name>``)."""
+    folder = resources.files("ccua") / "studies"
+    return sorted(p.name[: -len(".yaml")] for p in folder.iterdir() if p.name.endswith(".yaml"))
+
+
+def find_study(name_or_path: str) -> str:
+    """A study file's path: the path given, or a shipped study by name (``fashion_mnist_lt_memorising``;
+    ``<name>_study`` where the bare name is also a preset, e.g. ``fashion_mnist_lt_study``)."""
+    if Path(name_or_path).is_file() or Path(name_or_path).suffix in (".yaml", ".yml"):
+        return name_or_path
+    shipped, folder = study_names(), resources.files("ccua") / "studies"
+    if name_or_path in shipped and name_or_path not in preset_names():  # a preset of the same name wins
+        return str(folder / f"{name_or_path}.yaml")
+    bare = name_or_path.removesuffix("_study")
+    if name_or_path.endswith("_study") and bare in shipped:
+        return str(folder / f"{bare}.yaml")
+    return name_or_path
 
 
 def is_study_file(path: str) -> bool:
