@@ -17,7 +17,7 @@ from ccua.training import Trainer, TrainingDiverged, train
 from ccua.training.preemption import REQUEUE_EXIT_CODE, TrainingInterrupted
 from ccua.checkpoint import list_checkpoints, load_checkpoint
 from ccua.distributed import cleanup
-from tests.conftest import tiny_config_dict
+from tests.conftest import assert_close_to_scale, tiny_config_dict
 
 
 def _final_weights(run_dir):
@@ -164,3 +164,38 @@ def test_ema_decay_warms_up_then_holds():
     for step in range(1, 1001):
         share *= ema_decay(0.999, step)
     assert share < 1e-3
+
+
+def test_accumulated_micro_batches_give_the_gradient_of_the_whole_batch(tmp_path, monkeypatch):
+    """With a loss that is a mean over samples (no random draws), k micro-batches of B/k add up to
+    the gradient of the batch of B: the accumulation's scaling and summing, checked directly."""
+    def deterministic_losses(runner, objective, methods, x0, labels, null_label, *args):
+        t = torch.full((x0.shape[0],), 500, dtype=torch.long)
+        prediction, _ = runner(x0, t, labels)
+        loss = (prediction - x0).pow(2).flatten(1).mean(1).mean()
+        return {"dm": loss, "total": loss}
+
+    monkeypatch.setattr(trainer_module, "training_losses", deterministic_losses)
+    gradients = []
+    for accumulate in (1, 4):
+        config = config_from_dict(tiny_config_dict(tmp_path / str(accumulate), method={"names": ["plain"]},
+                                                   train={"accumulate": accumulate}, model={"unet": {"dropout": 0.0}}))
+        trainer = Trainer(config)
+        torch.manual_seed(0)
+        x0, labels = torch.rand(8, 1, 8, 8) * 2 - 1, torch.arange(8) % 3
+        trainer.optimizer.zero_grad()
+        terms = trainer._accumulated_gradients(x0, labels)
+        gradients.append(([p.grad.clone() for p in trainer.model.parameters()], terms["dm"]))
+        cleanup(trainer.dist)
+    (whole, whole_loss), (parts, parts_loss) = gradients
+    assert parts_loss.item() == pytest.approx(whole_loss.item(), rel=1e-5)
+    for a, b in zip(whole, parts):
+        assert_close_to_scale(b, a, rel=1e-4)
+
+
+def test_a_micro_batch_too_small_for_a_method_is_refused(tmp_path):
+    config = config_from_dict(tiny_config_dict(tmp_path, train={"accumulate": 8}))  # CCUA on micro-batches of 1
+    with pytest.raises(ConfigError, match="in 8 micro-batch"):
+        Trainer(config)
+    with pytest.raises(ConfigError, match="train.accumulate=3 does not divide"):
+        Trainer(config_from_dict(tiny_config_dict(tmp_path, train={"accumulate": 3})))

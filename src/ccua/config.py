@@ -196,6 +196,9 @@ class TrainConfig:
 
     steps: int = 1000
     batch_size: int = 64  # global: split evenly over the processes
+    # gradient accumulation: each process's share is run as this many micro-batches whose gradients
+    # add up to one step; every loss then sees its micro-batch only (UCL's in-batch negatives too)
+    accumulate: int = 1
     optimizer: str = "adamw"  # one of ccua.build.OPTIMIZERS (adam, adamw)
     lr: float = 2e-4
     weight_decay: float = 0.0
@@ -612,6 +615,7 @@ def _count_problems(config: Config) -> Iterator[str]:
     data, unet, dit, train, sample = config.data, config.model.unet, config.model.dit, config.train, config.sample
     at_least = [
         ("train.batch_size", train.batch_size, 1, "images per optimiser step, over all processes"),
+        ("train.accumulate", train.accumulate, 1, "micro-batches per optimiser step"),
         ("train.steps", train.steps, 0, "optimiser steps to train to; 0 writes only the initial checkpoint"),
         ("train.log_every", train.log_every, 1, "log the losses every N steps"),
         ("train.ckpt_every", train.ckpt_every, 0, "checkpoint every N steps; 0 = only at the end"),

@@ -90,6 +90,10 @@ class Trainer:
         if train.batch_size % self.dist.world_size:
             raise ConfigError(f"train.batch_size={train.batch_size} is not divisible by {self.dist.world_size} processes")
         self.local_batch = train.batch_size // self.dist.world_size
+        if self.local_batch % train.accumulate:
+            raise ConfigError(f"train.accumulate={train.accumulate} does not divide the {self.local_batch} images per "
+                              f"process (train.batch_size={train.batch_size} over {self.dist.world_size} processes)")
+        self.micro_batch = self.local_batch // train.accumulate
         # Everything that can be checked without the data is checked before it is read.
         self.methods = build_methods(config.method)
         self._check_methods()
@@ -105,7 +109,7 @@ class Trainer:
         x_example, _ = self.dataset[0]
         self.data_shape = tuple(x_example.shape)
         configure_backends(train.tf32)
-        check_model_fits(config, self.data_shape[0], self.dataset.num_classes, self.data_shape[1], self.local_batch,
+        check_model_fits(config, self.data_shape[0], self.dataset.num_classes, self.data_shape[1], self.micro_batch,
                          self.device)
         self.model = to_memory_format(build_model(config.model, self.data_shape[0], self.dataset.num_classes,
                                                   self.data_shape[1]).to(self.device), train.channels_last)
@@ -156,11 +160,11 @@ class Trainer:
     def _check_methods(self) -> None:
         # Names and combinations were checked with the config; the batch needs the process count.
         for method in self.methods:
-            if self.local_batch < method.min_batch:
+            if self.micro_batch < method.min_batch:
                 raise ConfigError(
                     f"method {method.name!r} needs a per-process batch of at least {method.min_batch}; "
                     f"train.batch_size={self.config.train.batch_size} over {self.dist.world_size} processes "
-                    f"gives {self.local_batch}")
+                    f"in {self.config.train.accumulate} micro-batch(es) gives {self.micro_batch}")
 
     def _resume_state(self, resume: str | None, run_dir: str | Path | None) -> tuple[dict | None, Path | None]:
         """The checkpoint contents to resume (None: a fresh start) and the run folder (None: a new one)."""
@@ -463,12 +467,8 @@ class Trainer:
             x0 = torch.where(flip[:, None, None, None], x0.flip(-1), x0)
         if train.channels_last and x0.dim() == 4:
             x0 = x0.contiguous(memory_format=torch.channels_last)
-        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=train.bf16):
-            terms = training_losses(self.runner, self.objective, self.methods, x0, labels, self.model.null_label,
-                                    self.class_counts_tensor, config.diffusion.label_drop_prob,
-                                    config.diffusion.label_drop_mode, config.method.batched_passes)
         self.optimizer.zero_grad(set_to_none=True)
-        terms["total"].backward()
+        terms = self._accumulated_gradients(x0, labels)
         # A stop signal rides along with the loss terms, so every process learns of it in the same step.
         stop = float(self.signals is not None and self.signals.received is not None)
         values = torch.stack([v.detach().float() for v in terms.values()]
@@ -487,6 +487,25 @@ class Trainer:
         self.step += 1
         self.ema.update(self.model, ema_decay(train.ema_decay, self.step, train.ema_start))
         return dict(zip(terms, values.tolist()))
+
+    def _accumulated_gradients(self, x0: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Backward through the batch in ``train.accumulate`` micro-batches (the gradients add up, each
+        micro-batch's loss scaled by 1/k; DDP synchronises after the last); the loss terms averaged."""
+        config, parts = self.config, self.config.train.accumulate
+        totals: dict[str, torch.Tensor] = {}
+        for index, (x_part, y_part) in enumerate(zip(x0.chunk(parts), labels.chunk(parts))):
+            last = index == parts - 1
+            sync = contextlib.nullcontext() if last or not hasattr(self.runner, "no_sync") else self.runner.no_sync()
+            with sync:
+                with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=config.train.bf16):
+                    terms = training_losses(self.runner, self.objective, self.methods, x_part, y_part,
+                                            self.model.null_label, self.class_counts_tensor,
+                                            config.diffusion.label_drop_prob, config.diffusion.label_drop_mode,
+                                            config.method.batched_passes)
+                (terms["total"] / parts).backward()
+            for key, value in terms.items():
+                totals[key] = totals.get(key, 0.0) + value.detach() / parts
+        return totals
 
     def _log(self, record: dict, log_file) -> None:
         step = record["step"]
