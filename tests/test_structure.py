@@ -30,7 +30,7 @@ SRC = Path(ccua.__file__).parent
 #: never one above, not even inside a function
 LAYERS = [
     {"config", "progress", "files"},
-    {"devices", "images", "checkpoint", "exported", "runs", "records", "jobs", "latent", "launch", "distributed", "data", "models",
+    {"devices", "images", "checkpoint", "exported", "runs", "records", "reporters", "jobs", "latent", "launch", "distributed", "data", "models",
      "diffusion"},
     {"methods", "metrics", "report"},
     {"build"},

@@ -31,6 +31,7 @@ from ccua.metrics import FEATURE_NETS
 from ccua.models import BACKBONES
 from ccua.models.dit import resolve_dit_size, size_from_config
 from ccua.models.unet import UNet
+from ccua.reporters import reporter_problems
 
 #: ``train.optimizer`` -> the optimizer class
 OPTIMIZERS: dict[str, type[torch.optim.Optimizer]] = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}
@@ -58,7 +59,7 @@ def check_config(config: Config) -> Config:
     DiT size written into ``model.dit``'s depth and width (so config.yaml shows the architecture
     trained); else a ConfigError naming the first setting that does not, with the valid values."""
     problems = itertools.chain(range_problems(config), _choice_problems(config), _method_problems(config),
-                               _sampling_problems(config))
+                               _sampling_problems(config), reporter_problems(config.train.report_to))
     problem = next(problems, None)
     if problem is None:
         config = _with_dit_size(config)

@@ -218,6 +218,10 @@ class TrainConfig:
     ckpt_every: int = 500
     keep_checkpoints: int = 3
     progress: bool = True
+    # where the losses, learning rate, proxy FID and sample grids go besides losses.jsonl:
+    # tensorboard and/or wandb (Weights & Biases, optional: pip install wandb; project wandb_project)
+    report_to: list[str] = field(default_factory=lambda: ["tensorboard"])
+    wandb_project: str = "ccua"
     # Several processes: how long one waits in a collective for the others (process 0 alone
     # writes checkpoints and sample grids meanwhile) before the run stops with a timeout.
     dist_timeout_minutes: float = 30.0

@@ -33,7 +33,8 @@ CHECKPOINT_FOLDER = "checkpoints"  # a run's checkpoints: run_dir/checkpoints/00
 #: settings a resumed run may change (dotted keys or whole sections); :func:`resume_changes` says why
 RESUMABLE = (
     "name", "train.steps", "train.out_dir", "train.log_every", "train.ckpt_every", "train.keep_checkpoints",
-    "train.sample_every", "train.progress", "train.dist_timeout_minutes", "train.proxy_every",
+    "train.sample_every", "train.progress", "train.report_to", "train.wandb_project", "train.dist_timeout_minutes",
+    "train.proxy_every",
     "train.proxy_samples", "train.proxy_features", "train.proxy_feature_path", "train.proxy_sampler_steps", "sample",
     "data.root", "data.download", "data.num_workers", "data.vae", "data.test_split_file",
     "data.allow_outside_root", "data.max_image_pixels", "data.test_root",

@@ -42,6 +42,7 @@ from ccua.distributed import (DistInfo, PeerLost, all_reduce_mean, barrier, clea
 from ccua.training.ema import EMA
 from ccua.training.performance import configure_backends, maybe_compile, to_memory_format
 from ccua.training.preemption import STOP_MARKER, StopSignals, TrainingInterrupted
+from ccua.reporters import Reporters
 from ccua.training.step import PassRunner, training_losses
 
 log = logging.getLogger(__name__)
@@ -87,13 +88,7 @@ class Trainer:
         self.dist: DistInfo = init_distributed(device, config.train.dist_timeout_minutes)
         self.device = self.dist.device
         train = config.train
-        if train.batch_size % self.dist.world_size:
-            raise ConfigError(f"train.batch_size={train.batch_size} is not divisible by {self.dist.world_size} processes")
-        self.local_batch = train.batch_size // self.dist.world_size
-        if self.local_batch % train.accumulate:
-            raise ConfigError(f"train.accumulate={train.accumulate} does not divide the {self.local_batch} images per "
-                              f"process (train.batch_size={train.batch_size} over {self.dist.world_size} processes)")
-        self.micro_batch = self.local_batch // train.accumulate
+        self.local_batch, self.micro_batch = self._batch_sizes()
         # Everything that can be checked without the data is checked before it is read.
         self.methods = build_methods(config.method)
         self._check_methods()
@@ -136,15 +131,26 @@ class Trainer:
         runner = PassRunner(self.model)
         self.runner = maybe_compile(DistributedDataParallel(runner) if self.dist.enabled else runner, train.compile)
         self.class_counts_tensor = torch.tensor(self.class_counts, dtype=torch.float32, device=self.device)
-        self.writer = None
+        self.reporters: Reporters | None = None  # TensorBoard, W&B (process 0, while training)
         self._proxy = None
         self._decode = None
         self._grid_noise_seed = train.seed + 12345
         self.signals: StopSignals | None = None  # while training: the stop signals received
         self.stop_agreed = False  # set by train_step: some process received a stop signal
-        self._saved_step: int | None = None
 
     # ------------------------------------------------------------------ set-up helpers
+    def _batch_sizes(self) -> tuple[int, int]:
+        """(images per process and step, images per micro-batch) of ``train.batch_size`` and
+        ``train.accumulate`` over the processes; ConfigError when they do not divide."""
+        train, processes = self.config.train, self.dist.world_size
+        if train.batch_size % processes:
+            raise ConfigError(f"train.batch_size={train.batch_size} is not divisible by {processes} processes")
+        local = train.batch_size // processes
+        if local % train.accumulate:
+            raise ConfigError(f"train.accumulate={train.accumulate} does not divide the {local} images per process "
+                              f"(train.batch_size={train.batch_size} over {processes} processes)")
+        return local, local // train.accumulate
+
     def _start_weights(self, resume_state: dict | None) -> None:
         """The checkpoint's state on a resume; a released DiT/SiT's weights with
         ``model.dit.init_from``; else the model's own initialisation."""
@@ -258,7 +264,6 @@ class Trainer:
         if self.dist.is_main:
             path = save_checkpoint(state, self.checkpoint_dir, self.step, self.config.train.keep_checkpoints)
         barrier(self.dist)
-        self._saved_step = self.step
         return path
 
     def _decoder(self):
@@ -281,9 +286,9 @@ class Trainer:
         rows = [images[i: i + sample.grid_per_class] for i in range(0, len(images), sample.grid_per_class)]
         scale = max(1, 64 // self.data_shape[1])
         path = save_grid(rows, self.run_dir / "samples" / f"grid_{self.step:07d}.png", scale=scale, pad=2 * scale)
-        if self.writer is not None:
+        if self.reporters is not None:
             with Image.open(path) as grid:
-                self.writer.add_image("samples/grid", np.asarray(grid.convert("RGB")), self.step, dataformats="HWC")
+                self.reporters.image("samples/grid", np.asarray(grid.convert("RGB")), self.step)
         return path
 
     @_keeps_training_rng
@@ -308,8 +313,8 @@ class Trainer:
             self._proxy = ProxyFID(Reference.from_config(self.config.data, "train"), net, num_samples=2000,
                                    cache_dir=DEFAULT_CACHE / "features")
         value = self._proxy(images, labels.numpy())
-        if self.writer is not None:
-            self.writer.add_scalar("eval/proxy_fid", value, self.step)
+        if self.reporters is not None:
+            self.reporters.scalars({"eval/proxy_fid": value}, self.step)
         log.info("step %d: proxy FID %.3f (%d samples, %s features)", self.step, value, train.proxy_samples,
                  train.proxy_features)
         return value
@@ -354,8 +359,8 @@ class Trainer:
             progress.close()
             if log_file:
                 log_file.close()
-            if self.writer is not None:
-                self.writer.close()
+            if self.reporters is not None:
+                self.reporters.close()
         barrier(self.dist)  # not after an error: a lost peer would replace the error that says so
         return self.run_dir
 
@@ -373,13 +378,12 @@ class Trainer:
                            "auto") from None
 
     def _open_outputs(self):
-        """The run folder, TensorBoard writer and loss log (process 0; None elsewhere)."""
+        """The run folder, the reporters (TensorBoard, W&B) and the loss log (process 0; None elsewhere)."""
         if self.dist.is_main:
             self._prepare_run_folder()
-            from torch.utils.tensorboard import SummaryWriter
-
-            # purge_step drops events a killed launch logged past the step this one starts from
-            self.writer = SummaryWriter(str(self.run_dir / "tensorboard"), purge_step=self.step)
+            train = self.config.train
+            self.reporters = Reporters(train.report_to, self.run_dir, self.config.to_dict(), self.step,
+                                       train.wandb_project)
             log.info("run folder %s; %d training images, %d classes, per-class counts %s",
                      self.run_dir, len(self.dataset), self.dataset.num_classes, self.class_counts)
         barrier(self.dist)
@@ -509,11 +513,8 @@ class Trainer:
 
     def _log(self, record: dict, log_file) -> None:
         step = record["step"]
-        for key, value in record.items():
-            if key == "step":
-                continue
-            tag = f"loss/{key}" if key not in ("lr", "steps_per_sec", "images_per_sec") else f"train/{key}"
-            self.writer.add_scalar(tag, value, step)
+        self.reporters.scalars({(f"loss/{key}" if key not in ("lr", "steps_per_sec", "images_per_sec")
+                                 else f"train/{key}"): value for key, value in record.items() if key != "step"}, step)
         log_file.write(json.dumps(record) + "\n")
         log_file.flush()
 
