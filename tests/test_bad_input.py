@@ -105,7 +105,7 @@ def test_base_is_relative_to_the_including_file(workspace, capsys, monkeypatch):
 CONFIG_CASES = [
     (["{w}/self.yaml"], "base: cycle of config files: {w}/self.yaml -> {w}/self.yaml"),
     (["{w}/sub/orphan.yaml"], "base: no YAML file {w}/sub/missing.yaml"),
-    (["{w}/syntax.yaml"], "syntax.yaml: not valid YAML at line 4, column 8: expected ',' or ']'"),
+    (["{w}/syntax.yaml"], "syntax.yaml: not valid YAML at line 4, column 8"),  # libyaml and PyYAML word the rest apart
     (["{w}/tiny.yaml", "train.steps=1.5"], "train.steps must be an integer, got 1.5"),
     (["{w}/tiny.yaml", "train.batch_size=0"], "train.batch_size=0 must be a positive integer"),
     (["{w}/tiny.yaml", "train.steps=-1"], "train.steps=-1 must be an integer >= 0"),

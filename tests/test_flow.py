@@ -163,7 +163,7 @@ def test_samplers_pass_float_model_times_in_order():
 
 def test_each_objective_runs_its_own_samplers_and_refuses_the_others():
     flow, noise = Flow(), torch.randn(4, 2)
-    assert list(Flow.samplers) == ["euler", "heun", "dopri5", "sde"] and list(DDPM.samplers) == ["ddim", "ddpm"]
+    assert list(Flow.samplers) == ["euler", "heun", "dopri5", "sde"] and list(DDPM.samplers) == ["ddim", "ddpm", "dpm++", "unipc"]
     for sampler in Flow.samplers:
         out = flow.sample(exact_velocity, noise, SampleConfig(sampler=sampler, steps=5), progress=True)
         assert out.shape == noise.shape and torch.isfinite(out).all()

@@ -309,7 +309,7 @@ def _flat_layout(config: dict) -> dict:
     model = config["model"]
     unet = {k: v for k, v in model["unet"].items() if k != "null_embedding"}
     flat = {"arch": model["arch"], **unet, "dit_size": model["dit"]["size"],
-            **{k: v for k, v in model["dit"].items() if k != "size"}}
+            **{k: v for k, v in model["dit"].items() if k not in ("size", "init_from")}}
     return {**config, "model": flat}
 
 
