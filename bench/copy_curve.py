@@ -71,6 +71,37 @@ def _print(rows: list[dict]) -> None:
               f"{float(r['copy_share']):.3f} | {float(r['copy_share_whole_set']):.3f} | {r['distinct_nearest']} |")
 
 
+def plot(rows: list[dict], path: Path) -> None:
+    """Near-copy share (within the class) and distinct nearest training images against the step,
+    per group and guidance, one panel each."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(10, 4), dpi=110)
+    FigureCanvasAgg(figure)
+    share, distinct = figure.add_subplot(1, 2, 1), figure.add_subplot(1, 2, 2)
+    series = sorted({(r["run"], r["group"], float(r["guidance"])) for r in rows if r["group"] != "overall"})
+    for index, (run, group, w) in enumerate(series):
+        points = sorted((int(r["step"]), r) for r in rows
+                        if (r["run"], r["group"], float(r["guidance"])) == (run, group, w))
+        steps = [step for step, _ in points]
+        style = {"color": f"C{['head', 'body', 'tail'].index(group) if group in ('head', 'body', 'tail') else 3}",
+                 "linestyle": "-" if w else "--", "marker": "o", "markersize": 3}
+        label = f"{run} {group} w={w:g}"
+        share.plot(steps, [float(r["copy_share"]) for _, r in points], label=label, **style)
+        distinct.plot(steps, [int(r["distinct_nearest"]) / max(1, int(r["n_train"])) for _, r in points], **style)
+    share.set_xlabel("training step")
+    share.set_ylabel("near-copy share (within the class)")
+    share.axhline(0.2, color="grey", linewidth=0.8, linestyle=":")
+    distinct.set_xlabel("training step")
+    distinct.set_ylabel("distinct nearest training images / training images")
+    for axes in (share, distinct):
+        axes.grid(alpha=0.3)
+    share.legend(fontsize=6)
+    figure.tight_layout()
+    figure.savefig(path)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("runs", nargs="+", help="run folders")
@@ -79,6 +110,7 @@ def main() -> None:
     parser.add_argument("--per-class", type=int, default=50)
     parser.add_argument("--sampler-steps", type=int, default=50)
     parser.add_argument("--out", required=True, help="CSV file (rows already there are kept, not measured again)")
+    parser.add_argument("--plot", default=None, help="PNG of the curves")
     args = parser.parse_args()
     out = Path(args.out)
     rows, done = _done(out)
@@ -96,6 +128,9 @@ def main() -> None:
                     writer.writerows(rows)
                 print(f"{folder.path.name} step {step} w {w:g}: measured", flush=True)
     _print(rows)
+    if args.plot:
+        plot(rows, Path(args.plot))
+        print(f"plot: {args.plot}")
 
 
 if __name__ == "__main__":

@@ -15,9 +15,8 @@ from __future__ import annotations
 
 import argparse
 import time
-from pathlib import Path
-
 from ccua.evaluation import evaluate_target
+from ccua.runs import resolve_checkpoint, run_folder_of
 
 
 def main() -> None:
@@ -39,13 +38,14 @@ def main() -> None:
             result, out = evaluate_target(args.run, features=args.features, feature_path=args.feature_path,
                                           per_class=args.per_class, sampler=sampler, steps=steps,
                                           guidance=args.guidance, reference_split=args.reference,
-                                          eval_root=Path(args.run) / "eval_nfe" if Path(args.run).is_dir() else None,
+                                          eval_root=run_folder_of(resolve_checkpoint(args.run)) / "eval_nfe",
                                           reuse=True, memorisation=False, device=args.device)
             seconds = time.perf_counter() - start  # sampling and scoring; about 0 when reused
             tail = result["groups"].get("tail", {})
             rows.append((sampler, steps, result["overall"]["fid"], tail.get("fid"), tail.get("recall"), seconds))
             print(f"{sampler} {steps}: FID {result['overall']['fid']:.2f} ({out})", flush=True)
-    print("\n| sampler | network evaluations | FID | tail FID | tail recall | seconds (sampling + scoring, 0 = reused) |")
+    print("\n| sampler | network evaluations | FID | tail FID | tail recall | "
+          "seconds (sampling + scoring, 0 = reused) |")
     print("|---|---:|---:|---:|---:|---:|")
     for sampler, steps, fid, tail_fid, tail_recall, seconds in rows:
         print(f"| {sampler} | {steps} | {fid:.2f} | {tail_fid:.2f} | {tail_recall:.3f} | {seconds:.0f} |")

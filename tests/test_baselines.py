@@ -418,7 +418,8 @@ def test_diffrop_with_ccua_trains_and_logs_its_own_term(tmp_path):
 def test_the_release_preset_differs_from_the_published_one_where_the_release_does():
     from ccua.build import load_checked_config
 
-    published, release = load_checked_config("sit_s2_imagenet_lt256"), load_checked_config("sit_s2_imagenet_lt256_release")
+    published = load_checked_config("sit_s2_imagenet_lt256")
+    release = load_checked_config("sit_s2_imagenet_lt256_release")
     assert release.method.names == ["ccua", "diffrop"] and release.method.diffrop.weight == 0.1
     assert release.method.ccua.weighting == "flow_time" and published.method.ccua.weighting == "noise_level"
     assert (release.sample.guidance, release.sample.guidance_channels) == (6.5, 3)  # cfg 7.5 on 3 channels

@@ -425,7 +425,8 @@ def _add_sample(sub) -> None:
     p.add_argument("--out", default=None, help="output folder (default: RUN/samples/<settings>)")
     p.add_argument("--sampler", default=None, choices=_Names(_samplers), metavar="SAMPLER",
                    help="%(choices)s: one of the run's objective (an error names the ones that fit)")
-    p.add_argument("overrides", nargs="*", help="sample.* overrides, e.g. sample.clip_x0=true sample.ddpm_variance=posterior")
+    p.add_argument("overrides", nargs="*",
+                   help="sample.* overrides, e.g. sample.clip_x0=true sample.ddpm_variance=posterior")
     p.add_argument("--sampler-steps", type=positive_int, default=None, help="the sampler's number of steps")
     p.add_argument("--steps", type=positive_int, default=None, help=argparse.SUPPRESS)  # old spelling
     p.add_argument("--eta", type=float, default=None)

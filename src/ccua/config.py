@@ -530,7 +530,8 @@ def _locate(name_or_path: str, folder: Path | None) -> tuple[str, str, Path | No
             path = folder / path
         if path.is_file():
             if path.stat().st_size > 4 * MAX_YAML_CHARS:
-                raise ConfigError(f"config file {path} is {path.stat().st_size} bytes, more than a config file may hold")
+                raise ConfigError(f"config file {path} is {path.stat().st_size} bytes, more than a config file "
+                                  "may hold")
             try:
                 return str(path.resolve()), path.read_text(), path.resolve().parent
             except (OSError, UnicodeDecodeError) as error:

@@ -174,8 +174,8 @@ class _Scorer:
                                           dist=self.options.dist)
         options = self.options
         train_counts, counts_source = _training_counts(info, self.data)
-        result = evaluate(images, labels, self.reference, train_counts, self.net, cache_dir=options.cache_dir / "features",
-                          group_mode=options.group_mode, per_class=options.per_class_metrics,
+        result = evaluate(images, labels, self.reference, train_counts, self.net,
+                          cache_dir=options.cache_dir / "features", group_mode=options.group_mode, per_class=options.per_class_metrics,
                           max_reference=options.max_reference, seed=options.seed, dist=options.dist)
         if result is None:
             return None
@@ -303,8 +303,9 @@ class _Source:
         self.sample = replace(self.loaded.config.sample, **changes, use_ema=self.loaded.use_ema)
         check_config(replace(self.loaded.config, sample=self.sample))  # the sampler fits the objective
         self.data = self.loaded.config.data
-        self.record = SampleRequest.of(self.loaded.config.name, self.loaded.checkpoint_path, self.loaded.run_dir, self.loaded.step,
-                                       self.loaded.use_ema, seed, per_class, len(self.loaded.class_counts), self.sample)
+        loaded = self.loaded
+        self.record = SampleRequest.of(loaded.config.name, loaded.checkpoint_path, loaded.run_dir, loaded.step,
+                                       loaded.use_ema, seed, per_class, len(loaded.class_counts), self.sample)
         self.eval_root = self.loaded.run_dir / "eval"
 
     def images(self, out: Path) -> tuple[np.ndarray, np.ndarray | None, dict[str, Any], Path]:

@@ -78,7 +78,8 @@ def to_ccua(release: dict[str, Tensor], model: nn.Module) -> dict[str, Tensor]:
     mapped.update(_class_table(mapped, own, model))
     missing = [name for name in own if name not in mapped]
     if missing:
-        raise CheckpointError(f"model.dit.init_from: the release has no {missing[0]!r} ({len(missing)} entries missing)")
+        raise CheckpointError(f"model.dit.init_from: the release has no {missing[0]!r} ({len(missing)} entries "
+                              "missing)")
     for name, value in mapped.items():
         if value.shape != own[name].shape:
             raise CheckpointError(f"model.dit.init_from: {name} is {tuple(value.shape)} in the release, "
