@@ -193,3 +193,16 @@ def test_inception_loads_offline_and_reproduces_the_torchscript_port(tmp_path):
     from_state = build_feature_net("inception", path=state_path, progress=False)
     assert from_state.source_kind == "state_dict" and from_state.weights_hash != net.weights_hash
     torch.testing.assert_close(from_state.features(images), features, atol=1e-4, rtol=1e-4)
+
+
+def test_pixel_features_are_the_grey_thumbnail():
+    from ccua.metrics import build_feature_net
+
+    net = build_feature_net("pixels", progress=False)
+    images = np.zeros((2, 16, 16, 1), np.uint8)
+    images[1, :8] = 255
+    features, logits = net.extract(images, want_logits=True)
+    assert logits is None and features.shape == (2, 256) and net.dim == 256
+    assert features[0].abs().max() == 0 and features[1].sum() == pytest.approx(128, abs=1e-4)
+    colour = np.full((1, 32, 32, 3), 255, np.uint8)  # resized and made grey
+    assert net.extract(colour, want_logits=False)[0].shape == (1, 256)

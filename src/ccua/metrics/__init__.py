@@ -22,7 +22,7 @@ import torch
 
 from ccua.metrics.classifier import ClassifierFeatureNet, SmallCNN, train_classifier
 from ccua.metrics.evaluate import evaluate, evaluate_against_stats
-from ccua.metrics.features import FeatureNet, RandomFeatureNet
+from ccua.metrics.features import FeatureNet, PixelFeatureNet, RandomFeatureNet
 from ccua.metrics.inception import (PREPROCESS, FIDInceptionV3, InceptionFeatureNet, InceptionWeightsError,
                                     find_inception_weights, state_dict_from_torchscript)
 from ccua.metrics.proxy import ProxyFID
@@ -47,11 +47,16 @@ def _random(path: str | Path | None, batch_size: int | None, allow_download: boo
     return RandomFeatureNet(batch_size=batch_size or 64, **options)
 
 
+def _pixels(path: str | Path | None, batch_size: int | None, allow_download: bool, **options: Any) -> FeatureNet:
+    return PixelFeatureNet(batch_size=batch_size or 512, **options)
+
+
 #: ``--features`` / ``train.proxy_features`` name -> how that network is built:
 #: ``inception`` (the standard FID Inception-v3 pool3, 2048-d), ``classifier`` (a small CNN trained
-#: on the grey offline sets by ``ccua features train``), ``random`` (a fixed random CNN, tests only)
+#: on the grey offline sets by ``ccua features train``), ``pixels`` (no network: a 16x16 grey
+#: thumbnail, a label-free view), ``random`` (a fixed random CNN, tests only)
 FEATURE_NETS: dict[str, Callable[..., FeatureNet]] = {"inception": _inception, "classifier": _classifier,
-                                                      "random": _random}
+                                                      "pixels": _pixels, "random": _random}
 
 
 def build_feature_net(name: str, path: str | Path | None = None, bf16: bool = False, batch_size: int | None = None,
@@ -72,7 +77,8 @@ def build_feature_net(name: str, path: str | Path | None = None, bf16: bool = Fa
 
 __all__ = [
     "FEATURE_NETS", "PREPROCESS", "ClassifierFeatureNet", "FIDInceptionV3", "FeatureNet", "FrechetResult",
-    "GaussianStats", "InceptionFeatureNet", "InceptionWeightsError", "ProxyFID", "RandomFeatureNet", "Reference",
+    "GaussianStats", "InceptionFeatureNet", "InceptionWeightsError", "PixelFeatureNet", "ProxyFID",
+    "RandomFeatureNet", "Reference",
     "ReferenceFeatures", "SmallCNN", "build_feature_net", "class_accuracy", "evaluate", "evaluate_against_stats",
     "fid_from_features", "find_inception_weights", "frechet_distance", "inception_score", "kid",
     "load_reference_stats", "precision_recall", "reference_features", "reference_key", "state_dict_from_torchscript",

@@ -204,6 +204,27 @@ class _RandomCNN(nn.Module):
         return features, self.head(torch.relu(features))
 
 
+class PixelFeatureNet(FeatureNet):
+    """No network: the image as a grey thumbnail (``side`` x ``side``, values in [0, 1]). A
+    label-free view for small grey data sets (precision/recall and FID in pixel space), where a
+    trained feature network could favour the classes it knows. Resizes with antialiasing."""
+
+    name = "pixels"
+    in_channels = 1
+
+    def __init__(self, side: int = 16, **kwargs):
+        super().__init__(**kwargs)
+        self.resolution = int(side)
+        self.dim = self.resolution * self.resolution
+        self.weights_hash = f"pixels-{self.resolution}"  # nothing learned: the settings are the identity
+
+    def config_tag(self) -> str:
+        return f"grey {self.resolution}x{self.resolution}"
+
+    def _forward(self, x: Tensor) -> tuple[Tensor, Tensor | None]:
+        return x.flatten(1) / 255.0, None
+
+
 class RandomFeatureNet(FeatureNet):
     """A random small CNN (fixed seed): any size, 3 channels (grey repeated). For tests only."""
 
