@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ccua.config import SampleConfig
 from ccua.data import build_training_set, class_groups
 from ccua.files import atomic_file
 from ccua.generate import LoadedModel
@@ -29,15 +30,16 @@ from ccua.images import to_uint8_nchw
 from ccua.metrics.memorisation import memorisation
 from ccua.runs import RunFolder
 
-COLUMNS = ("run", "step", "guidance", "group", "n", "n_train", "copy_share", "copy_share_whole_set",
+COLUMNS = ("run", "step", "guidance", "sampler", "group", "n", "n_train", "copy_share", "copy_share_whole_set",
            "copies_of_other_class", "distinct_nearest", "median_ratio")
 NOISE_SEED = 2024  # one noise stream for every checkpoint and run: the curves differ by the weights alone
 
 
-def measure(checkpoint: Path, guidance: float, per_class: int, sampler_steps: int) -> list[dict]:
+def measure(checkpoint: Path, guidance: float, per_class: int, sampler_steps: int, sampler: str = "ddim",
+            eta: float = 0.0) -> list[dict]:
     """One row per group (and overall) for one checkpoint at one guidance."""
     loaded = LoadedModel(checkpoint)
-    sample = replace(loaded.config.sample, guidance=guidance, steps=sampler_steps)
+    sample = replace(loaded.config.sample, guidance=guidance, steps=sampler_steps, sampler=sampler, eta=eta)
     labels = torch.arange(len(loaded.class_counts)).repeat_interleave(per_class)
     images = loaded.sample_uint8(labels, sample, seed=NOISE_SEED, progress=False)
     train = build_training_set(loaded.config.data)
@@ -48,7 +50,8 @@ def measure(checkpoint: Path, guidance: float, per_class: int, sampler_steps: in
     for name in ["overall", *groups]:
         within = found["overall"] if name == "overall" else found["groups"][name]
         whole = found["whole_set"]["overall"] if name == "overall" else found["whole_set"]["groups"][name]
-        rows.append({"run": loaded.run_dir.name, "step": loaded.step, "guidance": guidance, "group": name,
+        rows.append({"run": loaded.run_dir.name, "step": loaded.step, "guidance": guidance, "sampler": _label(sample),
+                     "group": name,
                      "n": within["n"], "n_train": within.get("n_train", len(train)),
                      "copy_share": within["copy_share"], "copy_share_whole_set": whole["copy_share"],
                      "copies_of_other_class": whole["copies_of_other_class"],
@@ -56,18 +59,28 @@ def measure(checkpoint: Path, guidance: float, per_class: int, sampler_steps: in
     return rows
 
 
+def _label(sample) -> str:
+    """The sampler as the table shows it: ``ddim50``, ``ddim50 eta1``, ``ddpm``, ``dpm++20``."""
+    steps = "" if sample.sampler == "ddpm" else str(sample.steps)
+    return f"{sample.sampler}{steps}" + (f" eta{sample.eta:g}" if sample.eta else "")
+
+
 def _done(path: Path) -> tuple[list[dict], set[tuple]]:
     if not path.is_file():
         return [], set()
     rows = list(csv.DictReader(path.open()))
-    return rows, {(r["run"], int(r["step"]), float(r["guidance"])) for r in rows}
+    for row in rows:  # rows of a CSV written before the sampler column: the default DDIM 50
+        row["sampler"] = row.get("sampler") or "ddim50"
+    return rows, {(r["run"], int(r["step"]), float(r["guidance"]), r["sampler"]) for r in rows}
 
 
 def _print(rows: list[dict]) -> None:
-    print("| run | step | w | group | n | train images | copies (class) | copies (whole set) | distinct nearest |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("| run | step | sampler | w | group | n | train images | copies (class) | copies (whole set) | "
+          "distinct nearest |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['run']} | {r['step']} | {float(r['guidance']):g} | {r['group']} | {r['n']} | {r['n_train']} | "
+        print(f"| {r['run']} | {r['step']} | {r['sampler']} | {float(r['guidance']):g} | {r['group']} | {r['n']} | "
+              f"{r['n_train']} | "
               f"{float(r['copy_share']):.3f} | {float(r['copy_share_whole_set']):.3f} | {r['distinct_nearest']} |")
 
 
@@ -80,14 +93,16 @@ def plot(rows: list[dict], path: Path) -> None:
     figure = Figure(figsize=(10, 4), dpi=110)
     FigureCanvasAgg(figure)
     share, distinct = figure.add_subplot(1, 2, 1), figure.add_subplot(1, 2, 2)
-    series = sorted({(r["run"], r["group"], float(r["guidance"])) for r in rows if r["group"] != "overall"})
-    for index, (run, group, w) in enumerate(series):
-        points = sorted((int(r["step"]), r) for r in rows
-                        if (r["run"], r["group"], float(r["guidance"])) == (run, group, w))
+    series = sorted({(r["run"], r["group"], float(r["guidance"]), r["sampler"]) for r in rows
+                     if r["group"] != "overall"})
+    for index, (run, group, w, sampler) in enumerate(series):
+        points = sorted(((int(r["step"]), r) for r in rows
+                         if (r["run"], r["group"], float(r["guidance"]), r["sampler"]) == (run, group, w, sampler)),
+                        key=lambda pair: pair[0])
         steps = [step for step, _ in points]
         style = {"color": f"C{['head', 'body', 'tail'].index(group) if group in ('head', 'body', 'tail') else 3}",
                  "linestyle": "-" if w else "--", "marker": "o", "markersize": 3}
-        label = f"{run} {group} w={w:g}"
+        label = f"{run} {group} w={w:g} {sampler}"
         share.plot(steps, [float(r["copy_share"]) for _, r in points], label=label, **style)
         distinct.plot(steps, [int(r["distinct_nearest"]) / max(1, int(r["n_train"])) for _, r in points], **style)
     share.set_xlabel("training step")
@@ -109,6 +124,8 @@ def main() -> None:
     parser.add_argument("--guidance", default="0,1", help="comma-separated w values")
     parser.add_argument("--per-class", type=int, default=50)
     parser.add_argument("--sampler-steps", type=int, default=50)
+    parser.add_argument("--sampler", default="ddim", help="ddim, ddpm (ancestral, 1000 steps), dpm++, unipc")
+    parser.add_argument("--eta", type=float, default=0.0, help="DDIM's eta (1: fresh noise at every step)")
     parser.add_argument("--out", required=True, help="CSV file (rows already there are kept, not measured again)")
     parser.add_argument("--plot", default=None, help="PNG of the curves")
     args = parser.parse_args()
@@ -119,9 +136,10 @@ def main() -> None:
         folder = RunFolder(Path(run))
         for step, checkpoint in zip(folder.checkpoint_steps(), folder.checkpoints()):
             for w in (float(v) for v in args.guidance.split(",")):
-                if (wanted is not None and step not in wanted) or (folder.path.name, step, w) in done:
+                label = _label(SampleConfig(sampler=args.sampler, steps=args.sampler_steps, eta=args.eta))
+                if (wanted is not None and step not in wanted) or (folder.path.name, step, w, label) in done:
                     continue
-                rows += measure(checkpoint, w, args.per_class, args.sampler_steps)
+                rows += measure(checkpoint, w, args.per_class, args.sampler_steps, args.sampler, args.eta)
                 with atomic_file(out, "w") as stream:  # rewritten after each point: nothing lost on a stop
                     writer = csv.DictWriter(stream, fieldnames=COLUMNS)
                     writer.writeheader()
