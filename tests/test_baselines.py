@@ -11,15 +11,19 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from ccua.build import build_methods
-from ccua.config import CBDMConfig, DiffROPConfig, DispersiveConfig, MethodConfig, OCLTConfig, SupConConfig
+from ccua.build import build_methods, load_checked_config
+from ccua.config import ConfigError, MethodConfig
 from ccua.diffusion.base import NoisedBatch
 from ccua.diffusion.ddpm import DDPM
 from ccua.methods import (
     CBDM, CCUA, METHODS, OCLT, DiffROP, Dispersive, PassOutputs, StepContext, SupCon,
-    check_batch_size, check_combination, diffrop_loss, min_batch, ucl_loss,
+    check_combination, diffrop_loss, ucl_loss,
 )
+from ccua.methods.cbdm import CBDMConfig
+from ccua.methods.diffrop import DiffROPConfig
+from ccua.methods.dispersive import DispersiveConfig
 from ccua.methods.oclt import reference_log_probs
+from ccua.methods.supcon import SupConConfig
 
 NULL = 3
 
@@ -85,21 +89,17 @@ def test_check_combination():
         check_combination(["nope"], "ddpm")
 
 
-def test_min_batch_helpers():
-    assert min_batch(["cbdm"]) == 1 and min_batch(["plain"]) == 1
-    assert min_batch(["cbdm", "dispersive"]) == 2
-    check_batch_size(["cbdm"], 1)
-    with pytest.raises(ValueError, match="dispersive"):
-        check_batch_size(["cbdm", "dispersive"], 1)
-
-
-def test_bad_settings_rejected():
-    with pytest.raises(ValueError, match="oclt.mode"):
-        OCLT(OCLTConfig(mode="h2t"))
-    with pytest.raises(ValueError, match="cbdm.prior"):
-        CBDM(CBDMConfig(prior="balanced"))
-    with pytest.raises(ValueError, match="supcon.weighting"):
-        SupCon(SupConConfig(weighting="linear"))
+@pytest.mark.parametrize("override, message", [
+    ("method.oclt.mode=h2t", "method.oclt.mode='h2t' is not one of: t2h"),
+    ("method.cbdm.prior=balanced", "method.cbdm.prior='balanced' is not one of: empirical, uniform"),
+    ("method.supcon.weighting=linear", "method.supcon.weighting='linear' is not one of: noise_level, flow_time, none"),
+    ("method.dispersive.temperature=0", r"method.dispersive.temperature=0.0 must be > 0"),
+    ("method.ccua.ucl_fraction=0.1", "method.ccua needs 0 < uncond_fraction <= ucl_fraction <= 1"),
+])
+def test_bad_settings_are_refused_with_the_config(override, message):
+    """Each method's settings carry their valid values; the config check refuses the others."""
+    with pytest.raises(ConfigError, match=message):
+        load_checked_config(None, [override])
 
 
 # -------------------------------------------------------------------------------------------- CBDM

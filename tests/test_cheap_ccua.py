@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from ccua.config import CCUAConfig, config_from_dict
+from ccua.config import config_from_dict
+from ccua.methods.ccua import CCUAConfig
 from ccua.diffusion import DDPM
 from ccua.build import build_methods
 from ccua.methods.ccua import (CCUA, alignment_loss, inclusion_probabilities, subset_ucl_loss, systematic_sample,

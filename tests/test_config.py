@@ -41,7 +41,7 @@ def test_yaml_file(tmp_path):
     ("method.names=[ccua,magic]", r"unknown method\(s\) \['magic'\] \(valid: plain,"),
     ("method.names=[oclt] diffusion.objective=flow", r"oclt needs the ddpm objective"),
     ("model.unet.ch=wide", r"model.unet.ch must be an integer"),
-    ("data.imbalance=2", r"imbalance must be in"),
+    ("data.imbalance=2", r"data.imbalance=2.0 must be in \(0, 1\]"),
     ("sample.sampler=euler", r"is for the flow objective"),
     ("train.optimizer=sgd", r"train.optimizer='sgd' is not one of"),
 ])

@@ -152,9 +152,8 @@ def test_global_negatives_give_the_ucl_of_the_whole_batch_in_value_and_gradient(
 def test_global_negatives_refuse_the_sub_batch_ucl(tmp_path):
     from ccua.build import check_config
 
-    config = config_from_dict(tiny_config_dict(tmp_path, method={"ccua": {"negatives": "global",
-                                                                          "ucl_fraction": 0.5, "uncond_fraction": 0.5}}))
     with pytest.raises(ConfigError, match="negatives=global needs ucl_fraction = uncond_fraction = 1"):
-        check_config(config)
+        check_config(config_from_dict(tiny_config_dict(tmp_path, method={"ccua": {
+            "negatives": "global", "ucl_fraction": 0.5, "uncond_fraction": 0.5}})))
     with pytest.raises(ConfigError, match="method.ccua.negatives='all' is not one of: local, global"):
         check_config(config_from_dict(tiny_config_dict(tmp_path, method={"ccua": {"negatives": "all"}})))

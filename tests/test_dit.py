@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from ccua.config import CCUAConfig, DiTConfig, ModelConfig, load_config
+from ccua.config import DiTConfig, ModelConfig, load_config
+from ccua.methods.ccua import CCUAConfig
 from ccua.build import build_objective
 from ccua.diffusion import Flow
 from ccua.methods.base import PassOutputs, StepContext

@@ -6,6 +6,8 @@ from __future__ import annotations
 import argparse
 import ast
 import dataclasses
+import re
+import sys
 from pathlib import Path
 
 import pytest
@@ -13,7 +15,7 @@ import pytest
 import ccua
 from ccua.build import OPTIMIZERS, check_config
 from ccua.cli import build_parser
-from ccua.config import Config, ConfigError, MethodConfig
+from ccua.config import Config, ConfigError
 from ccua.data import DATA_SETS, GROUP_MODES, SOURCES, SPLITS
 from ccua.diffusion import LABEL_DROP_MODES, OBJECTIVES, SAMPLERS, DDPM, Flow
 from ccua.diffusion.ddpm import ANCESTRAL_VARIANCES
@@ -257,7 +259,7 @@ def _with(config: Config, **sections) -> Config:
 
 def test_the_config_check_accepts_exactly_the_registered_names():
     base = Config()
-    assert {f.name for f in dataclasses.fields(MethodConfig)} - {"names", "batched_passes"} == set(METHODS)
+    assert set(base.method.sections) == {name for name, method in METHODS.items() if method.settings is not None}
     for objective, cls in OBJECTIVES.items():
         for sampler in cls.samplers:
             check_config(_with(base, diffusion={"objective": objective}, sample={"sampler": sampler}))
@@ -278,11 +280,13 @@ def test_the_config_check_accepts_exactly_the_registered_names():
     for section, key, value in refused:
         with pytest.raises(ConfigError, match=f"{section}.{key}='{value}' is not one of"):
             check_config(_with(base, **{section: {key: value}}))
-    for name, method in METHODS.items():
-        for setting, valid in method.choices.items():
-            with pytest.raises(ConfigError, match=f"method.{name}.{setting}='nope' is not one of: {', '.join(valid)}"):
-                check_config(_with(base, method={name: dataclasses.replace(getattr(base.method, name),
-                                                                         **{setting: "nope"})}))
+    for name, settings in base.method.sections.items():
+        for item in dataclasses.fields(settings):
+            if "choices" in item.metadata:
+                valid = ", ".join(item.metadata["choices"])
+                with pytest.raises(ConfigError, match=f"method.{name}.{item.name}='nope' is not one of: {valid}"):
+                    check_config(_with(base, method={"sections": {
+                        **base.method.sections, name: dataclasses.replace(settings, **{item.name: "nope"})}}))
 
 
 def test_building_the_parser_loads_no_registry():
@@ -293,3 +297,31 @@ def test_building_the_parser_loads_no_registry():
     code = "import sys; from ccua.cli import build_parser; build_parser(); print('torch' in sys.modules)"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "False"
+
+
+# --------------------------------------------------------------------------- plug-ins own their settings
+
+def _plugin_settings_named_outside(sources: dict[str, str]) -> list[str]:
+    """Lines of ``sources`` (module path -> text) naming a registered method's settings section
+    (``method.<name>``, as a dotted key or an attribute chain) outside the method's own module."""
+    found = []
+    for name, method in METHODS.items():
+        if method.settings is None:
+            continue
+        own = str(Path(sys.modules[method.__module__].__file__).relative_to(SRC))
+        pattern = re.compile(rf"\bmethod\.{name}\b|sections\[['\"]{name}['\"]\]|sections\.get\(['\"]{name}['\"]")
+        for where, text in sources.items():
+            if where != own:
+                found += [f"{where}:{i}: {line.strip()}" for i, line in enumerate(text.splitlines(), 1)
+                          if pattern.search(line)]
+    return found
+
+
+def test_a_methods_settings_are_named_in_its_own_module_only():
+    """A method's settings live with it: config.py, build.py and the rest never name them, so a new
+    method is its own file plus one registry line (docs/extending.md)."""
+    sources = {str(path.relative_to(SRC)): path.read_text() for path in sorted(SRC.rglob("*.py"))}
+    assert _plugin_settings_named_outside(sources) == []
+    # the check sees a section named elsewhere, as a key and as an attribute
+    planted = {"build.py": "if config.method.ccua.alpha > 1:", "compare.py": '"method.cbdm.tau=2"'}
+    assert len(_plugin_settings_named_outside(planted)) == 2

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from ccua.config import (DIT_SIZE_FIELDS, Config, ConfigError, DiffusionConfig, DiTConfig, MethodConfig, ModelConfig,
-                         config_from_dict, load_config, range_problems)
+                         config_from_dict, load_config, range_problems, with_plugin_settings)
 from ccua.data import DATA_SETS, is_latent
 from ccua.diffusion import LABEL_DROP_MODES, OBJECTIVES, SAMPLERS, Objective
 from ccua.diffusion.solvers import SOLVERS
@@ -58,6 +58,7 @@ def check_config(config: Config) -> Config:
     """``config`` when every registry knows its names and its parts fit together, with a named
     DiT size written into ``model.dit``'s depth and width (so config.yaml shows the architecture
     trained); else a ConfigError naming the first setting that does not, with the valid values."""
+    config = with_plugin_settings(config)  # every plug-in is registered by now: its section is built and checked
     problems = itertools.chain(range_problems(config), _choice_problems(config), _method_problems(config),
                                _sampling_problems(config), reporter_problems(config.train.report_to))
     problem = next(problems, None)
@@ -102,10 +103,6 @@ def _choice_problems(config: Config) -> Iterator[str]:
         "sample.ddpm_variance": (config.sample.ddpm_variance, ANCESTRAL_VARIANCES),
         "model.unet.null_embedding": (config.model.unet.null_embedding, UNet.NULL_EMBEDDINGS),
     }
-    for name, method in METHODS.items():
-        section = getattr(config.method, name)
-        for setting, valid in method.choices.items():
-            choices[f"method.{name}.{setting}"] = (getattr(section, setting), valid)
     for key, (value, valid) in choices.items():
         if value not in valid:
             yield f"{key}={value!r} is not one of: {', '.join(valid)}"
@@ -116,10 +113,6 @@ def _method_problems(config: Config) -> Iterator[str]:
         check_combination(list(config.method.names), config.diffusion.objective)
     except ValueError as error:
         yield f"method.names={config.method.names}: {error}"
-        return
-    for name in config.method.names:
-        if name != PLAIN:
-            yield from METHODS[name].setting_problems(getattr(config.method, name))
 
 
 def _one_of(names: Iterable[str]) -> str:
@@ -236,7 +229,7 @@ def build_objective(config: DiffusionConfig) -> Objective:
 
 def build_methods(config: MethodConfig) -> list[Method]:
     """The methods listed in ``config.names``, each with its section of settings (none for plain)."""
-    return [METHODS[name](getattr(config, name)) for name in config.names if name != PLAIN]
+    return [METHODS[name](config.sections.get(name)) for name in config.names if name != PLAIN]
 
 
 def build_optimizer(parameters: Iterable[nn.Parameter], name: str, lr: float, weight_decay: float,

@@ -225,13 +225,6 @@ def variant_config(settings: CompareSettings, variant: Variant, seed: int) -> Co
     return config
 
 
-def method_config(settings: CompareSettings, method: str, seed: int) -> Config:
-    """The run config of a method given by name (``a+b`` combines methods)."""
-    variant = next((v for v in settings.variants if v.name == method), None)
-    return variant_config(settings, variant or Variant(method, [f"method.names=[{','.join(method.split('+'))}]"]),
-                          seed)
-
-
 def planned_runs(settings: CompareSettings) -> list[PlannedRun]:
     runs = []
     for variant in settings.variants:
@@ -495,5 +488,5 @@ def _compare(settings: CompareSettings, runs: list[PlannedRun]) -> Path:
     return main_report
 
 
-__all__ = ["CompareSettings", "Variant", "compare", "is_study_file", "load_study", "method_config",
+__all__ = ["CompareSettings", "Variant", "compare", "is_study_file", "load_study",
            "planned_runs", "variant_config"]

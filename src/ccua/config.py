@@ -1,13 +1,17 @@
 """Configuration: nested dataclasses, YAML presets and dotted command-line overrides.
 
-Every setting lives here with its default, so a run folder's ``config.yaml`` is the complete
-record of what was trained. This module is data only: unknown keys (with the list of valid ones),
-types and numeric ranges are checked here; whether a name exists (a data set, a method, a
-sampler, ...) is asked of its registry by :func:`ccua.build.check_config`.
+Every setting lives in a dataclass with its default and its valid values (:func:`setting`), so a
+run folder's ``config.yaml`` is the complete record of what was trained. The core sections are
+here; a plug-in (a method) declares its settings class in its own module and registers it
+(:func:`register_settings`), and the config gets a section of that name (``method.<name>``). This
+module is data only: unknown keys (with the list of valid ones), types and the ranges written
+beside each field are checked here; whether a name exists (a data set, a sampler, ...) is asked
+of its registry by :func:`ccua.build.check_config`.
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import logging
 import math
@@ -24,6 +28,58 @@ log = logging.getLogger(__name__)
 
 class ConfigError(ValueError):
     """A configuration that cannot be used; the message says what to change."""
+
+
+# --------------------------------------------------------------------------- declaring settings
+
+def setting(default: Any = dataclasses.MISSING, *, factory: Any = None, at_least: float | None = None,
+            above: float | None = None, at_most: float | None = None, below: float | None = None,
+            choices: tuple[str, ...] | None = None, meaning: str = "") -> Any:
+    """A dataclass field with its valid values beside its default, checked with every config
+    (:func:`range_problems`): bounds (``at_least`` / ``above`` below, ``at_most`` / ``below``
+    above) or a fixed set of ``choices``; ``meaning`` (what the number counts) ends the message.
+    None is always valid for an optional setting."""
+    bounds = {"at_least": at_least, "above": above, "at_most": at_most, "below": below, "choices": choices}
+    metadata = {key: value for key, value in bounds.items() if value is not None}
+    if meaning:
+        metadata["meaning"] = meaning
+    if factory is not None:
+        return field(default_factory=factory, metadata=metadata)
+    return field(default=default, metadata=metadata)
+
+
+#: plug-in settings by group: group -> plug-in name -> its settings class. A plug-in's own module
+#: registers its class (:func:`register_settings`, e.g. through ``ccua.methods.register_method``);
+#: the group's config section then has a sub-section of that name (``method.<name>.*``).
+PLUGIN_SETTINGS: dict[str, dict[str, type]] = {"method": {}}
+
+
+def register_settings(group: str, name: str, settings: type) -> None:
+    """Give the plug-in ``name`` of ``group`` the config section ``<group>.<name>`` of ``settings``
+    (a dataclass whose fields are declared with :func:`setting`; an optional ``problems()``
+    method yields messages for combinations of its values that cannot work)."""
+    if not is_dataclass(settings):
+        raise TypeError(f"the settings of {group} {name!r} must be a dataclass, got {settings!r}")
+    PLUGIN_SETTINGS[group][name] = settings
+
+
+def plugin_sections(group: str) -> Any:
+    """The field of a section that holds one sub-section per registered plug-in of ``group``
+    (written flat in YAML: ``method: {names: [ccua], ccua: {alpha: 1}}``)."""
+    return field(default_factory=lambda: {name: cls() for name, cls in PLUGIN_SETTINGS[group].items()},
+                 metadata={"plugins": group})
+
+
+class PluginSectionAccess:
+    """Attribute access to the plug-in sub-sections of a section: ``config.method.<name>``."""
+
+    def __getattr__(self, name: str) -> Any:
+        if not name.startswith("__"):
+            for section in fields(self):  # type: ignore[arg-type]
+                sections = self.__dict__.get(section.name) if "plugins" in section.metadata else None
+                if sections is not None and name in sections:
+                    return sections[name]
+        raise AttributeError(f"{type(self).__name__} has no setting or plug-in section {name!r}")
 
 
 @dataclass
@@ -43,15 +99,18 @@ class DataConfig:
     # images inside its own folder) unless this is set; an image declaring more pixels than
     # max_image_pixels is refused (None: 64 x resolution^2, at least 4096 x 4096)
     allow_outside_root: bool = False
-    max_image_pixels: int | None = None
-    resolution: int = 16
-    channels: int | None = None  # None = the source's own (1 for digits, 3 for colour)
-    imbalance: float | None = 0.01  # rho of the exponential profile; None = keep the source as it is
-    n_max: int | None = None  # images of the head class; None = the largest class of the source
+    max_image_pixels: int | None = setting(None, at_least=1, meaning="pixels an image file may declare")
+    resolution: int = setting(16, at_least=1, meaning="image side in pixels (latent grid side for latents)")
+    # None = the source's own (1 for digits, 3 for colour)
+    channels: int | None = setting(None, at_least=1, meaning="image channels")
+    imbalance: float | None = setting(0.01, above=0, at_most=1)  # rho of the exponential profile; None = as is
+    # images of the head class; None = the largest class of the source
+    n_max: int | None = setting(None, at_least=1, meaning="images of the head class")
     longtail_seed: int = 0  # which images are kept within a class
     hflip: bool = False
-    balanced_resampling: float | None = None  # rho_brs (0.1 in the paper); None = uniform over images
-    num_workers: int = 0
+    # rho_brs (0.1 in the paper); None = uniform over images
+    balanced_resampling: float | None = setting(None, above=0, at_most=1)
+    num_workers: int = setting(0, at_least=0, meaning="DataLoader worker processes")
     vae: str = "stabilityai/sd-vae-ft-ema"  # latents: the AutoencoderKL (local folder or hub cache)
 
 
@@ -59,15 +118,19 @@ class DataConfig:
 class UNetConfig:
     """The DDPM U-Net (``model.arch: unet``)."""
 
-    ch: int = 128
+    ch: int = setting(128, at_least=1, meaning="U-Net base channels")
     ch_mult: list[int] = field(default_factory=lambda: [1, 2, 2, 2])
     attn_resolutions: list[int] = field(default_factory=lambda: [16])
-    num_res_blocks: int = 2
-    dropout: float = 0.1
+    num_res_blocks: int = setting(2, at_least=0, meaning="U-Net residual blocks per level")
+    dropout: float = setting(0.1, at_least=0, below=1)
     # What the unconditional pass (the null label) adds to the time embedding: zero = nothing, as
     # the released U-Net (its unconditional call passes no label); learned = a trained embedding
     # row of its own, as DiT. Configs stored before this setting existed were trained learned.
     null_embedding: str = "zero"
+
+    def problems(self) -> Iterator[str]:
+        if not self.ch_mult or min(self.ch_mult) < 1:
+            yield f"model.unet.ch_mult={self.ch_mult} must be a non-empty list of positive integers"
 
 
 @dataclass
@@ -78,11 +141,11 @@ class DiTConfig:
     # mlp_ratio (written into them when the config is checked); giving one of those as well, with
     # another value than the size's, is an error
     size: str | None = None
-    depth: int = 4
-    hidden_size: int = 128
-    num_heads: int = 4
-    patch_size: int = 2
-    mlp_ratio: float = 4.0
+    depth: int = setting(4, at_least=1, meaning="DiT blocks")
+    hidden_size: int = setting(128, at_least=1, meaning="DiT width")
+    num_heads: int = setting(4, at_least=1, meaning="DiT attention heads")
+    patch_size: int = setting(2, at_least=1, meaning="DiT patch side")
+    mlp_ratio: float = setting(4.0, above=0)
     encoder_depth: str = "N/4"  # where encode() stops: N/8, N/4, N/2, 3N/4, N or a block count
     # a released DiT/SiT checkpoint (DiT-XL-2-256x256.pt, SiT-XL-2-256x256.pt) to start from instead of
     # DiT's initialisation (models/dit_release.py); used when a run starts, not when it resumes
@@ -103,109 +166,45 @@ class DiffusionConfig:
     """The training objective and classifier-free guidance training."""
 
     objective: str = "ddpm"  # one of ccua.diffusion.OBJECTIVES (ddpm, flow)
-    timesteps: int = 1000
+    timesteps: int = setting(1000, at_least=1, meaning="DDPM steps T")
     beta_start: float = 1e-4
     beta_end: float = 0.02
-    label_drop_prob: float = 0.1
+    label_drop_prob: float = setting(0.1, at_least=0, below=1)
     label_drop_mode: str = "sample"  # sample (one coin per image) | batch (one coin per step)
 
-
-@dataclass
-class CCUAConfig:
-    """SPEC section 5: L = L_dm + alpha * L_ucl + gamma * L_al."""
-
-    alpha: float = 1.0
-    gamma: float = 1.0
-    temperature: float = 0.1
-    # noise_level: weight s (1 = pure noise), the paper's intent; flow_time: the released SiT
-    # code's weight by its own t, which up-weights low noise; none: weight 1.
-    weighting: str = "noise_level"
-    # The unconditional pass on a sub-batch (docs/methods.md, "Cheaper CCUA"): the encoder runs on
-    # ucl_fraction of the rows (UCL), the decoder on uncond_fraction of them (AL), drawn in
-    # proportion to the weight above and re-weighted. 1.0 / 1.0 = the exact published method.
-    uncond_fraction: float = 1.0
-    ucl_fraction: float = 1.0
-    # UCL's negatives under several processes: local = the samples of the process's own share of
-    # the batch (the released multi-GPU code); global = the whole batch of every process, as one
-    # process would see it (methods.ccua.NEGATIVES; docs/methods.md).
-    negatives: str = "local"
+    def problems(self) -> Iterator[str]:
+        if not 0 < self.beta_start <= self.beta_end < 1:
+            yield (f"diffusion.beta_start={self.beta_start}, beta_end={self.beta_end}: "
+                   "need 0 < beta_start <= beta_end < 1")
 
 
 @dataclass
-class CBDMConfig:
-    """Class-balancing diffusion: a second pass with labels from the class prior (docs/methods.md)."""
-
-    tau: float = 1.0  # weight of the regulariser (the released default)
-    prior: str = "empirical"  # empirical (released code) | uniform (paper's variant)
-
-
-@dataclass
-class OCLTConfig:
-    """Oriented calibration: the epsilon target may be transferred from a sample of an
-    at-least-as-frequent class of the same batch (docs/methods.md). DDPM objective only."""
-
-    mode: str = "t2h"  # t2h: a tail sample may take a head sample's target, never the reverse
-
-
-@dataclass
-class DispersiveConfig:
-    """Dispersive loss (InfoNCE-L2) on the encoder output of the conditional pass.
-
-    Defaults are the PyTorch release (lambda 0.25, tau 1); the paper uses 0.5 / 0.5.
-    """
-
-    weight: float = 0.25  # lambda
-    temperature: float = 1.0  # tau; distances are divided by D * tau
-
-
-@dataclass
-class SupConConfig:
-    """Supervised-contrastive variant of UCL: positives are the samples of the same class."""
-
-    weight: float = 1.0
-    temperature: float = 0.1
-    weighting: str = "noise_level"  # per-sample weight, as CCUA's (methods.ccua.WEIGHTINGS)
-
-
-@dataclass
-class DiffROPConfig:
-    """DiffROP (arXiv 2402.10821) as the released CCUA SiT trainer adds it: lambda / (1 + d), d the
-    data-time-weighted distance of the predictions of randomly paired samples of two classes."""
-
-    weight: float = 0.1  # lambda, the release's default
-
-
-@dataclass
-class MethodConfig:
-    """Which methods are added to the denoising loss; they combine (e.g. [ccua, cbdm])."""
+class MethodConfig(PluginSectionAccess):
+    """Which methods are added to the denoising loss; they combine (e.g. [ccua, cbdm]). Each
+    registered method has its settings section here, declared in its own module (``method.<name>``)."""
 
     names: list[str] = field(default_factory=lambda: ["ccua"])
-    ccua: CCUAConfig = field(default_factory=CCUAConfig)
-    cbdm: CBDMConfig = field(default_factory=CBDMConfig)
-    oclt: OCLTConfig = field(default_factory=OCLTConfig)
-    dispersive: DispersiveConfig = field(default_factory=DispersiveConfig)
-    supcon: SupConConfig = field(default_factory=SupConConfig)
-    diffrop: DiffROPConfig = field(default_factory=DiffROPConfig)
     # one forward call on [x_t; x_t] (faster) or one call per pass
     batched_passes: bool = True
+    sections: dict[str, Any] = plugin_sections("method")
 
 
 @dataclass
 class TrainConfig:
     """Optimisation, logging and checkpointing."""
 
-    steps: int = 1000
-    batch_size: int = 64  # global: split evenly over the processes
+    steps: int = setting(1000, at_least=0, meaning="optimiser steps to train to; 0 writes only the initial checkpoint")
+    batch_size: int = setting(64, at_least=1, meaning="images per optimiser step, over all processes")
     # gradient accumulation: each process's share is run as this many micro-batches whose gradients
     # add up to one step; every loss then sees its micro-batch only (UCL's in-batch negatives too)
-    accumulate: int = 1
+    accumulate: int = setting(1, at_least=1, meaning="micro-batches per optimiser step")
     optimizer: str = "adamw"  # one of ccua.build.OPTIMIZERS (adam, adamw)
-    lr: float = 2e-4
-    weight_decay: float = 0.0
-    warmup_steps: int = 0
-    grad_clip: float | None = 1.0
-    ema_decay: float = 0.9999
-    ema_start: int = 0
+    lr: float = setting(2e-4, above=0)
+    weight_decay: float = setting(0.0, at_least=0)
+    warmup_steps: int = setting(0, at_least=0, meaning="learning-rate warm-up steps")
+    grad_clip: float | None = setting(1.0, above=0)
+    ema_decay: float = setting(0.9999, at_least=0, at_most=1)
+    ema_start: int = setting(0, at_least=0, meaning="step at which the EMA starts averaging")
     bf16: bool = False
     # speed settings (training/performance.py): TF32 on CUDA, channels-last memory, torch.compile
     tf32: bool = True
@@ -213,10 +212,10 @@ class TrainConfig:
     compile: bool = False
     seed: int = 0
     out_dir: str = "runs"
-    log_every: int = 10
-    sample_every: int = 0  # 0 = only at the end
-    ckpt_every: int = 500
-    keep_checkpoints: int = 3
+    log_every: int = setting(10, at_least=1, meaning="log the losses every N steps")
+    sample_every: int = setting(0, at_least=0, meaning="a sample grid every N steps; 0 = only at the end")
+    ckpt_every: int = setting(500, at_least=0, meaning="checkpoint every N steps; 0 = only at the end")
+    keep_checkpoints: int = setting(3, at_least=0, meaning="newest checkpoints kept; 0 = all")
     progress: bool = True
     # where the losses, learning rate, proxy FID and sample grids go besides losses.jsonl:
     # tensorboard and/or wandb (Weights & Biases, optional: pip install wandb; project wandb_project)
@@ -224,14 +223,14 @@ class TrainConfig:
     wandb_project: str = "ccua"
     # Several processes: how long one waits in a collective for the others (process 0 alone
     # writes checkpoints and sample grids meanwhile) before the run stops with a timeout.
-    dist_timeout_minutes: float = 30.0
+    dist_timeout_minutes: float = setting(30.0, above=0)
     # A cheap in-training FID (off by default): proxy_samples images, uniform over the classes,
     # with the fast feature network, every proxy_every steps, logged to TensorBoard.
-    proxy_every: int = 0
-    proxy_samples: int = 500
+    proxy_every: int = setting(0, at_least=0, meaning="proxy FID every N steps; 0 = off")
+    proxy_samples: int = setting(500, at_least=1, meaning="samples of the proxy FID")
     proxy_features: str = "classifier"  # one of ccua.metrics.FEATURE_NETS
     proxy_feature_path: str | None = None  # default: the classifier `ccua features train` wrote
-    proxy_sampler_steps: int = 20
+    proxy_sampler_steps: int = setting(20, at_least=1, meaning="sampler steps of the proxy FID")
 
 
 @dataclass
@@ -239,21 +238,24 @@ class SampleConfig:
     """How samples are drawn (training-time grids and ``ccua sample``)."""
 
     sampler: str = "ddim"  # one of the objective's samplers (ddim, ddpm = ancestral; euler, heun, dopri5, sde)
-    steps: int = 100
-    eta: float = 0.0
+    steps: int = setting(100, at_least=1, meaning="sampler steps")
+    eta: float = setting(0.0, at_least=0, at_most=1)
     # DDPM objective only. clip_x0: clip the predicted x0 to [-1, 1] at every step, with the
     # epsilon re-derived from the clipped x0 so the update stays consistent; the released samplers
     # do not clip (false). ddpm_variance: the ancestral sampler's noise, "large" = beta_t (the
     # released U-Net code's fixedlarge, the default) or "posterior" = beta-tilde_t.
     clip_x0: bool = False
     ddpm_variance: str = "large"
-    guidance: float = 0.0  # w in eps_c + w (eps_c - eps_u); 0 = plain conditional
-    guidance_channels: int | None = None  # guide only the first k channels (SiT code's option)
+    # w in eps_c + w (eps_c - eps_u); 0 = plain conditional. w = -1 is the unconditional model; far
+    # beyond 100 the guided prediction overflows
+    guidance: float = setting(0.0, at_least=-1, at_most=100)
+    # guide only the first k channels (SiT code's option)
+    guidance_channels: int | None = setting(None, at_least=1, meaning="guided channels")
     use_ema: bool = True
-    grid_per_class: int = 8
-    batch_size: int = 256
-    atol: float = 1e-5
-    rtol: float = 1e-5
+    grid_per_class: int = setting(8, at_least=1, meaning="images per class in the sample grid")
+    batch_size: int = setting(256, at_least=1, meaning="images per sampling batch")
+    atol: float = setting(1e-5, above=0)
+    rtol: float = setting(1e-5, above=0)
 
 
 @dataclass
@@ -269,7 +271,22 @@ class Config:
     sample: SampleConfig = field(default_factory=SampleConfig)
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        return as_dict(self)
+
+
+def as_dict(section: Any) -> dict[str, Any]:
+    """A settings dataclass as the nested mapping its YAML holds (plug-in sections written flat,
+    beside the section's own settings)."""
+    out: dict[str, Any] = {}
+    for item in fields(section):
+        value = getattr(section, item.name)
+        if "plugins" in item.metadata:
+            out.update({name: as_dict(sub) if is_dataclass(sub) else copy.deepcopy(sub) for name, sub in value.items()})
+        elif is_dataclass(value):
+            out[item.name] = as_dict(value)
+        else:
+            out[item.name] = copy.deepcopy(value)
+    return out
 
 
 def _field_types(cls: type) -> dict[str, Any]:
@@ -323,18 +340,65 @@ def _coerce(value: Any, annotation: Any, path: str) -> Any:
 
 def _build(cls: type, values: dict[str, Any], path: str = "") -> Any:
     types = _field_types(cls)
-    valid = [f.name for f in fields(cls)]
-    unknown = [k for k in values if k not in valid]
+    own = [f for f in fields(cls) if "plugins" not in f.metadata]
+    plugins = next((f for f in fields(cls) if "plugins" in f.metadata), None)
+    registered = PLUGIN_SETTINGS[plugins.metadata["plugins"]] if plugins else {}
+    valid = [f.name for f in own] + list(registered)
+    kwargs: dict[str, Any] = {}
+    sections: dict[str, Any] = {}
+    unknown = []
+    for name, value in values.items():
+        where = f"{path}.{name}" if path else name
+        if name in valid and name not in registered:
+            kwargs[name] = _coerce(value, types[name], where)
+        elif name in registered:
+            sections[name] = _coerce(value, registered[name], where)
+        elif plugins is not None and isinstance(value, dict):
+            # a plug-in whose module is not imported yet: check_config, which knows every plug-in,
+            # builds it (or refuses an unknown name) with :func:`with_plugin_settings`
+            sections[name] = _copy_nested(value)
+        else:
+            unknown.append(name)
     if unknown:
         where = f"in '{path}' " if path else ""
         raise ConfigError(
             f"unknown config key {', '.join(repr(k) for k in unknown)} {where}"
             f"(valid keys: {', '.join(valid)})"
         )
-    kwargs = {}
-    for name, value in values.items():
-        kwargs[name] = _coerce(value, types[name], f"{path}.{name}" if path else name)
+    if plugins is not None:
+        kwargs[plugins.name] = {**{name: settings() for name, settings in registered.items()}, **sections}
     return cls(**kwargs)
+
+
+def with_plugin_settings(config: Config) -> Config:
+    """``config`` with every plug-in section built by its registered settings class; a section
+    read before its plug-in registered is a plain mapping until then. ConfigError for a section
+    that no plug-in registered (a misspelt ``method.cuaa.alpha``)."""
+    config = _build(Config, config.to_dict())
+    for path, section in _plugin_sections(config):
+        unknown = [name for name, value in section.items() if not is_dataclass(value)]
+        if unknown:
+            valid = [f.name for f in fields(_get_dotted_section(config, path)) if "plugins" not in f.metadata]
+            raise ConfigError(f"unknown config key {', '.join(repr(k) for k in unknown)} in '{path}' "
+                              f"(valid keys: {', '.join(valid + [n for n in section if n not in unknown])})")
+    return config
+
+
+def _plugin_sections(section: Any, path: str = "") -> Iterator[tuple[str, dict[str, Any]]]:
+    """(path of the section, its plug-in sub-sections) for every section holding plug-ins."""
+    for item in fields(section):
+        value = getattr(section, item.name)
+        if "plugins" in item.metadata:
+            yield path, value
+        elif is_dataclass(value):
+            yield from _plugin_sections(value, f"{path}.{item.name}" if path else item.name)
+
+
+def _get_dotted_section(config: Config, path: str) -> Any:
+    node: Any = config
+    for part in path.split("."):
+        node = getattr(node, part)
+    return node
 
 
 def _merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
@@ -600,10 +664,10 @@ def save_config(config: Config, path: str | Path) -> None:
 
 
 def range_problems(config: Config) -> Iterator[str]:
-    """One message per numeric setting outside the range where it means something."""
+    """One message per setting outside the values declared beside it (:func:`setting`), and per
+    combination a section's ``problems()`` refuses."""
     yield from _non_finite_problems(config.to_dict())
-    yield from _count_problems(config)
-    yield from _value_problems(config)
+    yield from _section_problems(config, "")
 
 
 def _non_finite_problems(values: dict[str, Any], prefix: str = "") -> Iterator[str]:
@@ -615,80 +679,41 @@ def _non_finite_problems(values: dict[str, Any], prefix: str = "") -> Iterator[s
             yield f"{prefix}{key}={value} must be a finite number"
 
 
-def _count_problems(config: Config) -> Iterator[str]:
-    """Integers that count something, each with its minimum and what it counts."""
-    data, unet, dit, train, sample = config.data, config.model.unet, config.model.dit, config.train, config.sample
-    at_least = [
-        ("train.batch_size", train.batch_size, 1, "images per optimiser step, over all processes"),
-        ("train.accumulate", train.accumulate, 1, "micro-batches per optimiser step"),
-        ("train.steps", train.steps, 0, "optimiser steps to train to; 0 writes only the initial checkpoint"),
-        ("train.log_every", train.log_every, 1, "log the losses every N steps"),
-        ("train.ckpt_every", train.ckpt_every, 0, "checkpoint every N steps; 0 = only at the end"),
-        ("train.sample_every", train.sample_every, 0, "a sample grid every N steps; 0 = only at the end"),
-        ("train.keep_checkpoints", train.keep_checkpoints, 0, "newest checkpoints kept; 0 = all"),
-        ("train.warmup_steps", train.warmup_steps, 0, "learning-rate warm-up steps"),
-        ("train.ema_start", train.ema_start, 0, "step at which the EMA starts averaging"),
-        ("train.proxy_every", train.proxy_every, 0, "proxy FID every N steps; 0 = off"),
-        ("train.proxy_samples", train.proxy_samples, 1, "samples of the proxy FID"),
-        ("train.proxy_sampler_steps", train.proxy_sampler_steps, 1, "sampler steps of the proxy FID"),
-        ("sample.batch_size", sample.batch_size, 1, "images per sampling batch"),
-        ("sample.steps", sample.steps, 1, "sampler steps"),
-        ("sample.grid_per_class", sample.grid_per_class, 1, "images per class in the sample grid"),
-        ("data.resolution", data.resolution, 1, "image side in pixels (latent grid side for latents)"),
-        ("data.num_workers", data.num_workers, 0, "DataLoader worker processes"),
-        ("model.unet.ch", unet.ch, 1, "U-Net base channels"),
-        ("model.unet.num_res_blocks", unet.num_res_blocks, 0, "U-Net residual blocks per level"),
-        ("model.dit.depth", dit.depth, 1, "DiT blocks"),
-        ("model.dit.hidden_size", dit.hidden_size, 1, "DiT width"),
-        ("model.dit.num_heads", dit.num_heads, 1, "DiT attention heads"),
-        ("model.dit.patch_size", dit.patch_size, 1, "DiT patch side"),
-        ("diffusion.timesteps", config.diffusion.timesteps, 1, "DDPM steps T"),
-    ]
-    optional = [("data.n_max", data.n_max, 1, "images of the head class"),
-                ("data.channels", data.channels, 1, "image channels"),
-                ("data.max_image_pixels", data.max_image_pixels, 1, "pixels an image file may declare"),
-                ("sample.guidance_channels", sample.guidance_channels, 1, "guided channels")]
-    for key, value, minimum, what in at_least + [o for o in optional if o[1] is not None]:
-        if value < minimum:
-            bound = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
-            yield f"{key}={value} must be {bound} ({what})"
-    if not unet.ch_mult or min(unet.ch_mult) < 1:
-        yield f"model.unet.ch_mult={unet.ch_mult} must be a non-empty list of positive integers"
+def _section_problems(section: Any, path: str) -> Iterator[str]:
+    for item in fields(section):
+        value = getattr(section, item.name)
+        key = f"{path}.{item.name}" if path else item.name
+        if "plugins" in item.metadata:
+            for name, sub in value.items():
+                if is_dataclass(sub):
+                    yield from _section_problems(sub, f"{path}.{name}")
+        elif is_dataclass(value):
+            yield from _section_problems(value, key)
+        elif value is not None and item.metadata:
+            problem = _bound_problem(key, value, item.metadata)
+            if problem:
+                yield problem
+    if hasattr(section, "problems"):
+        yield from section.problems()
 
 
-def _value_problems(config: Config) -> Iterator[str]:
-    """Real numbers that must be positive, non-negative or in an interval."""
-    data, diffusion, train, sample, method = config.data, config.diffusion, config.train, config.sample, config.method
-    positive = [("train.lr", train.lr), ("train.dist_timeout_minutes", train.dist_timeout_minutes),
-                ("model.dit.mlp_ratio", config.model.dit.mlp_ratio),
-                ("sample.atol", sample.atol), ("sample.rtol", sample.rtol),
-                ("method.ccua.temperature", method.ccua.temperature),
-                ("method.supcon.temperature", method.supcon.temperature),
-                ("method.dispersive.temperature", method.dispersive.temperature)]
-    if train.grad_clip is not None:
-        positive.append(("train.grad_clip", train.grad_clip))
-    for key, value in positive:
-        if not value > 0:
-            yield f"{key}={value} must be > 0"
-    for key, value in [("train.weight_decay", train.weight_decay)]:
-        if value < 0:
-            yield f"{key}={value} must be >= 0"
-    intervals = [("train.ema_decay", train.ema_decay, 0, 1, "[0, 1]"),
-                 ("sample.eta", sample.eta, 0, 1, "[0, 1]"),
-                 # w = -1 is the unconditional model; far beyond 100 the guided prediction overflows
-                 ("sample.guidance", sample.guidance, -1, 100, "[-1, 100]"),
-                 ("model.unet.dropout", config.model.unet.dropout, 0, 1, "[0, 1)"),
-                 ("diffusion.label_drop_prob", diffusion.label_drop_prob, 0, 1, "[0, 1)")]
-    for key, value, low, high, shown in intervals:
-        if not (low <= value < high or (shown.endswith("]") and value == high)):
-            yield f"{key}={value} must be in {shown}"
-    if not 0 < diffusion.beta_start <= diffusion.beta_end < 1:
-        yield (f"diffusion.beta_start={diffusion.beta_start}, beta_end={diffusion.beta_end}: "
-               "need 0 < beta_start <= beta_end < 1")
-    for key, value in [("data.imbalance", data.imbalance), ("data.balanced_resampling", data.balanced_resampling)]:
-        if value is not None and not 0 < value <= 1:
-            yield f"{key} must be in (0, 1], got {value}"
-    ccua = method.ccua
-    if not 0 < ccua.uncond_fraction <= ccua.ucl_fraction <= 1:
-        yield (f"method.ccua needs 0 < uncond_fraction <= ucl_fraction <= 1, got "
-               f"uncond_fraction={ccua.uncond_fraction}, ucl_fraction={ccua.ucl_fraction}")
+def _bound_problem(key: str, value: Any, bounds: Any) -> str | None:
+    """The message for a value outside the bounds or choices declared with :func:`setting`."""
+    meaning = f" ({bounds['meaning']})" if "meaning" in bounds else ""
+    if "choices" in bounds:
+        choices = bounds["choices"]
+        return None if value in choices else f"{key}={value!r} is not one of: {', '.join(choices)}"
+    low, high = bounds.get("at_least", bounds.get("above")), bounds.get("at_most", bounds.get("below"))
+    inside = ((low is None or value > low or ("at_least" in bounds and value == low))
+              and (high is None or value < high or ("at_most" in bounds and value == high)))
+    if inside:
+        return None
+    if isinstance(value, int) and high is None and "at_least" in bounds:
+        kind = "a positive integer" if low == 1 else f"an integer >= {low}"
+        return f"{key}={value} must be {kind}{meaning}"
+    if high is None:
+        return f"{key}={value} must be {'>=' if 'at_least' in bounds else '>'} {low}{meaning}"
+    if low is None:
+        return f"{key}={value} must be {'<=' if 'at_most' in bounds else '<'} {high}{meaning}"
+    opening, closing = "[" if "at_least" in bounds else "(", "]" if "at_most" in bounds else ")"
+    return f"{key}={value} must be in {opening}{low}, {high}{closing}{meaning}"

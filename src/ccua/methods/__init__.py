@@ -1,12 +1,13 @@
 """Training methods added to the denoising loss. ``plain`` means none.
 
-``METHODS`` is the registry of ``method.names``; each method's settings are the section of
-``MethodConfig`` with the same name, and a method's ``choices`` list the valid values of its
-settings that have a fixed set of them.
+``METHODS`` is the registry of ``method.names``. A method is one module: its :class:`Method`
+subclass and its settings dataclass (the config section ``method.<name>``, with the valid values
+of each setting beside its default); :func:`register_method` adds both.
 """
 
 from __future__ import annotations
 
+from ccua.config import register_settings
 from ccua.methods.base import Method, PassOutputs, StepContext
 from ccua.methods.cbdm import CBDM, cbdm_loss, class_prior
 from ccua.methods.ccua import CCUA, alignment_loss, ucl_loss
@@ -15,20 +16,32 @@ from ccua.methods.dispersive import Dispersive, dispersive_loss
 from ccua.methods.oclt import OCLT
 from ccua.methods.supcon import SupCon, supcon_loss
 
-#: name -> class; its settings are the section of MethodConfig with the same name
-METHODS: dict[str, type[Method]] = {
-    "ccua": CCUA,
-    "cbdm": CBDM,
-    "oclt": OCLT,
-    "dispersive": Dispersive,
-    "supcon": SupCon,
-    "diffrop": DiffROP,
-}
+#: name -> class; its settings are the section ``method.<name>``
+METHODS: dict[str, type[Method]] = {}
 #: the name that means no method (plain denoising training)
 PLAIN = "plain"
 
 # Passes the trainer provides itself; any other pass name is filled by exactly one method.
 _SHARED_PASSES = ("cond", "uncond")
+
+
+def register_method(method: type[Method]) -> type[Method]:
+    """Make ``method.names=[<method.name>]`` train ``method``, with its settings (if it has any) as
+    the config section ``method.<name>``. Also usable as a class decorator."""
+    if method.name == PLAIN or not method.name.isidentifier():
+        raise ValueError(f"a method needs a name that is a Python identifier other than {PLAIN!r}, got {method.name!r}")
+    METHODS[method.name] = method
+    if method.settings is not None:
+        register_settings("method", method.name, method.settings)
+    return method
+
+
+register_method(CCUA)
+register_method(CBDM)
+register_method(OCLT)
+register_method(Dispersive)
+register_method(SupCon)
+register_method(DiffROP)
 
 
 def check_combination(names: list[str], objective_name: str) -> None:
@@ -62,19 +75,6 @@ def check_combination(names: list[str], objective_name: str) -> None:
             owner[pass_name] = name
 
 
-def min_batch(names: list[str]) -> int:
-    """The smallest per-process batch for which every listed method is defined."""
-    return max([METHODS[n].min_batch for n in names if n != PLAIN], default=1)
-
-
-def check_batch_size(names: list[str], batch_size: int) -> None:
-    """Raise ValueError naming each method that needs a larger per-process batch than ``batch_size``."""
-    short = [f"{n} needs {METHODS[n].min_batch}" for n in names
-             if n != PLAIN and METHODS[n].min_batch > batch_size]
-    if short:
-        raise ValueError(f"per-process batch size {batch_size} is too small: {'; '.join(short)}")
-
-
 __all__ = ["CBDM", "CCUA", "DiffROP", "Dispersive", "METHODS", "Method", "OCLT", "PLAIN", "PassOutputs", "StepContext",
-           "SupCon", "alignment_loss", "cbdm_loss", "check_batch_size", "check_combination", "class_prior",
-           "diffrop_loss", "dispersive_loss", "min_batch", "supcon_loss", "ucl_loss"]
+           "SupCon", "alignment_loss", "cbdm_loss", "check_combination", "class_prior", "diffrop_loss",
+           "dispersive_loss", "register_method", "supcon_loss", "ucl_loss"]

@@ -9,7 +9,7 @@ No method calls the network itself, so passes are shared and batched.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Iterator
+from typing import Any, ClassVar
 
 from torch import Tensor
 
@@ -67,18 +67,13 @@ class Method:
     passes: tuple[str, ...] = ()
     #: the smallest per-process batch for which the method's loss is defined
     min_batch: int = 1
-    #: settings (of the method's config section) with a fixed set of valid values: name -> values
-    choices: ClassVar[dict[str, tuple[str, ...]]] = {}
+    #: its settings: a dataclass (fields declared with :func:`ccua.config.setting`, combinations
+    #: refused by its ``problems()``), the config section ``method.<name>``; None: no settings
+    settings: ClassVar[type | None] = None
     #: the sampling guidance w (eps_c + w (eps_c - eps_u)) its authors evaluate with; None: none published
     published_guidance: ClassVar[float | None] = None
     #: (objective, why) when the method works with one objective only; None: with every objective
     only_objective: ClassVar[tuple[str, str] | None] = None
-
-    @classmethod
-    def setting_problems(cls, settings: Any) -> Iterator[str]:
-        """One message per combination of the method's settings (its config section) that cannot
-        work, checked with the config before anything runs. Default: none."""
-        return iter(())
 
     def prepare(self, context: StepContext) -> None:
         """Called after noising, before the forward pass. Default: nothing."""

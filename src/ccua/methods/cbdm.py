@@ -14,14 +14,24 @@ out. The mean is still over the whole batch, as for CCUA's alignment loss.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import Tensor
 
-from ccua.config import CBDMConfig
+from ccua.config import setting
 from ccua.diffusion.base import per_sample_mse
 from ccua.methods.base import Method, PassOutputs, StepContext, weighted_mean
 
 PRIORS = ("empirical", "uniform")
+
+
+@dataclass
+class CBDMConfig:
+    """``method.cbdm``: a second pass with labels from the class prior (docs/methods.md)."""
+
+    tau: float = 1.0  # weight of the regulariser (the released default)
+    prior: str = setting("empirical", choices=PRIORS)  # empirical (released code) | uniform (paper's variant)
 
 
 def class_prior(class_counts: Tensor, prior: str = "empirical") -> Tensor:
@@ -52,14 +62,12 @@ class CBDM(Method):
 
     name = "cbdm"
     passes = ("other",)
+    settings = CBDMConfig
     min_batch = 1  # a per-sample loss: defined for any batch size
-    choices = {"prior": PRIORS}
     published_guidance = 1.6  # CBDM-pytorch's README evaluates CBDM models with omega 1.6
 
     def __init__(self, config: CBDMConfig | None = None):
         self.config = config if config is not None else CBDMConfig()
-        if self.config.prior not in PRIORS:
-            raise ValueError(f"method.cbdm.prior={self.config.prior!r} is not one of: {', '.join(PRIORS)}")
 
     def prepare(self, context: StepContext) -> None:
         """Draw y' for every sample from the prior with torch's global generator."""

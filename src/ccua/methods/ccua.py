@@ -10,6 +10,7 @@ probability, so AL stays an unbiased estimate of its full-batch value (docs/meth
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Iterator
 
 import torch
@@ -17,13 +18,45 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor
 
-from ccua.config import CCUAConfig
+from ccua.config import setting
 from ccua.diffusion.base import per_sample_mse
 from ccua.methods.base import Method, PassOutputs, StepContext, weighted_mean
 
 
 #: ``method.ccua.negatives``: UCL's negatives under several processes, this process's batch or all of them
 NEGATIVES = ("local", "global")
+#: the per-sample weights :func:`noise_weight` knows (``method.ccua.weighting``; SupCon's weighting too)
+WEIGHTINGS = ("noise_level", "flow_time", "none")
+
+
+@dataclass
+class CCUAConfig:
+    """``method.ccua``, SPEC section 5: L = L_dm + alpha * L_ucl + gamma * L_al."""
+
+    alpha: float = 1.0
+    gamma: float = 1.0
+    temperature: float = setting(0.1, above=0)
+    # noise_level: weight s (1 = pure noise), the paper's intent; flow_time: the released SiT
+    # code's weight by its own t, which up-weights low noise; none: weight 1.
+    weighting: str = setting("noise_level", choices=WEIGHTINGS)
+    # The unconditional pass on a sub-batch (docs/methods.md, "Cheaper CCUA"): the encoder runs on
+    # ucl_fraction of the rows (UCL), the decoder on uncond_fraction of them (AL), drawn in
+    # proportion to the weight above and re-weighted. 1.0 / 1.0 = the exact published method.
+    uncond_fraction: float = 1.0
+    ucl_fraction: float = 1.0
+    # UCL's negatives under several processes: local = the samples of the process's own share of
+    # the batch (the released multi-GPU code); global = the whole batch of every process, as one
+    # process would see it (docs/methods.md).
+    negatives: str = setting("local", choices=NEGATIVES)
+
+    def problems(self) -> Iterator[str]:
+        if not 0 < self.uncond_fraction <= self.ucl_fraction <= 1:
+            yield (f"method.ccua needs 0 < uncond_fraction <= ucl_fraction <= 1, got "
+                   f"uncond_fraction={self.uncond_fraction}, ucl_fraction={self.ucl_fraction}")
+        elif self.negatives == "global" and (self.ucl_fraction < 1 or self.uncond_fraction < 1):
+            yield (f"method.ccua.negatives=global needs ucl_fraction = uncond_fraction = 1, got "
+                   f"{self.ucl_fraction} and {self.uncond_fraction}: the sub-batch UCL draws and re-weights "
+                   "its rows within each process; use negatives=local with it")
 
 
 def ucl_loss(h: Tensor, temperature: float = 0.1, weight: Tensor | None = None, negatives: str = "local") -> Tensor:
@@ -121,10 +154,6 @@ def subset_ucl_loss(h: Tensor, temperature: float, weight: Tensor, probabilities
     return per_anchor.sum() / batch_size
 
 
-#: the per-sample weights :func:`noise_weight` knows (``method.ccua.weighting``, ``method.supcon.weighting``)
-WEIGHTINGS = ("noise_level", "flow_time", "none")
-
-
 def noise_weight(s: Tensor, weighting: str) -> Tensor:
     """Per-sample weight from the noise level s (1 = pure noise).
 
@@ -151,21 +180,15 @@ class CCUA(Method):
 
     name = "ccua"
     passes = ("uncond",)
+    settings = CCUAConfig
     min_batch = 2
-    choices = {"weighting": WEIGHTINGS, "negatives": NEGATIVES}
 
-    def __init__(self, config: CCUAConfig):
+    def __init__(self, config: CCUAConfig | None = None):
+        config = config if config is not None else CCUAConfig()
         self.config = config
         self.subsampled = config.ucl_fraction < 1 or config.uncond_fraction < 1
         if self.subsampled:
             self.passes = ("ccua_uncond",)
-
-    @classmethod
-    def setting_problems(cls, settings: CCUAConfig) -> Iterator[str]:
-        if settings.negatives == "global" and (settings.ucl_fraction < 1 or settings.uncond_fraction < 1):
-            yield (f"method.ccua.negatives=global needs ucl_fraction = uncond_fraction = 1, got "
-                   f"{settings.ucl_fraction} and {settings.uncond_fraction}: the sub-batch UCL draws and re-weights "
-                   "its rows within each process; use negatives=local with it")
 
     def prepare(self, context: StepContext) -> None:
         """Draw the rows of the sub-batch pass (nothing to do for the full method)."""

@@ -13,12 +13,21 @@ loss has read them), so a sample whose label was dropped still counts with its c
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import Tensor
 
-from ccua.config import DiffROPConfig
 from ccua.methods.base import Method, PassOutputs, StepContext
 
+
+
+@dataclass
+class DiffROPConfig:
+    """``method.diffrop`` (arXiv 2402.10821) as the released CCUA SiT trainer adds it: lambda / (1 + d),
+    d the data-time-weighted distance of the predictions of randomly paired samples of two classes."""
+
+    weight: float = 0.1  # lambda, the release's default
 
 def diffrop_loss(predictions: Tensor, labels: Tensor, data_time: Tensor, permutation: Tensor,
                  weight: float) -> Tensor:
@@ -35,6 +44,7 @@ class DiffROP(Method):
 
     name = "diffrop"
     passes = ()
+    settings = DiffROPConfig
     min_batch = 2  # one sample has no partner
 
     def __init__(self, config: DiffROPConfig | None = None):

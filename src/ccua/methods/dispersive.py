@@ -12,12 +12,25 @@ from __future__ import annotations
 
 import math
 
+from dataclasses import dataclass
+
 import torch
 from torch import Tensor
 
-from ccua.config import DispersiveConfig
+from ccua.config import setting
 from ccua.methods.base import Method, PassOutputs, StepContext
 
+
+
+@dataclass
+class DispersiveConfig:
+    """``method.dispersive``: InfoNCE-L2 on the encoder output of the conditional pass.
+
+    Defaults are the PyTorch release (lambda 0.25, tau 1); the paper uses 0.5 / 0.5.
+    """
+
+    weight: float = 0.25  # lambda
+    temperature: float = setting(1.0, above=0)  # tau; distances are divided by D * tau
 
 def dispersive_loss(h: Tensor, temperature: float = 1.0) -> Tensor:
     """log mean_{i,j} exp(-||z_i - z_j||^2 / (D * temperature)), z = h.flatten(1), diagonal included."""
@@ -40,12 +53,11 @@ class Dispersive(Method):
     name = "dispersive"
     passes = ()
     # B = 1 gives exactly 0 (log 1) and no gradient: refuse a run that would silently be plain.
+    settings = DispersiveConfig
     min_batch = 2
 
     def __init__(self, config: DispersiveConfig | None = None):
         self.config = config if config is not None else DispersiveConfig()
-        if self.config.temperature <= 0:
-            raise ValueError(f"method.dispersive.temperature must be > 0, got {self.config.temperature}")
 
     def loss_terms(self, context: StepContext, outputs: PassOutputs) -> dict[str, Tensor]:
         h = outputs.representations["cond"]

@@ -16,14 +16,25 @@ guidance; it is decided by the sample's true label.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import Tensor
 
-from ccua.config import OCLTConfig
+from ccua.config import setting
 from ccua.methods.base import Method, StepContext
 
 MODES = ("t2h",)
 
+
+
+@dataclass
+class OCLTConfig:
+    """``method.oclt``: the epsilon target may be transferred from a sample of an at-least-as-frequent
+    class of the same batch (docs/methods.md). DDPM objective only."""
+
+    # t2h: a tail sample may take a head sample's target, never the reverse
+    mode: str = setting("t2h", choices=MODES)
 
 def reference_log_probs(x_t: Tensor, x0: Tensor, alpha_bar: Tensor) -> Tensor:
     """log p(j | i) over the batch, [B, B], in float64.
@@ -63,15 +74,13 @@ class OCLT(Method):
     name = "oclt"
     passes = ()
     # At B = 1 the only reference is the sample itself: the method would silently do nothing.
+    settings = OCLTConfig
     min_batch = 2
-    choices = {"mode": MODES}
     published_guidance = 1.5  # the guidance its authors sample with
     only_objective = ("ddpm", "its transfer rule uses the DDPM sigma_t^2 = 1/alphabar_t - 1 and an epsilon target")
 
     def __init__(self, config: OCLTConfig | None = None):
         self.config = config if config is not None else OCLTConfig()
-        if self.config.mode not in MODES:
-            raise ValueError(f"method.oclt.mode={self.config.mode!r} is not one of: {', '.join(MODES)}")
         self.last_reference: Tensor | None = None  # index of each sample's target image, last step
         self._last_swapped: Tensor | None = None
 

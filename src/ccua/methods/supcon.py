@@ -14,14 +14,25 @@ The labels are the true ones: the unconditional pass does not see them, so dropp
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ccua.config import SupConConfig
+from ccua.config import setting
 from ccua.methods.base import Method, PassOutputs, StepContext, weighted_mean
 from ccua.methods.ccua import WEIGHTINGS, noise_weight
 
+
+
+@dataclass
+class SupConConfig:
+    """``method.supcon``: the supervised-contrastive variant of UCL (positives: the same class)."""
+
+    weight: float = 1.0
+    temperature: float = setting(0.1, above=0)
+    weighting: str = setting("noise_level", choices=WEIGHTINGS)  # per-sample weight, as CCUA's
 
 def supcon_loss(h: Tensor, labels: Tensor, temperature: float = 0.1, weight: Tensor | None = None) -> Tensor:
     """Supervised contrastive loss (positives = same label, anchor included), batch mean."""
@@ -43,15 +54,11 @@ class SupCon(Method):
 
     name = "supcon"
     passes = ("uncond",)
+    settings = SupConConfig
     min_batch = 2
-    choices = {"weighting": WEIGHTINGS}
 
     def __init__(self, config: SupConConfig | None = None):
         self.config = config if config is not None else SupConConfig()
-        if self.config.weighting not in WEIGHTINGS:
-            raise ValueError(
-                f"method.supcon.weighting={self.config.weighting!r} is not one of: {', '.join(WEIGHTINGS)}"
-            )
 
     def loss_terms(self, context: StepContext, outputs: PassOutputs) -> dict[str, Tensor]:
         weight = noise_weight(context.batch.s, self.config.weighting)

@@ -27,7 +27,7 @@ from ccua.build import (build_methods, build_model, build_objective, build_optim
 from ccua.checkpoint import (RESUME_KEYS, CheckpointError, check_weights, checked_header, checkpoint_path,
                              list_checkpoints, load_checkpoint, preserved_rng, remove_stale_temporaries, rng_state,
                              save_checkpoint, set_rng_state)
-from ccua.config import Config, ConfigError, parse_yaml, save_config
+from ccua.config import Config, ConfigError, save_config
 from ccua.data import build_training_set, is_latent
 from ccua.data.batches import ResumableBatchSampler, batch_generator_seed, seed_everything
 from ccua.files import write_text_atomic
@@ -532,9 +532,3 @@ def train(config: Config, resume: str | None = None, device: str | None = None,
         raise
     cleanup(trainer.dist)
     return run
-
-
-def load_run_config(run_dir: str | Path) -> Config:
-    """The settings a run was started with (its config.yaml)."""
-    path = Path(run_dir) / "config.yaml"
-    return stored_config(parse_yaml(path.read_text(), str(path)))
