@@ -1,6 +1,7 @@
-"""A new method is one module and one registry line (docs/extending.md): a toy regulariser,
-registered from this test module, trains through the command line with its own settings section,
-whose declared values are checked like those of the shipped methods."""
+"""A new method or metric is one module and one registry line (docs/extending.md): a toy
+regulariser, registered from this test module, trains through the command line with its own
+settings section, whose declared values are checked like those of the shipped methods; a toy
+metric is scored for every subset and shows up in metrics.md and the comparison tables."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import json
 import re
 from dataclasses import dataclass
 
+import numpy as np
 import pytest
 import torch
 import yaml
@@ -15,6 +17,11 @@ import yaml
 from ccua.cli import main
 from ccua.config import PLUGIN_SETTINGS, setting
 from ccua.methods import METHODS, Method, PassOutputs, StepContext, register_method
+from ccua.metrics import RandomFeatureNet, Reference, evaluate
+from ccua.metrics.subset_metrics import SUBSET_METRICS, Column, SubsetInputs, SubsetMetric, register_metric
+from ccua.report import write_metrics
+from ccua.report.metrics_files import format_table
+from ccua.report.tables import load_runs, run_row
 from tests.conftest import tiny_config_dict
 
 
@@ -87,3 +94,44 @@ def test_a_section_no_method_registered_is_refused(tiny_yaml, capsys):
     assert main(["train", str(tiny_yaml), "method.cuaa.alpha=2", "--dry-run"]) != 0
     error = capsys.readouterr().err
     assert "unknown config key 'cuaa' in 'method'" in error and "ccua" in error
+
+
+# --------------------------------------------------------------------------- a metric
+
+SPREAD = Column("feature_spread", "spread", "spread", "feature spread", digits=3)
+
+
+class FeatureSpread(SubsetMetric):
+    """The generated features' mean distance to their centre over the reference's: a diversity ratio."""
+
+    columns = (SPREAD,)
+
+    def score(self, inputs: SubsetInputs) -> dict:
+        def spread(features):
+            return float(np.linalg.norm(features - features.mean(0), axis=1).mean())
+        return {SPREAD.key: spread(inputs.generated) / spread(inputs.reference)}
+
+
+@pytest.fixture
+def spread_registered():
+    metric = register_metric(FeatureSpread())  # the registry line a new metric adds
+    yield
+    SUBSET_METRICS.remove(metric)
+
+
+def test_a_registered_metric_is_scored_per_subset_and_shown_in_every_report(spread_registered, tmp_path):
+    rng = np.random.default_rng(0)
+    labels = np.repeat(np.arange(4), 16)
+    reference = rng.integers(0, 255, (len(labels), 8, 8, 3), dtype=np.uint8)
+    generated = (reference // 4 + 96).astype(np.uint8)  # the same images, a quarter of the contrast
+    result = evaluate(generated, labels, Reference(reference, labels, key="spread"), [40, 20, 10, 5],
+                      RandomFeatureNet(progress=False), kid_subsets=3)
+    assert 0 < result["overall"]["feature_spread"] < 1
+    assert all(0 < row["feature_spread"] < 1 for row in [*result["groups"].values(), *result["per_class"]])
+    assert "| subset | n_gen/n_ref | FID | KID x1e3 | precision | recall | class acc | spread |" in format_table(result)
+    for seed in (0, 1):
+        write_metrics(result, tmp_path / f"s{seed}", {"step": 1, "seed": seed, "guidance": 1.0})
+    runs = load_runs([tmp_path / "s0", tmp_path / "s1"], names=["toy-s0", "toy-s1"])
+    row = run_row(runs[0], ["head", "body", "tail"])
+    assert row["spread"] == pytest.approx(result["overall"]["feature_spread"])
+    assert row["spread_tail"] == pytest.approx(result["groups"]["tail"]["feature_spread"])

@@ -23,6 +23,7 @@ from ccua.diffusion.solvers import SOLVERS
 from ccua.methods import METHODS, PLAIN
 from ccua.methods.ccua import NEGATIVES, WEIGHTINGS
 from ccua.metrics import FEATURE_NETS
+from ccua.metrics.subset_metrics import registered_columns
 from ccua.models import BACKBONES
 from ccua.report.tables import SEED_GROUPINGS
 
@@ -207,14 +208,20 @@ OWNERS = {
     "methods/__init__.py": set(METHODS) | {PLAIN},
     "methods/ccua.py": set(WEIGHTINGS) | set(NEGATIVES),
     "metrics/__init__.py": set(FEATURE_NETS),
+    "metrics/subset_metrics.py": {name for column in registered_columns() for name in (column.key, column.name)},
     "build.py": set(OPTIMIZERS),
     "report/tables.py": set(SEED_GROUPINGS),
 }
 
 
 def _name_lists(tree: ast.AST):
-    """String literals written together: tuples, lists, sets and the keys of dicts."""
+    """String literals written together: tuples, lists, sets and the keys of dicts (a module's
+    ``__all__`` lists Python names, not a registry's)."""
+    exports = {id(node.value) for node in ast.walk(tree) if isinstance(node, ast.Assign)
+               and any(isinstance(t, ast.Name) and t.id == "__all__" for t in node.targets)}
     for node in ast.walk(tree):
+        if id(node) in exports:
+            continue
         if isinstance(node, (ast.Tuple, ast.List, ast.Set)):
             items = node.elts
         elif isinstance(node, ast.Dict):

@@ -23,6 +23,7 @@ from torch import nn
 from ccua.build import check_config, load_checked_config
 from ccua.config import Config, DataConfig
 from ccua.generate import LoadedModel
+from ccua.metrics.subset_metrics import CLASS_ACCURACY, FID, KID, PRECISION, RECALL
 
 
 class TrainedRun:
@@ -90,8 +91,8 @@ class GroupScores:
 
     @classmethod
     def of(cls, row: dict[str, Any]) -> "GroupScores":
-        return cls(row.get("n_gen"), row.get("n_ref"), row.get("fid"), row.get("kid_mean"), row.get("precision"),
-                   row.get("recall"), row.get("class_accuracy"))
+        return cls(row.get("n_gen"), row.get("n_ref"), *(row.get(column.key) for column in
+                                                          (FID, KID, PRECISION, RECALL, CLASS_ACCURACY)))
 
 
 @dataclass(frozen=True)

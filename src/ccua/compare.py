@@ -40,6 +40,7 @@ from ccua.data import SPLITS
 from ccua.jobs import Job, JobsFailed, run_jobs, worker_slot
 from ccua.launch import child_environment, gpu_group, torchrun_command
 from ccua.methods import METHODS
+from ccua.metrics.subset_metrics import FID
 from ccua.files import folder_lock, write_text_atomic
 from ccua.runs import RunFolder
 
@@ -353,8 +354,8 @@ def tune_guidance(settings: CompareSettings, run: PlannedRun, grid: list[float])
                                     per_class=settings.proxy_per_class, guidance=w, seed=PROXY_SEED,
                                     per_class_metrics=False, reference_split="test", reuse=True,
                                     **_evaluation_settings(settings))
-        scores["overall"][f"{w:g}"] = result["overall"]["fid"]
-        scores["tail"][f"{w:g}"] = (result["groups"].get("tail") or {}).get("fid")
+        scores["overall"][f"{w:g}"] = result["overall"][FID.key]
+        scores["tail"][f"{w:g}"] = (result["groups"].get("tail") or {}).get(FID.key)
     tuned = {"proxy_fid": scores["overall"], "proxy_fid_tail": scores["tail"]}
     for criterion, values in scores.items():
         known = {w: fid for w, fid in values.items() if fid is not None}

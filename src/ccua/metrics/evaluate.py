@@ -22,8 +22,8 @@ from ccua.distributed import DistInfo
 from ccua.images import convert_channels, resize_uint8, to_uint8_nchw
 from ccua.metrics.features import FeatureNet
 from ccua.metrics.reference import Reference, reference_features
-from ccua.metrics.scores import (GaussianStats, class_accuracy, fid_from_features, frechet_distance, inception_score,
-                                 kid, precision_recall)
+from ccua.metrics.scores import GaussianStats, frechet_distance, inception_score
+from ccua.metrics.subset_metrics import FID, INCEPTION_SCORE, SubsetInputs, registered_columns, score_subset
 
 logger = logging.getLogger(__name__)
 
@@ -53,35 +53,6 @@ def match_reference(images: torch.Tensor, shape: tuple[int, int, int], warnings:
 def _warn(warnings: list[str], message: str) -> None:
     logger.warning(message)
     warnings.append(message)
-
-
-def _subset_scores(gen_f: np.ndarray, ref_f: np.ndarray, gen_logits: torch.Tensor | None, gen_labels: np.ndarray,
-                   feature_net: FeatureNet, settings: dict[str, Any], ref_stats=None) -> dict[str, Any]:
-    """FID, KID, precision/recall (and class accuracy) of one generated subset against its reference."""
-    row: dict[str, Any] = {"n_gen": int(len(gen_f)), "n_ref": int(len(ref_f))}
-    fid = fid_from_features(ref_f, gen_f, stats1=ref_stats)
-    row["fid"] = fid.value
-    row["rank_deficient"] = fid.rank_deficient
-    row["kid_mean"], row["kid_std"], row["kid_subset_size"] = kid(
-        ref_f, gen_f, settings["kid_subsets"], settings["kid_subset_size"], settings["seed"])
-    k = settings["pr_k"]
-    pr_ref = ref_f
-    cap = settings["pr_reference"]
-    cap = len(gen_f) if cap == "match" else cap
-    if cap is not None and len(ref_f) > cap:
-        # Equal-sized sets as in Kynkaanniemi et al.; recall depends on the set sizes, and all
-        # pairwise distances of a 60k reference would take hours on a CPU.
-        rng = np.random.RandomState(settings["seed"])
-        pr_ref = ref_f[np.sort(rng.choice(len(ref_f), cap, replace=False))]
-    row["n_ref_pr"] = int(len(pr_ref))
-    if len(gen_f) > k and len(pr_ref) > k:
-        row["precision"], row["recall"] = precision_recall(pr_ref, gen_f, k=k)
-    else:
-        row["precision"] = row["recall"] = None
-        row["note"] = f"precision/recall need more than k={k} samples per set"
-    if gen_logits is not None and feature_net.logits_are_classes:
-        row["class_accuracy"] = class_accuracy(gen_logits, gen_labels)
-    return row
 
 
 def _too_few(n_gen: int, n_ref: int) -> str | None:
@@ -143,9 +114,9 @@ def score_subsets(parts: list[Subset], gen_f: np.ndarray, gen_logits: torch.Tens
             skipped.append({"scope": subset.scope, "name": subset.name, **subset.skip, "n_gen": n_gen, "n_ref": n_ref,
                             "reason": reason})
             continue
-        scores = _subset_scores(gen_f[gen_mask], ref_f[ref_mask], None if gen_logits is None else gen_logits[gen_mask],
-                                labels[gen_mask], feature_net, settings, ref_stats if every else None)
-        scored.append((subset, scores))
+        inputs = SubsetInputs(gen_f[gen_mask], ref_f[ref_mask], None if gen_logits is None else gen_logits[gen_mask],
+                              labels[gen_mask], feature_net, settings, ref_stats if every else None)
+        scored.append((subset, score_subset(inputs, overall=every)))
     return scored, skipped
 
 
@@ -220,13 +191,9 @@ def _warn_if_singular(n_gen: int, n_ref: int, dim: int, warnings: list[str]) -> 
                         "singular and FID is biased upwards; compare only numbers with the same sample counts")
 
 
-def _rows(scored: list[tuple[Subset, dict[str, Any]]], gen_logits: torch.Tensor | None,
-          is_splits: int) -> tuple[dict, dict[str, dict], list[dict]]:
-    """The overall row (with the Inception Score where there are logits), the group rows by name
-    and the class rows of the scored subsets."""
+def _rows(scored: list[tuple[Subset, dict[str, Any]]]) -> tuple[dict, dict[str, dict], list[dict]]:
+    """The overall row, the group rows by name and the class rows of the scored subsets."""
     overall = next(scores for subset, scores in scored if subset.scope == "overall")
-    overall["inception_score_mean"], overall["inception_score_std"] = (
-        inception_score(gen_logits, is_splits) if gen_logits is not None else (None, None))
     groups = {subset.name: {**subset.row, **scores} for subset, scores in scored if subset.scope == "group"}
     classes = [{**subset.row, **scores} for subset, scores in scored if subset.scope == "class"]
     return overall, groups, classes
@@ -311,7 +278,7 @@ def evaluate(gen_images: Any, gen_labels: Any, reference: Any, train_class_count
     scored, skipped = score_subsets(subsets(groups, num_classes, per_class, ref.class_names, counts), gen_f,
                                     gen_logits, labels, ref_feats.features, ref_feats.labels, feature_net, settings,
                                     ref_feats.stats)
-    overall, group_rows, class_rows = _rows(scored, gen_logits, is_splits)
+    overall, group_rows, class_rows = _rows(scored)
     for entry in skipped:
         _warn(warnings, f"skipped {entry['scope']} {entry['name']}: {entry['reason']}")
     return {
@@ -350,12 +317,13 @@ def evaluate_against_stats(gen_images: Any, gen_labels: Any, reference_stats: Ga
         return None
     gen_stats = GaussianStats.from_features(gen_f)
     fid = frechet_distance(reference_stats.mu, reference_stats.sigma, gen_stats.mu, gen_stats.sigma, None, len(gen_f))
-    overall: dict[str, Any] = {"n_gen": int(len(images)), "n_ref": None, "fid": fid.value,
-                               "rank_deficient": fid.rank_deficient, "kid_mean": None, "kid_std": None,
-                               "precision": None, "recall": None, "inception_score_mean": None,
-                               "inception_score_std": None}
+    # the metrics that need reference images are None; FID from the statistics, IS from the logits
+    overall: dict[str, Any] = {"n_gen": int(len(images)), "n_ref": None}
+    for column in registered_columns():
+        overall.update({column.key: None, **({column.spread: None} if column.spread else {})})
+    overall.update({FID.key: fid.value, "rank_deficient": fid.rank_deficient})
     if gen_logits is not None:
-        overall["inception_score_mean"], overall["inception_score_std"] = inception_score(gen_logits, is_splits)
+        overall[INCEPTION_SCORE.key], overall[INCEPTION_SCORE.spread] = inception_score(gen_logits, is_splits)
     notes = {"reference_stats": (
         f"FID against the published statistics {stats_name}: overall FID only. KID, precision/recall, head/body/tail "
         "groups and per-class numbers need the reference images and are unavailable. The FID is comparable with the "

@@ -8,10 +8,11 @@ from pathlib import Path
 from typing import Callable
 
 from ccua.files import write_text_atomic
+from ccua.metrics.subset_metrics import CLASS_ACCURACY, FID, KID, PRECISION, RECALL
 from ccua.report.grids import tail_grid
 from ccua.report.metrics_files import copies_table, format_table, library_versions, load_metrics, write_metrics
 from ccua.report.plots import available_metric, plot_per_class
-from ccua.report.tables import (COPY_METRICS, GROUP_METRICS, OVERALL_METRICS, WHOLE_SET_COPY_METRICS, Run,
+from ccua.report.tables import (COPY_METRICS, WHOLE_SET_COPY_METRICS, Run, group_metrics, overall_metrics,
                                 comparability_notes, find_metrics_file, group_key, group_names, load_runs,
                                 markdown_table, metric_columns, paired_markdown, paired_rows, run_row, summary_markdown, summary_rows, write_csv)
 
@@ -56,8 +57,9 @@ def make_report(metric_files_or_run_dirs: list[str | Path], out_dir: str | Path,
     parts += ["", "## Sources", ""] + [f"- {run.name}: {run.path}" for run in runs]
     if notes:
         parts += ["", "## Warnings", ""] + [f"- {n}" for n in notes]
-    second = available_metric(runs, ("recall", "kid_mean", "precision"))
-    plot_metrics = tuple(m for m in ("fid", second, "class_accuracy") if m and available_metric(runs, (m,)))
+    # FID, the first of recall / KID / precision the runs have, and class accuracy
+    second = available_metric(runs, (RECALL.key, KID.key, PRECISION.key))
+    plot_metrics = tuple(m for m in (FID.key, second, CLASS_ACCURACY.key) if m and available_metric(runs, (m,)))
     if plot_metrics:
         paths["plot"] = plot_per_class(runs, out_dir / "per_class.png", plot_metrics)
         parts += ["", f"![per-class {', '.join(plot_metrics)}](per_class.png)"]
@@ -70,9 +72,9 @@ def _shown_columns(rows: list[dict], groups: list[str]) -> list[str]:
     """The comparison table's columns: overall numbers, then each group's image count and numbers,
     leaving out columns no run has."""
     copy_metrics = COPY_METRICS + WHOLE_SET_COPY_METRICS
-    shown = ["name", "seed", "guidance", "n_gen"] + [column for _, column in OVERALL_METRICS + copy_metrics]
+    shown = ["name", "seed", "guidance", "n_gen"] + [column for _, column in overall_metrics() + list(copy_metrics)]
     for group in groups:
-        shown += [f"n_gen_{group}"] + [f"{column}_{group}" for _, column in GROUP_METRICS + copy_metrics]
+        shown += [f"n_gen_{group}"] + [f"{column}_{group}" for _, column in group_metrics() + list(copy_metrics)]
     return [c for c in shown if c in ("name", "seed", "guidance") or any(r.get(c) is not None for r in rows)]
 
 

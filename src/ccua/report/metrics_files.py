@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from ccua.files import write_text_atomic
+from ccua.metrics.subset_metrics import Column, registered_columns
 from ccua.report.markdown import markdown
 
 
@@ -57,17 +58,25 @@ def _fmt(value: Any, digits: int = 2, scale: float = 1.0) -> str:
     return f"{value * scale:.{digits}f}"
 
 
+def _metric_cell(row: dict[str, Any], column: Column) -> str:
+    value = row.get(column.key)
+    if value is None or column.spread is None:
+        return _fmt(value, column.digits, column.scale)
+    spread = row.get(column.spread) or 0.0
+    return f"{value * column.scale:.{column.digits}f} ± {spread * column.scale:.{column.digits}f}"
+
+
 def _row_cells(name: str, row: dict[str, Any]) -> list[str]:
-    kid = "-" if row.get("kid_mean") is None else f"{row['kid_mean'] * 1e3:.2f} ± {row['kid_std'] * 1e3:.2f}"
     n_ref = "-" if row.get("n_ref") is None else row["n_ref"]
-    return [name, f"{row['n_gen']}/{n_ref}", _fmt(row.get("fid")), kid, _fmt(row.get("precision"), 3),
-            _fmt(row.get("recall"), 3), _fmt(row.get("class_accuracy"), 3),
-            "yes" if row.get("rank_deficient") else ""]
+    cells = [_metric_cell(row, column) for column in registered_columns(per_group=True)]
+    return ([name, f"{row['n_gen']}/{n_ref}"] + cells
+            + ["yes" if row.get("rank_deficient") else ""])
 
 
 def format_table(result: dict[str, Any], per_class: bool = True) -> str:
     """Markdown tables: overall and group rows (with n_gen/n_ref), then one row per class."""
-    header = ["subset", "n_gen/n_ref", "FID", "KID x1e3", "precision", "recall", "class acc", "rank-deficient"]
+    columns = registered_columns(per_group=True)  # metrics.md's subset tables: every metric computed per subset
+    header = ["subset", "n_gen/n_ref"] + [column.header for column in columns] + ["rank-deficient"]
     rows = [_row_cells("overall", result["overall"])]
     skipped = {e["name"]: e for e in result["skipped"] if e["scope"] == "group"}
     for name in result.get("group_order", list(result["groups"]) + list(skipped)):
@@ -76,16 +85,15 @@ def format_table(result: dict[str, Any], per_class: bool = True) -> str:
             rows.append(_row_cells(f"{name} ({len(row['classes'])} cl.)", row))
         elif name in skipped:
             entry = skipped[name]
-            rows.append([f"{name} (skipped)", f"{entry['n_gen']}/{entry['n_ref']}", "-", "-", "-", "-", "-",
-                         entry["reason"]])
+            rows.append([f"{name} (skipped)", f"{entry['n_gen']}/{entry['n_ref']}"] + ["-"] * len(columns)
+                        + [entry["reason"]])
     parts = [markdown(header, rows)]
     overall = result["overall"]
-    if overall.get("inception_score_mean") is not None:
-        parts.append(f"IS ({result['feature_net']['name']} logits): {overall['inception_score_mean']:.3f} ± "
-                     f"{overall['inception_score_std']:.3f}")
+    for column in registered_columns():  # the whole set's only numbers (IS), one line each
+        if not column.per_group and overall.get(column.key) is not None:
+            parts.append(f"{column.header} ({result['feature_net']['name']} logits): {_metric_cell(overall, column)}")
     if per_class and result["per_class"]:
-        class_header = ["class", "train count", "n_gen/n_ref", "FID", "KID x1e3", "precision", "recall", "class acc",
-                        "rank-deficient"]
+        class_header = ["class", "train count"] + header[1:]
         class_rows = []
         for row in result["per_class"]:
             cells = _row_cells(f"{row['class']} {row['name']}" if row["name"] != str(row["class"]) else str(row["class"]),

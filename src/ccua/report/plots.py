@@ -9,10 +9,10 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from ccua.files import atomic_file
+from ccua.metrics.subset_metrics import FID, RECALL, registered_columns
 from ccua.report.tables import Run
 
 MARKERS = "osD^v<>pXh*"
-DISPLAY = {"fid": "FID", "kid_mean": "KID", "precision": "precision", "recall": "recall", "class_accuracy": "class accuracy"}
 
 
 def _series(run: Run, metric: str) -> tuple[list[float], list[float], bool]:
@@ -50,7 +50,7 @@ def _draw_group(axes, group: list[Run], metric: str, label: str, index: int) -> 
     return have_counts
 
 
-def plot_per_class(runs: list[Run], path: str | Path, metrics: tuple[str, ...] = ("fid", "recall"),
+def plot_per_class(runs: list[Run], path: str | Path, metrics: tuple[str, ...] = (FID.key, RECALL.key),
                    labels: list[str] | None = None) -> Path:
     """One panel per metric, per-class values against the training count on a log x axis, one
     colour per method: runs with the same label (seeds) are drawn as their mean with a min-max
@@ -64,7 +64,7 @@ def plot_per_class(runs: list[Run], path: str | Path, metrics: tuple[str, ...] =
         if log_x:
             axes.set_xscale("log")
         axes.set_xlabel("training images of the class" if log_x else "class index")
-        shown = DISPLAY.get(metric, metric)
+        shown = next((c.title for c in registered_columns() if c.key == metric), metric)
         axes.set_ylabel(f"per-class {shown}")
         axes.grid(True, which="both", alpha=0.3)
         axes.set_title(f"per-class {shown}")

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from ccua.files import atomic_file
+from ccua.metrics.subset_metrics import registered_columns
 from ccua.report.markdown import markdown
 from ccua.report.metrics_files import load_metrics, sampling_description
 from ccua.report.stats import PairedDifference, paired_difference
@@ -18,10 +19,17 @@ from ccua.report.stats import PairedDifference, paired_difference
 logger = logging.getLogger(__name__)
 
 PROVENANCE_COLUMNS = ("step", "ema", "sampler", "steps", "guidance", "seed", "feature_net", "reference")
-OVERALL_METRICS = (("fid", "fid"), ("kid_mean", "kid"), ("precision", "precision"), ("recall", "recall"),
-                   ("inception_score_mean", "is"), ("class_accuracy", "class_accuracy"))
-GROUP_METRICS = (("fid", "fid"), ("kid_mean", "kid"), ("precision", "precision"), ("recall", "recall"),
-                 ("class_accuracy", "class_accuracy"))
+
+
+def overall_metrics() -> list[tuple[str, str]]:
+    """(metrics.json key, table column) of every registered metric, in report order."""
+    return [(column.key, column.name) for column in registered_columns()]
+
+
+def group_metrics() -> list[tuple[str, str]]:
+    """(metrics.json key, table column) of the registered metrics computed per group."""
+    return [(column.key, column.name) for column in registered_columns(per_group=True)]
+
 #: from metrics.json "memorisation": the share of generated images that are near-copies of a training
 #: image, and the median nearest / second-nearest distance ratio (lower = closer to copies)
 COPY_METRICS = (("copy_share", "copies"), ("median_ratio", "nn_ratio"), ("distinct_nearest", "distinct_nn"))
@@ -110,7 +118,7 @@ def run_row(run: Run, groups: list[str]) -> dict[str, Any]:
         row[key] = described[key] if key in described else provenance.get(key)
     overall = m.get("overall", {})
     row["n_gen"], row["n_ref"] = overall.get("n_gen"), overall.get("n_ref")
-    for key, column in OVERALL_METRICS:
+    for key, column in overall_metrics():
         row[column] = overall.get(key)
     copies = m.get("memorisation") or {}
     whole = copies.get("whole_set") or {}
@@ -120,7 +128,7 @@ def run_row(run: Run, groups: list[str]) -> dict[str, Any]:
         row[column] = (whole.get("overall") or {}).get(key)
     for group in groups:
         values = m.get("groups", {}).get(group, {})
-        for key, column in GROUP_METRICS:
+        for key, column in group_metrics():
             row[f"{column}_{group}"] = values.get(key)
         for key, column in COPY_METRICS:
             row[f"{column}_{group}"] = (copies.get("groups", {}).get(group) or {}).get(key)
@@ -136,9 +144,9 @@ def _is_number(value: Any) -> bool:
 
 def metric_columns(groups: list[str]) -> list[str]:
     copy_metrics = COPY_METRICS + WHOLE_SET_COPY_METRICS
-    columns = [column for _, column in OVERALL_METRICS + copy_metrics]
+    columns = [column for _, column in overall_metrics() + list(copy_metrics)]
     for group in groups:
-        columns += [f"{column}_{group}" for _, column in GROUP_METRICS + copy_metrics]
+        columns += [f"{column}_{group}" for _, column in group_metrics() + list(copy_metrics)]
     return columns
 
 
@@ -172,7 +180,7 @@ def paired_markdown(differences: dict[str, dict[str, PairedDifference | None]], 
         cells = []
         for name in names:
             diff = differences[name].get(column)
-            digits = 5 if column.startswith("kid") else 3 if abs(diff.mean if diff else 0) < 10 else 2
+            digits = 5 if _is_small(column) else 3 if abs(diff.mean if diff else 0) < 10 else 2
             cells.append("-" if diff is None else diff.describe(digits))
         if any(cell != "-" for cell in cells):
             rows.append([column] + cells)
@@ -218,11 +226,17 @@ def write_csv(rows: list[dict[str, Any]], path: Path) -> Path:
     return path
 
 
+def _is_small(column: str) -> bool:
+    """A table column (or its per-group column) of a metric printed in scientific notation."""
+    small = [c.name for c in registered_columns() if c.small]
+    return any(column == name or column.startswith(f"{name}_") for name in small)
+
+
 def _cell(value: Any, column: str) -> str:
     if value is None:
         return "-"
     if isinstance(value, float):
-        if column.startswith("kid"):
+        if _is_small(column):
             return f"{value:.2e}"
         return f"{value:.3f}" if abs(value) < 10 else f"{value:.2f}"
     return str(value)
