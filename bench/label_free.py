@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ccua.evaluation import evaluate_target
+from ccua.evaluation import evaluate_source
 
 SEED_SUFFIX = re.compile(r"-s(\d+)$")
 COLUMNS = ("fid", "precision", "recall")
@@ -49,7 +49,7 @@ def main() -> None:
         samples = final_samples(run_dir, args.guidance)
         if samples is None:
             continue
-        result, _ = evaluate_target(samples, features="pixels", eval_root=run_dir / "eval_pixels", reuse=True,
+        result, _ = evaluate_source(samples, features="pixels", eval_root=run_dir / "eval_pixels", reuse=True,
                                     memorisation=False, max_reference=args.max_reference)
         variant = SEED_SUFFIX.sub("", run_dir.name)
         for group, row in [("overall", result["overall"]), *result["groups"].items()]:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import argparse
 import time
-from ccua.evaluation import evaluate_target
+from ccua.evaluation import evaluate_source
 from ccua.runs import resolve_checkpoint, run_folder_of
 
 
@@ -35,7 +35,7 @@ def main() -> None:
     for sampler in args.samplers.split(","):
         for steps in (int(s) for s in args.steps.split(",")):
             start = time.perf_counter()
-            result, out = evaluate_target(args.run, features=args.features, feature_path=args.feature_path,
+            result, out = evaluate_source(args.run, features=args.features, feature_path=args.feature_path,
                                           per_class=args.per_class, sampler=sampler, steps=steps,
                                           guidance=args.guidance, reference_split=args.reference,
                                           eval_root=run_folder_of(resolve_checkpoint(args.run)) / "eval_nfe",

@@ -22,7 +22,7 @@ from ccua.methods import (
 from ccua.methods.cbdm import CBDMConfig
 from ccua.methods.diffrop import DiffROPConfig
 from ccua.methods.dispersive import DispersiveConfig
-from ccua.methods.oclt import reference_log_probs
+from ccua.methods.oclt import donor_log_probs
 from ccua.methods.supcon import SupConConfig
 
 NULL = 3
@@ -193,7 +193,7 @@ def test_oclt_reference_probabilities_by_hand():
     x0 = torch.randn(3, 2, 2)
     t = torch.tensor([50, 200, 400])
     x_t = ddpm.q_sample(x0, t, torch.randn_like(x0))
-    log_probs = reference_log_probs(x_t, x0, ddpm.alpha_bar(t))
+    log_probs = donor_log_probs(x_t, x0, ddpm.alpha_bar(t))
     for i in range(3):
         ab = ddpm.alpha_bar(t[i : i + 1]).item()  # the objective's (float32) alphabar
         sigma2 = 1 / ab - 1
@@ -218,7 +218,7 @@ def test_oclt_tail_takes_head_never_reverse():
         context = make_context(torch.randn(8, 2, 3, 3), labels, torch.full((8,), 999), [100, 3])
         original = context.batch.target.clone()
         method.prepare(context)
-        ref = method.last_reference
+        ref = method.last_donor
         for i in range(8):
             j = int(ref[i])
             head_took_tail += int(labels[i] == 0 and labels[j] == 1)
@@ -243,7 +243,7 @@ def test_oclt_low_noise_keeps_own_target():
     original = context.batch.target.clone()
     method = OCLT()
     method.prepare(context)
-    assert torch.equal(method.last_reference, torch.arange(6))
+    assert torch.equal(method.last_donor, torch.arange(6))
     assert torch.equal(context.batch.target, original) and method.last_swap_fraction == 0.0
 
 

@@ -17,7 +17,7 @@ from torch import nn
 
 from ccua.config import ConfigError, config_from_dict
 from ccua.distributed import DistInfo
-from ccua.evaluation import evaluate_target
+from ccua.evaluation import evaluate_source
 from ccua.generate import LoadedModel, sample_to_folder
 from ccua.methods.ccua import ucl_loss
 from ccua.metrics import RandomFeatureNet
@@ -52,7 +52,7 @@ def _shared_work(folder: str, checkpoint: str, dist: DistInfo) -> dict:
         sample = dataclasses.replace(loaded.config.sample, **changes)
         sample_to_folder(loaded, f"{folder}/{name}", sample, labels=LABELS, seed=5, progress=False, dist=dist)
     features = RandomFeatureNet(batch_size=3, progress=False).extract(_feature_images(), dist=dist)
-    evaluate_target(checkpoint, f"{folder}/eval", cache_dir=f"{folder}/cache", dist=dist, **EVALUATION)
+    evaluate_source(checkpoint, f"{folder}/eval", cache_dir=f"{folder}/cache", dist=dist, **EVALUATION)
     h, weight, x = _ucl_inputs()
     rows = slice(4 * dist.rank, 4 * dist.rank + 4) if dist.enabled else slice(None)
     h = h[rows].clone().requires_grad_()

@@ -8,7 +8,6 @@ CCUA_DEBUG=1 to see their traceback.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import logging
 import os
 import sys
@@ -105,52 +104,26 @@ def cmd_sample(args: argparse.Namespace) -> int:
 
 
 def _sample(args: argparse.Namespace, dist) -> Path:
-    import torch
+    from ccua.config import sample_changes, section_overrides
+    from ccua.generate import sample_run
 
-    from ccua.build import check_config
-    from ccua.generate import LoadedModel, sample_to_folder
-
-    changes = _sample_changes(args.overrides, "sample", ("sample",))
-    loaded = LoadedModel(args.run, use_ema=not args.no_ema, device=dist.device)
+    changes = sample_changes(section_overrides(args.overrides, ("sample",), "sample"))
     changes.update({k: v for k, v in {"sampler": args.sampler, "steps": _sampler_steps(args), "eta": args.eta,
                                        "guidance": args.guidance, "batch_size": args.batch_size}.items()
                     if v is not None})
-    sample = dataclasses.replace(loaded.config.sample, **changes, use_ema=loaded.use_ema)
-    check_config(dataclasses.replace(loaded.config, sample=sample))  # the sampler fits the objective
-    labels = None
-    if args.labels:
-        try:
-            labels = torch.tensor([int(v) for v in args.labels.split(",") if v.strip()], dtype=torch.long)
-        except ValueError:
-            raise ConfigError(f"--labels must be comma-separated class indices, got {args.labels!r}") from None
-        labels = labels.repeat_interleave(args.per_class)
-    out = args.out or loaded.run_dir / "samples" / f"step{loaded.step:07d}_{sample.sampler}{sample.steps}_w{sample.guidance:g}_seed{args.seed}"
-    return sample_to_folder(loaded, out, sample, labels=labels, per_class=args.per_class, seed=args.seed,
-                            write_pngs=not args.no_png, overwrite=args.overwrite, dist=dist)
+    return sample_run(args.run, args.out, changes=changes, classes=_classes(args.labels), per_class=args.per_class,
+                      seed=args.seed, use_ema=not args.no_ema, write_pngs=not args.no_png, overwrite=args.overwrite,
+                      dist=dist)
 
 
-def _checked_overrides(overrides: list[str], command: str, sections: tuple[str, ...]) -> list[str]:
-    """``overrides`` when each names a setting of ``sections``; else a ConfigError (the others
-    change the training, which a trained run cannot)."""
-    for item in overrides:
-        key = item.split("=", 1)[0].strip()
-        if key.split(".")[0] not in sections:
-            allowed = " and ".join(f"{section}.*" for section in sections)
-            raise ConfigError(f"ccua {command} takes {allowed} overrides, got {key!r}: settings of the training "
-                              "belong to `ccua train`")
-    return overrides
-
-
-def _sample_changes(overrides: list[str], command: str, sections: tuple[str, ...]) -> dict:
-    """The sampler settings that ``sample.*`` overrides set, typed and range-checked."""
-    from ccua.config import Config, apply_overrides
-
-    wanted = [o for o in _checked_overrides(overrides, command, sections) if o.startswith("sample.")]
-    if not wanted:
-        return {}
-    changed = apply_overrides(Config(), wanted).sample
-    names = {o.split("=", 1)[0].strip().split(".")[1] for o in wanted}
-    return {name: getattr(changed, name) for name in names}
+def _classes(text: str | None) -> list[int] | None:
+    """--labels: comma-separated class indices (None: every class)."""
+    if not text:
+        return None
+    try:
+        return [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise ConfigError(f"--labels must be comma-separated class indices, got {text!r}") from None
 
 
 def _sampler_steps(args: argparse.Namespace) -> int | None:
@@ -187,33 +160,12 @@ def cmd_data(args: argparse.Namespace) -> int:
     rest = parser.parse_args(args.config)
     preset, overrides = _split_preset(rest.config)
     config = _load(preset, overrides)
-    from ccua.data import build_training_set, class_groups, count_groups
+    from ccua.data import build_training_set, describe_classes
 
     if args.verify or rest.verify:
         _verify_data(config.data)
-    dataset = build_training_set(config.data)
-    counts = dataset.class_counts()
-    print(f"{config.data.name}: {len(dataset)} images, {dataset.num_classes} classes, "
-          f"imbalance {config.data.imbalance}, resolution {config.data.resolution}")
-    groups = class_groups(dataset.num_classes, counts)  # thirds of the classes ranked by training count
-    group_of = {c: g for g, members in groups.items() for c in members}
-    names = getattr(dataset, "class_names", [str(c) for c in range(dataset.num_classes)])
-    print(f"{'class':>5}  {'name':<16} {'count':>7}  group")
-    for c, n in enumerate(counts):
-        print(f"{c:>5}  {names[c][:16]:<16} {n:>7}  {group_of[c]}")
-    for name, members in groups.items():
-        print(f"{name}: classes {_class_list(members)}, {sum(counts[c] for c in members)} images")
-    for name, members in count_groups(counts).items():
-        print(f"{name} (by count): {len(members)} classes")
+    print(describe_classes(build_training_set(config.data), config.data))
     return 0
-
-
-def _class_list(members: list[int], shown: int = 12) -> str:
-    """"7-9" for a run of consecutive classes, else the classes (head to tail), shortened."""
-    if members and members == list(range(members[0], members[-1] + 1)):
-        return f"{members[0]}-{members[-1]}" if len(members) > 1 else str(members[0])
-    text = ", ".join(str(c) for c in members[:shown])
-    return text + (f", ... ({len(members)} classes)" if len(members) > shown else "")
 
 
 def _verify_data(data) -> None:
@@ -261,16 +213,19 @@ def cmd_data_encode(argv: list[str]) -> int:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from ccua.distributed import process_group
-    from ccua.evaluation import evaluate_target
+    from ccua.evaluation import evaluate_source
     from ccua.report import copies_table, format_table
 
-    sample_changes = _sample_changes(args.overrides, "evaluate", ("data", "sample"))
-    data = _evaluation_data(args)
+    from ccua.config import sample_changes, section_overrides
+    from ccua.evaluation import evaluation_data
+
+    overrides = section_overrides(args.overrides, ("data", "sample"), "evaluate")
+    data = evaluation_data(args.source, args.data, [o for o in overrides if o.startswith("data.")])
     with process_group(args.device) as dist:  # one process, or the processes of torchrun / srun sharing the work
-        result, out = evaluate_target(
-            args.target, args.out, features=args.features, feature_path=args.feature_path,
+        result, out = evaluate_source(
+            args.source, args.out, features=args.features, feature_path=args.feature_path,
             reference_split=args.reference, per_class=args.per_class, sampler=args.sampler,
-            steps=_sampler_steps(args), sample_changes=sample_changes,
+            steps=_sampler_steps(args), sample_changes=sample_changes(overrides),
             guidance=args.guidance, seed=args.seed, use_ema=not args.no_ema, group_mode=args.groups,
             bf16=args.bf16, allow_download=args.allow_download, data=data, max_reference=args.max_reference,
             reference_stats=args.reference_stats, memorisation=not args.no_memorisation, dist=dist)
@@ -280,20 +235,6 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     print("\n".join(copies_table(result.get("memorisation"))))
     print(f"metrics: {out / 'metrics.json'}")
     return 0
-
-
-def _evaluation_data(args: argparse.Namespace):
-    """The reference data set: --data's (with data.* overrides), else the target's own with them
-    (None: the target's own, read where it is evaluated)."""
-    overrides = [o for o in args.overrides if o.startswith("data.")]
-    if args.data:
-        return _load(args.data, overrides).data
-    if not overrides:
-        return None
-    from ccua.config import apply_overrides
-    from ccua.evaluation import target_config
-
-    return apply_overrides(target_config(args.target), overrides).data
 
 
 def cmd_features(args: argparse.Namespace) -> int:
@@ -324,7 +265,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from ccua.compare import CompareSettings, compare, find_study, is_study_file, load_study
+    from ccua.compare import compare, study_settings
 
     given = {
         "seeds": [int(s) for s in args.seeds.split(",")] if args.seeds else None, "steps": args.steps,
@@ -335,18 +276,9 @@ def cmd_compare(args: argparse.Namespace) -> int:
         "max_reference": args.max_reference, "references": args.references.split(",") if args.references else None,
         "baseline": args.baseline, "jobs": args.jobs, "gpus_per_run": args.gpus_per_run, "device": args.device,
     }
-    args.preset = find_study(args.preset)
-    if is_study_file(args.preset):
-        if args.methods or args.overrides:
-            raise ConfigError(f"{args.preset} is a study file: its variants and overrides are set in the file")
-        given["out_dir"] = given["out_dir"] or Path("runs") / Path(args.preset).stem
-        settings = load_study(args.preset, only=args.only.split(",") if args.only else None, **given)
-    elif args.only:
-        raise ConfigError("--only picks variants of a study file; with a preset, list them with --methods")
-    else:
-        given = {k: v for k, v in given.items() if v is not None}
-        settings = CompareSettings(preset=args.preset, methods=[m for m in (args.methods or "plain,ccua").split(",")
-                                                                if m], overrides=args.overrides, **given)
+    only = args.only.split(",") if args.only else None
+    methods = [m for m in args.methods.split(",") if m] if args.methods else None
+    settings = study_settings(args.preset, only=only, methods=methods, overrides=args.overrides, **given)
     report = compare(settings)
     print((report / "comparison.md").read_text())
     print(f"report: {report}")
@@ -460,7 +392,7 @@ def _add_data(sub) -> None:
 
 def _add_evaluate(sub) -> None:
     p = sub.add_parser("evaluate", help="FID, KID, precision/recall, IS per group and class of a run or samples")
-    p.add_argument("target", help="run folder, checkpoint, sample folder or a sample .npz (arr_0/arr_1 or "
+    p.add_argument("source", help="run folder, checkpoint, sample folder or a sample .npz (arr_0/arr_1 or "
                                   "images/labels)")
     p.add_argument("overrides", nargs="*",
                    help="data.* overrides of the reference data set (the run's own, or --data's) and sample.* "
@@ -569,11 +501,11 @@ def main(argv: list[str] | None = None) -> int:
     args, extra = parser.parse_known_args(argv)
     # argparse stops filling a positional list at the first option: key=value overrides that come
     # after options (`ccua compare P --steps 5 train.lr=1e-3`) arrive here and are added back.
-    target = "overrides" if hasattr(args, "overrides") else "config"
+    attribute = "overrides" if hasattr(args, "overrides") else "config"
     if extra:
-        if not hasattr(args, target) or any(item.startswith("-") or "=" not in item for item in extra):
+        if not hasattr(args, attribute) or any(item.startswith("-") or "=" not in item for item in extra):
             parser.error(f"unrecognized arguments: {' '.join(extra)}")
-        setattr(args, target, list(getattr(args, target)) + extra)
+        setattr(args, attribute, list(getattr(args, attribute)) + extra)
     try:
         return args.func(args)
     except KeyboardInterrupt:

@@ -39,7 +39,7 @@ from ccua.config import Config, ConfigError, preset_names, read_yaml_file, save_
 from ccua.data import SPLITS
 from ccua.jobs import Job, JobsFailed, run_jobs, worker_slot
 from ccua.launch import child_environment, gpu_group, torchrun_command
-from ccua.methods import METHODS
+from ccua.methods import DEFAULT_COMPARISON, METHODS
 from ccua.metrics.subset_metrics import FID
 from ccua.files import folder_lock, write_text_atomic
 from ccua.runs import RunFolder
@@ -192,6 +192,24 @@ def load_study(path: str | Path, only: list[str] | None = None, **changes: Any) 
     return CompareSettings(**settings)
 
 
+def study_settings(study_or_preset: str, *, only: list[str] | None = None, methods: list[str] | None = None,
+                   overrides: list[str] | None = None, **given: Any) -> CompareSettings:
+    """What ``ccua compare`` runs: a study file (by path or shipped name, its variants optionally
+    narrowed to ``only``) or a preset with ``methods`` (default plain and CCUA) and shared
+    ``overrides``; ``given`` settings (None: not given) win over the file's."""
+    study = find_study(study_or_preset)
+    if is_study_file(study):
+        if methods or overrides:
+            raise ConfigError(f"{study} is a study file: its variants and overrides are set in the file")
+        given["out_dir"] = given.get("out_dir") or Path("runs") / Path(study).stem
+        return load_study(study, only=only, **given)
+    if only:
+        raise ConfigError("--only picks variants of a study file; with a preset, list them with --methods")
+    given = {k: v for k, v in given.items() if v is not None}
+    return CompareSettings(preset=study, methods=methods or list(DEFAULT_COMPARISON), overrides=overrides or [],
+                           **given)
+
+
 # --------------------------------------------------------------------------- runs
 
 @dataclass
@@ -309,13 +327,13 @@ def evaluate_one(settings: CompareSettings, run: PlannedRun, guidance: float) ->
     """Sample the run's checkpoint once at ``guidance`` and score the samples against every
     reference split. An evaluation folder whose record equals the request is reused; any change
     (sampler steps, reference cap, feature network, counts, seed, ...) is a new evaluation."""
-    from ccua.evaluation import evaluate_target
+    from ccua.evaluation import evaluate_source
 
     files, first = [], None
     for reference in settings.references:
         # the first reference samples the checkpoint; the others score those samples
-        target = evaluated_checkpoint(run) if first is None else first / "samples"
-        _, out = evaluate_target(target, eval_root=run.run_dir / "eval", per_class=settings.per_class,
+        source = evaluated_checkpoint(run) if first is None else first / "samples"
+        _, out = evaluate_source(source, eval_root=run.run_dir / "eval", per_class=settings.per_class,
                                  guidance=guidance, seed=run.seed, reference_split=reference, reuse=True,
                                  **_evaluation_settings(settings))
         first = first or out
@@ -346,11 +364,11 @@ def tune_guidance(settings: CompareSettings, run: PlannedRun, grid: list[float])
     """The w of ``grid`` with the lowest FID on a small held-out proxy (few samples from their own
     noise seed, against the balanced test split, not the training-set reference of the final
     numbers): overall (``overall``) and on the tail group alone (``tail``), with the proxy FIDs."""
-    from ccua.evaluation import evaluate_target
+    from ccua.evaluation import evaluate_source
 
     scores: dict[str, dict[str, float]] = {"overall": {}, "tail": {}}
     for w in grid:
-        result, _ = evaluate_target(evaluated_checkpoint(run), eval_root=run.run_dir / "eval_guidance",
+        result, _ = evaluate_source(evaluated_checkpoint(run), eval_root=run.run_dir / "eval_guidance",
                                     per_class=settings.proxy_per_class, guidance=w, seed=PROXY_SEED,
                                     per_class_metrics=False, reference_split="test", reuse=True,
                                     **_evaluation_settings(settings))
@@ -489,5 +507,5 @@ def _compare(settings: CompareSettings, runs: list[PlannedRun]) -> Path:
     return main_report
 
 
-__all__ = ["CompareSettings", "Variant", "compare", "is_study_file", "load_study",
+__all__ = ["CompareSettings", "Variant", "compare", "is_study_file", "load_study", "study_settings",
            "planned_runs", "variant_config"]

@@ -659,6 +659,29 @@ def apply_overrides(config: Config, overrides: list[str]) -> Config:
     return config_from_dict(values)
 
 
+def section_overrides(overrides: list[str], sections: tuple[str, ...], command: str) -> list[str]:
+    """``overrides`` when each names a setting of ``sections``; else a ConfigError (``ccua
+    sample`` and ``ccua evaluate`` take sampler and data settings: the others change the
+    training, which a trained run cannot)."""
+    for item in overrides:
+        key = item.split("=", 1)[0].strip()
+        if key.split(".")[0] not in sections:
+            allowed = " and ".join(f"{section}.*" for section in sections)
+            raise ConfigError(f"ccua {command} takes {allowed} overrides, got {key!r}: settings of the training "
+                              "belong to `ccua train`")
+    return overrides
+
+
+def sample_changes(overrides: list[str]) -> dict[str, Any]:
+    """The sampler settings that the ``sample.*`` items of ``overrides`` set, typed and range-checked."""
+    wanted = [o for o in overrides if o.split("=", 1)[0].strip().startswith("sample.")]
+    if not wanted:
+        return {}
+    changed = apply_overrides(Config(), wanted).sample
+    names = {o.split("=", 1)[0].strip().split(".")[1] for o in wanted}
+    return {name: getattr(changed, name) for name in names}
+
+
 def save_config(config: Config, path: str | Path) -> None:
     Path(path).write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
 

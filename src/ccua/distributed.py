@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Iterator, TypeVar
 
 import torch
-import torch.distributed as dist
+import torch.distributed as torch_dist
 
 from ccua.devices import default_device
 from ccua.launch import LaunchError, device_index, launch_environment, shared_gpus
@@ -63,8 +63,8 @@ def init_distributed(device: str | torch.device | None = None,
     if device.type == "cuda":
         device = torch.device("cuda", device_index(local_rank, torch.cuda.device_count()))
         torch.cuda.set_device(device)
-    if not dist.is_initialized():
-        dist.init_process_group("cpu:gloo,cuda:nccl" if device.type == "cuda" else "gloo", rank=rank,
+    if not torch_dist.is_initialized():
+        torch_dist.init_process_group("cpu:gloo,cuda:nccl" if device.type == "cuda" else "gloo", rank=rank,
                                 world_size=world, timeout=datetime.timedelta(minutes=timeout_minutes))
     info = DistInfo(rank=rank, world_size=world, local_rank=local_rank, device=device)
     if device.type == "cuda":
@@ -130,28 +130,28 @@ def collective(info: DistInfo, what: str = "a collective"):
 def barrier(info: DistInfo) -> None:
     if info.enabled:
         with collective(info, "a barrier"):
-            dist.barrier()
+            torch_dist.barrier()
 
 
 def cleanup(info: DistInfo | None) -> None:
     """Leave the process group. With ``info`` (the group was formed) after a barrier, since
     destroying it while a peer is still in a collective aborts at exit; without (setting up
     failed) at once."""
-    if not dist.is_initialized():
+    if not torch_dist.is_initialized():
         return
     if info is not None and info.enabled:
         try:
-            dist.barrier()
+            torch_dist.barrier()
         except RuntimeError:  # a peer is gone (the error that ended the run says so): leave anyway
             pass
-    dist.destroy_process_group()
+    torch_dist.destroy_process_group()
 
 
 def all_reduce_mean(tensor: torch.Tensor, info: DistInfo) -> torch.Tensor:
     if info.enabled:
         tensor = tensor.clone()
         with collective(info, "the all-reduce of a step"):
-            dist.all_reduce(tensor)
+            torch_dist.all_reduce(tensor)
         tensor /= info.world_size
     return tensor
 
@@ -162,7 +162,7 @@ def gather_objects(obj: Any, info: DistInfo) -> list:
         return [obj]
     out = [None] * info.world_size
     with collective(info, "a gather"):
-        dist.all_gather_object(out, obj)
+        torch_dist.all_gather_object(out, obj)
     return out
 
 
@@ -171,7 +171,7 @@ def broadcast_object(obj: T, info: DistInfo) -> T:
     if not info.enabled:
         return obj
     box = [obj if info.is_main else None]
-    dist.broadcast_object_list(box, src=0)
+    torch_dist.broadcast_object_list(box, src=0)
     return box[0]
 
 
@@ -206,7 +206,7 @@ def shared_map(function: Callable[[int], T], count: int, info: DistInfo) -> list
         index = first + info.rank
         mine = function(index) if index < count else None
         received = [None] * info.world_size if info.is_main else None
-        dist.gather_object(mine, received, dst=0)
+        torch_dist.gather_object(mine, received, dst=0)
         if results is not None:
             results.extend(received[: min(info.world_size, count - first)])
     return results

@@ -14,8 +14,8 @@ from typing import Any
 
 import numpy as np
 
-from ccua.build import check_config, stored_config
-from ccua.config import Config, DataConfig
+from ccua.build import check_config, load_checked_config, stored_config
+from ccua.config import Config, DataConfig, apply_overrides
 from ccua.data import is_latent
 from ccua.distributed import DistInfo, barrier
 from ccua.metrics.weights import DEFAULT_CACHE, feature_weights_path, file_sha256
@@ -25,7 +25,7 @@ from ccua.report import write_metrics
 log = logging.getLogger(__name__)
 
 def _sample_file(path: Path) -> Path | None:
-    """The sample .npz a target names: the file itself, or a sample folder's images.npz."""
+    """The sample .npz a source names: the file itself, or a sample folder's images.npz."""
     from ccua.generate import SAMPLE_FILE
 
     if path.suffix.lower() == ".npz":
@@ -59,20 +59,32 @@ def load_samples(path: str | Path) -> tuple[np.ndarray, np.ndarray | None, dict[
     return images, labels, info
 
 
-def target_config(target: str | Path) -> Config:
+def source_config(source: str | Path) -> Config:
     """The settings of what ``ccua evaluate`` or ``ccua sample`` is given: a run's or checkpoint's
     stored config, or, for a sample file, a config holding the data set its sample_info.json names."""
     from ccua.checkpoint import load_checkpoint
     from ccua.runs import resolve_checkpoint
 
-    target = Path(target)
-    npz = _sample_file(target)
+    source = Path(source)
+    npz = _sample_file(source)
     if npz is None:
-        return stored_config(load_checkpoint(resolve_checkpoint(target))["config"])
+        return stored_config(load_checkpoint(resolve_checkpoint(source))["config"])
     _, _, info = load_samples(npz)
     if "data" not in info:
         return Config()  # a file from elsewhere: the data.* overrides name its data set
     return stored_config({"data": info["data"]})
+
+
+def evaluation_data(source: str | Path, data: str | None = None, overrides: list[str] | None = None) -> DataConfig | None:
+    """The reference data set of an evaluation: the preset or YAML ``data``'s (with the ``data.*``
+    ``overrides``), else the source's own with them; None for the source's own unchanged (read
+    where it is evaluated)."""
+    overrides = overrides or []
+    if data:
+        return load_checked_config(data, overrides).data
+    if not overrides:
+        return None
+    return apply_overrides(source_config(source), overrides).data
 
 
 def _training_counts(info: dict[str, Any], data: DataConfig) -> tuple[list[int] | None, str | None]:
@@ -103,7 +115,7 @@ def _sample_into(loaded, out: Path, sample, per_class: int, seed: int, request: 
 
 @dataclass
 class _Options:
-    """How to evaluate: the feature network and the reference (what evaluate_target was asked)."""
+    """How to evaluate: the feature network and the reference (what evaluate_source was asked)."""
 
     features: str
     feature_path: str | None
@@ -202,7 +214,7 @@ def _data_identity(data: DataConfig | None) -> dict[str, Any] | None:
                                                 "longtail_seed", "split_file", "test_split_file", "test_root")}
 
 
-def evaluate_target(target: str | Path, out_dir: str | Path | None = None, *, features: str = "inception",
+def evaluate_source(source: str | Path, out_dir: str | Path | None = None, *, features: str = "inception",
                     feature_path: str | None = None, reference_split: str = "train", per_class: int = 100,
                     sampler: str | None = None, steps: int | None = None, guidance: float | None = None,
                     sample_changes: dict[str, Any] | None = None,
@@ -238,7 +250,7 @@ def evaluate_target(target: str | Path, out_dir: str | Path | None = None, *, fe
                        group_mode, per_class_metrics, max_reference, seed, memorisation)
     changes = {**(sample_changes or {}), **{k: v for k, v in {"sampler": sampler, "steps": steps,
                                                                 "guidance": guidance}.items() if v is not None}}
-    source = _Source(Path(target), use_ema, per_class, seed, changes, dist)
+    source = _Source(Path(source), use_ema, per_class, seed, changes, dist)
     if source.npz is not None and source.labels is None and reference_stats is None:
         raise ValueError(f"{source.npz} has no labels (arr_1 or labels): per-group and per-class metrics need the "
                          "class of every image; save them as arr_1, or give --reference-stats for the overall FID only")
@@ -269,7 +281,7 @@ def score_images(images: np.ndarray, labels: np.ndarray, data: DataConfig, *, fe
                  memorisation: bool = True, device: str | None = None, seed: int = 0,
                  cache_dir: str | Path = DEFAULT_CACHE) -> dict[str, Any]:
     """The metrics of images held in memory (uint8, with their labels) against ``data``: what
-    :func:`evaluate_target` computes for a sample file, without files (:func:`ccua.evaluate_samples`)."""
+    :func:`evaluate_source` computes for a sample file, without files (:func:`ccua.evaluate_samples`)."""
     from ccua.devices import default_device
 
     dist = DistInfo(device=default_device(device))
@@ -285,12 +297,12 @@ class _Source:
     """What an evaluation scores: a sample file as it is, or a checkpoint to sample (not yet
     sampled: its request is known from the checkpoint and the settings)."""
 
-    def __init__(self, target: Path, use_ema: bool, per_class: int, seed: int, changes: dict[str, Any],
+    def __init__(self, path: Path, use_ema: bool, per_class: int, seed: int, changes: dict[str, Any],
                  dist: DistInfo):
         from ccua.generate import SAMPLE_FILE, LoadedModel
 
         self.dist, self.per_class, self.seed = dist, per_class, seed
-        self.npz = _sample_file(target)
+        self.npz = _sample_file(path)
         self.loaded, self.labels = None, None
         if self.npz is not None:
             self._images, self.labels, self.info = load_samples(self.npz)
@@ -299,7 +311,7 @@ class _Source:
             # each sample file its own root, so two files of one folder never share an evaluation
             self.eval_root = self.npz.parent / ("eval" if self.npz.name == SAMPLE_FILE else f"eval_{self.npz.stem}")
             return
-        self.loaded = LoadedModel(target, use_ema=use_ema, device=dist.device)
+        self.loaded = LoadedModel(path, use_ema=use_ema, device=dist.device)
         self.sample = replace(self.loaded.config.sample, **changes, use_ema=self.loaded.use_ema)
         check_config(replace(self.loaded.config, sample=self.sample))  # the sampler fits the objective
         self.data = self.loaded.config.data

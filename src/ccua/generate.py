@@ -11,6 +11,7 @@ images are those of one process, bit for bit, for every sampler.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import logging
 import shutil
@@ -22,7 +23,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from ccua.build import build_model, build_objective, stored_config
+from ccua.build import build_model, build_objective, check_config, stored_config
 from ccua.checkpoint import check_weights, checked_header, load_checkpoint
 from ccua.config import Config, SampleConfig
 from ccua.distributed import DistInfo, on_main, own_items, shared_map
@@ -33,6 +34,7 @@ from ccua.data.sources import open_npz
 from ccua.diffusion import guided_prediction
 from ccua.images import pil_image, save_grid
 from ccua.progress import progress_bar
+from ccua.records import sample_tag
 from ccua.runs import resolve_checkpoint, run_folder_of
 
 log = logging.getLogger(__name__)
@@ -341,6 +343,24 @@ def sample_to_folder(loaded: LoadedModel, out_dir: str | Path, sample: SampleCon
                                    "was removed", str(error.filename or out)) from None
     log.info("wrote %d samples to %s", len(labels), out)
     return out
+
+
+def sample_run(run: str | Path, out: str | Path | None = None, *, changes: dict | None = None,
+               classes: list[int] | None = None, per_class: int = 10, seed: int = 0, use_ema: bool = True,
+               write_pngs: bool = True, overwrite: bool = False, dist: DistInfo | None = None) -> Path:
+    """Sample a run (its newest checkpoint), a checkpoint or an export with its own sampler settings,
+    ``changes`` (e.g. ``{"guidance": 1.5, "steps": 50}``) applied and checked, ``per_class`` images
+    of each of ``classes`` (default: every class). Written by :func:`sample_to_folder` into ``out``,
+    by default the run's ``samples/<step, sampler, guidance, images per class, seed>``."""
+    dist = dist or DistInfo()
+    loaded = LoadedModel(run, use_ema=use_ema, device=dist.device)
+    sample = dataclasses.replace(loaded.config.sample, **(changes or {}), use_ema=loaded.use_ema)
+    check_config(dataclasses.replace(loaded.config, sample=sample))  # the sampler fits the objective
+    labels = None if classes is None else torch.tensor(classes, dtype=torch.long).repeat_interleave(per_class)
+    if out is None:
+        out = loaded.run_dir / "samples" / sample_tag(loaded.step, asdict(sample), per_class, seed)
+    return sample_to_folder(loaded, out, sample, labels=labels, per_class=per_class, seed=seed,
+                            write_pngs=write_pngs, overwrite=overwrite, dist=dist)
 
 
 def _write_sample_set(loaded: LoadedModel, out: Path, sample: SampleConfig, labels: Tensor, seed: int,

@@ -52,9 +52,13 @@ class SampleRequest:
 
     def tag(self) -> str:
         """A readable name: step, sampler and its steps, guidance, images per class, seed."""
-        s = self.sample
-        return (f"step{self.step:07d}_{s['sampler']}{s['steps']}_w{s['guidance']:g}_n{self.per_class}"
-                f"_seed{self.seed}")
+        return sample_tag(self.step, self.sample, self.per_class, self.seed)
+
+
+def sample_tag(step: int, sample: dict[str, Any], per_class: int, seed: int) -> str:
+    """The readable name of a sample set (its folder under the run's ``samples/`` and ``eval/``)."""
+    return (f"step{step:07d}_{sample['sampler']}{sample['steps']}_w{sample['guidance']:g}_n{per_class}"
+            f"_seed{seed}")
 
 
 @dataclass(frozen=True)
@@ -139,4 +143,4 @@ def differing_keys(stored: dict[str, Any] | None, wanted: dict[str, Any]) -> lis
     return out
 
 
-__all__ = ["EvaluationRecord", "RECORD_FORMAT", "SampleFile", "SampleRequest", "Scoring", "differing_keys"]
+__all__ = ["EvaluationRecord", "RECORD_FORMAT", "SampleFile", "SampleRequest", "Scoring", "differing_keys", "sample_tag"]

@@ -158,8 +158,32 @@ def verify_images(config: DataConfig, progress: bool = True) -> tuple[int, list[
             checked += len(source)
     return checked, bad
 
+def describe_classes(dataset, data: DataConfig) -> str:
+    """The text ``ccua data`` prints: the set's size, then each class's name, count and group
+    (thirds of the classes ranked by training count), then the groups (by rank and by count)."""
+    counts = dataset.class_counts()
+    lines = [f"{data.name}: {len(dataset)} images, {dataset.num_classes} classes, "
+             f"imbalance {data.imbalance}, resolution {data.resolution}"]
+    groups = class_groups(dataset.num_classes, counts)
+    group_of = {c: g for g, members in groups.items() for c in members}
+    names = getattr(dataset, "class_names", [str(c) for c in range(dataset.num_classes)])
+    lines.append(f"{'class':>5}  {'name':<16} {'count':>7}  group")
+    lines += [f"{c:>5}  {names[c][:16]:<16} {n:>7}  {group_of[c]}" for c, n in enumerate(counts)]
+    lines += [f"{name}: classes {_class_list(members)}, {sum(counts[c] for c in members)} images"
+              for name, members in groups.items()]
+    lines += [f"{name} (by count): {len(members)} classes" for name, members in count_groups(counts).items()]
+    return "\n".join(lines)
 
-__all__ = [
+
+def _class_list(members: list[int], shown: int = 12) -> str:
+    """"7-9" for a run of consecutive classes, else the classes (head to tail), shortened."""
+    if members and members == list(range(members[0], members[-1] + 1)):
+        return f"{members[0]}-{members[-1]}" if len(members) > 1 else str(members[0])
+    text = ", ".join(str(c) for c in members[:shown])
+    return text + (f", ... ({len(members)} classes)" if len(members) > shown else "")
+
+
+__all__ = ["describe_classes", 
     "BALANCE_TOLERANCE", "DATA_SETS", "GROUP_MODES", "LATENTS", "SOURCES", "SPLITS", "ArraySource", "DataError",
     "FolderSource", "ImageSource", "LongTailDataset", "ResumableBatchSampler", "balanced_class_probabilities",
     "build_reference_set", "build_training_set", "class_groups", "classes_head_to_tail", "count_groups",

@@ -342,9 +342,9 @@ def download_rank() -> int:
         value = os.environ.get(variable, "")
         if value.isdigit():
             return int(value)
-    import torch.distributed as dist
+    import torch.distributed as torch_dist
 
-    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+    return torch_dist.get_rank() if torch_dist.is_available() and torch_dist.is_initialized() else 0
 
 
 def fetch_file(url: str, path: Path, md5: str, timeout: float = 60.0) -> Path:

@@ -1,7 +1,8 @@
 """Flow matching with the linear interpolant (SiT), velocity prediction, ODE and SDE samplers.
 
 Time convention (SPEC section 2): the network's time t runs from 0 (pure noise) to 1 (clean
-data), x_t = t * x1 + (1 - t) * x0 with x1 the data and x0 ~ N(0, I). The noise level the
+data), x_t = t * data + (1 - t) * noise with noise ~ N(0, I). (``x0`` means the clean data
+everywhere in ccua, as in DDPM; flow papers' x0 / x1 notation is not used.) The noise level the
 methods see is s = 1 - t. Samplers integrate t from 0 to 1.
 """
 
@@ -26,13 +27,14 @@ def _pairs(grid: list[float]) -> list[tuple[float, float]]:
 
 
 class Flow(Objective):
-    """Linear-interpolant flow matching: x_t = t x1 + (1 - t) x0, target u = x1 - x0.
+    """Linear-interpolant flow matching: x_t = t data + (1 - t) noise, regression target
+    u = data - noise.
     ``predict`` gives the velocity."""
 
     name = "flow"
 
     def noise_batch(self, x0: Tensor) -> NoisedBatch:
-        """``x0`` is the clean data (x1 in flow notation; the field name is shared with DDPM)."""
+        """``x0`` is the clean data, as for DDPM."""
         data = x0
         t = torch.rand(data.shape[0], device=data.device)
         noise = torch.randn_like(data)
@@ -103,8 +105,8 @@ class Flow(Objective):
         For a diffusion coefficient D(t) >= 0, dx = [v + D * score] dt + sqrt(2 D) dW has the same
         marginals p_t as the ODE dx = v dt (the noise's spreading, D times the Laplacian in the
         Fokker-Planck equation, is undone by the extra drift D * score). For the linear
-        interpolant the score follows from the velocity: E[x0 | x_t] = x_t - t v, and
-        score = -E[x0 | x_t] / (1 - t) = (t v - x_t) / (1 - t).
+        interpolant the score follows from the velocity: E[noise | x_t] = x_t - t v, and
+        score = -E[noise | x_t] / (1 - t) = (t v - x_t) / (1 - t).
 
         D(t) = diffusion_norm * (1 - t), SiT's default "sigma" form (sigma_t = 1 - t), with norm 1:
         most noise where the sample is noisiest, none at the data. With it D * score =

@@ -20,6 +20,8 @@ from ccua.methods.supcon import SupCon, supcon_loss
 METHODS: dict[str, type[Method]] = {}
 #: the name that means no method (plain denoising training)
 PLAIN = "plain"
+#: what ``ccua compare`` trains when a preset is given without ``--methods``: the baseline and CCUA
+DEFAULT_COMPARISON = (PLAIN, "ccua")
 
 # Passes the trainer provides itself; any other pass name is filled by exactly one method.
 _SHARED_PASSES = ("cond", "uncond")
@@ -75,6 +77,6 @@ def check_combination(names: list[str], objective_name: str) -> None:
             owner[pass_name] = name
 
 
-__all__ = ["CBDM", "CCUA", "DiffROP", "Dispersive", "METHODS", "Method", "OCLT", "PLAIN", "PassOutputs", "StepContext",
+__all__ = ["CBDM", "CCUA", "DEFAULT_COMPARISON", "DiffROP", "Dispersive", "METHODS", "Method", "OCLT", "PLAIN", "PassOutputs", "StepContext",
            "SupCon", "alignment_loss", "cbdm_loss", "check_combination", "class_prior", "diffrop_loss",
            "dispersive_loss", "register_method", "supcon_loss", "ucl_loss"]

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Iterator
 
 import torch
-import torch.distributed as dist
+import torch.distributed as torch_dist
 import torch.nn.functional as F
 from torch import Tensor
 
@@ -75,10 +75,10 @@ def ucl_loss(h: Tensor, temperature: float = 0.1, weight: Tensor | None = None, 
     z = h.flatten(1)
     z = F.normalize(z.to(torch.promote_types(z.dtype, torch.float32)), dim=1)
     candidates, first = z, 0
-    if negatives == "global" and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+    if negatives == "global" and torch_dist.is_available() and torch_dist.is_initialized() and torch_dist.get_world_size() > 1:
         from torch.distributed.nn.functional import all_gather
 
-        candidates, first = torch.cat(all_gather(z)), dist.get_rank() * z.shape[0]  # equal shares: see the trainer
+        candidates, first = torch.cat(all_gather(z)), torch_dist.get_rank() * z.shape[0]  # equal shares: see the trainer
     if candidates.shape[0] < 2:
         raise ValueError(f"UCL needs at least 2 samples per batch (per process), got {h.shape[0]}")
     logits = (z @ candidates.T - 1.0) / temperature

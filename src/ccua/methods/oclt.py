@@ -2,12 +2,13 @@
 
 No loss term: the method changes the epsilon target. With x_t = sqrt(ab) x0_i + sqrt(1-ab) eps_i
 and sigma_t^2 = 1/ab - 1, the scaled point x_t / sqrt(ab) = x0_i + sigma_t eps_i is a noisy
-copy of x0_i. Sample i picks a reference j of the batch (itself included) with probability
+copy of x0_i. Sample i picks a donor j of the batch (itself included) with probability
 
     p(j | i) proportional to exp(-||x_t_i / sqrt(ab_i) - x0_j||^2 / (2 sigma_i^2)),
 
-the posterior over which batch image produced x_t_i. The pick is kept only if class y_j has at
-least as many training images as y_i (a tail sample may take a head target, never the reverse);
+the posterior over which batch image produced x_t_i. The pick (the donor of i's target) is kept
+only if class y_j has at least as many training images as y_i (a tail sample may take a head
+target, never the reverse);
 the target becomes the epsilon that turns x0_j into x_t_i: (x_t - sqrt(ab) x0_j) / sqrt(1-ab).
 
 The rule applies to every sample, including those whose label was dropped for classifier-free
@@ -36,7 +37,7 @@ class OCLTConfig:
     # t2h: a tail sample may take a head sample's target, never the reverse
     mode: str = setting("t2h", choices=MODES)
 
-def reference_log_probs(x_t: Tensor, x0: Tensor, alpha_bar: Tensor) -> Tensor:
+def donor_log_probs(x_t: Tensor, x0: Tensor, alpha_bar: Tensor) -> Tensor:
     """log p(j | i) over the batch, [B, B], in float64.
 
     Float64 because at low noise sigma^2 ~ 1e-4 divides the squared distances, which would
@@ -47,7 +48,7 @@ def reference_log_probs(x_t: Tensor, x0: Tensor, alpha_bar: Tensor) -> Tensor:
     x0 = x0.flatten(1).double()
     sigma2 = (1.0 / ab - 1.0).clamp_min(1e-30)
     sq_dist = (scaled.pow(2).sum(1)[:, None] + x0.pow(2).sum(1)[None, :] - 2.0 * scaled @ x0.T).clamp_min(0.0)
-    # The own image is the likeliest reference at low noise: compute its distance directly
+    # The own image is the likeliest donor at low noise: compute its distance directly
     # rather than by the expansion above.
     own = (scaled - x0).pow(2).sum(1)
     eye = torch.eye(x0.shape[0], dtype=torch.bool, device=x0.device)
@@ -55,8 +56,8 @@ def reference_log_probs(x_t: Tensor, x0: Tensor, alpha_bar: Tensor) -> Tensor:
     return torch.log_softmax(-sq_dist / (2.0 * sigma2[:, None]), dim=1)
 
 
-def t2h_references(log_probs: Tensor, labels: Tensor, class_counts: Tensor) -> Tensor:
-    """Draw a reference per sample (torch's global generator) and apply the T2H rule.
+def t2h_donors(log_probs: Tensor, labels: Tensor, class_counts: Tensor) -> Tensor:
+    """Draw a donor per sample (torch's global generator) and apply the T2H rule.
 
     Returns the index of the sample whose x0 defines each target; a sample keeps itself when its
     draw belongs to a less frequent class.
@@ -73,7 +74,7 @@ class OCLT(Method):
 
     name = "oclt"
     passes = ()
-    # At B = 1 the only reference is the sample itself: the method would silently do nothing.
+    # At B = 1 the only donor is the sample itself: the method would silently do nothing.
     settings = OCLTConfig
     min_batch = 2
     published_guidance = 1.5  # the guidance its authors sample with
@@ -81,7 +82,7 @@ class OCLT(Method):
 
     def __init__(self, config: OCLTConfig | None = None):
         self.config = config if config is not None else OCLTConfig()
-        self.last_reference: Tensor | None = None  # index of each sample's target image, last step
+        self.last_donor: Tensor | None = None  # index of each sample's target image, last step
         self._last_swapped: Tensor | None = None
 
     @property
@@ -106,12 +107,12 @@ class OCLT(Method):
         size = batch.x_t.shape[0]
         if size < self.min_batch:
             raise ValueError(f"oclt needs at least {self.min_batch} samples per batch (per process), got {size}")
-        log_probs = reference_log_probs(batch.x_t, batch.x0, objective.alpha_bar(batch.t))
-        reference = t2h_references(log_probs, context.labels, context.class_counts)
-        swapped = reference != torch.arange(size, device=reference.device)
-        transferred = objective.epsilon_target(batch.x_t, batch.x0[reference], batch.t)
+        log_probs = donor_log_probs(batch.x_t, batch.x0, objective.alpha_bar(batch.t))
+        donor = t2h_donors(log_probs, context.labels, context.class_counts)
+        swapped = donor != torch.arange(size, device=donor.device)
+        transferred = objective.epsilon_target(batch.x_t, batch.x0[donor], batch.t)
         # Unswapped samples keep their target bit for bit (recomputing it would round it).
         mask = swapped.reshape(size, *([1] * (batch.target.dim() - 1)))
         batch.target = torch.where(mask, transferred.to(batch.target.dtype), batch.target)
-        self.last_reference = reference
+        self.last_donor = donor
         self._last_swapped = swapped
