@@ -1,7 +1,8 @@
-"""A new method or metric is one module and one registry line (docs/extending.md): a toy
+"""A new method, sampler or metric is one module and one registry line (docs/extending.md): a toy
 regulariser, registered from this test module, trains through the command line with its own
 settings section, whose declared values are checked like those of the shipped methods; a toy
-metric is scored for every subset and shows up in metrics.md and the comparison tables."""
+sampler samples a trained run through the command line with its own settings; a toy metric is
+scored for every subset and shows up in metrics.md and the comparison tables."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ import yaml
 
 from ccua.cli import main
 from ccua.config import PLUGIN_SETTINGS, setting
+from ccua.diffusion import DDPM, register_sampler
 from ccua.methods import METHODS, Method, PassOutputs, StepContext, register_method
 from ccua.metrics import RandomFeatureNet, Reference, evaluate
 from ccua.metrics.subset_metrics import SUBSET_METRICS, Column, SubsetInputs, SubsetMetric, register_metric
@@ -135,3 +137,45 @@ def test_a_registered_metric_is_scored_per_subset_and_shown_in_every_report(spre
     row = run_row(runs[0], ["head", "body", "tail"])
     assert row["spread"] == pytest.approx(result["overall"]["feature_spread"])
     assert row["spread_tail"] == pytest.approx(result["groups"]["tail"]["feature_spread"])
+
+
+# --------------------------------------------------------------------------- a sampler
+
+@dataclass
+class JumpConfig:
+    """``sample.jump``: how far towards the predicted image the one step goes."""
+
+    shrink: float = setting(1.0, above=0, at_most=1)
+
+
+def run_jump(objective, predict, noise, sample, progress, generator):
+    """One network evaluation: the x0 the model predicts from pure noise, scaled by ``shrink``."""
+    t = torch.full((noise.shape[0],), objective.timesteps - 1, dtype=torch.long, device=noise.device)
+    alpha_bar = objective.alpha_bar(t).view(-1, 1, 1, 1)
+    x0 = (noise - (1 - alpha_bar).sqrt() * predict(noise, t)) / alpha_bar.sqrt()
+    return sample.jump.shrink * x0.clamp(-1, 1)
+
+
+@pytest.fixture
+def jump_registered():
+    register_sampler(DDPM, "jump", run_jump, JumpConfig)  # the registry line a new sampler adds
+    yield
+    DDPM.samplers = {name: run for name, run in DDPM.samplers.items() if name != "jump"}
+    PLUGIN_SETTINGS["sample"].pop("jump")
+
+
+def test_a_registered_sampler_samples_a_trained_run_with_its_own_settings(jump_registered, tiny_yaml, tmp_path,
+                                                                           capsys):
+    assert main(["train", str(tiny_yaml), "method.names=[plain]"]) == 0
+    run = tmp_path / "runs" / "000-tiny"
+    out = tmp_path / "jumped"
+    assert main(["sample", str(run), "--sampler", "jump", "sample.jump.shrink=0.5", "--per-class", "2",
+                 "--out", str(out)]) == 0
+    info = json.loads((out / "sample_info.json").read_text())
+    assert info["sample_sampler"] == "jump" and info["sample_jump"] == {"shrink": 0.5}
+    images = np.load(out / "images.npz")["arr_0"]
+    # shrink 0.5 of images clamped to [-1, 1]: every pixel within [0.25, 0.75] of the uint8 range
+    assert images.shape[0] == 20 and 63 <= images.min() and images.max() <= 192
+    capsys.readouterr()
+    assert main(["sample", str(run), "--sampler", "jump", "sample.jump.shrink=2", "--out", str(tmp_path / "x")]) != 0
+    assert "sample.jump.shrink=2.0 must be in (0, 1]" in capsys.readouterr().err

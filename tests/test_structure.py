@@ -15,9 +15,9 @@ import pytest
 import ccua
 from ccua.build import OPTIMIZERS, check_config
 from ccua.cli import build_parser
-from ccua.config import Config, ConfigError
+from ccua.config import PLUGIN_SETTINGS, Config, ConfigError
 from ccua.data import DATA_SETS, GROUP_MODES, SOURCES, SPLITS
-from ccua.diffusion import LABEL_DROP_MODES, OBJECTIVES, SAMPLERS, DDPM, Flow
+from ccua.diffusion import LABEL_DROP_MODES, OBJECTIVES, DDPM, Flow, sampler_names
 from ccua.diffusion.ddpm import ANCESTRAL_VARIANCES
 from ccua.diffusion.solvers import SOLVERS
 from ccua.methods import METHODS, PLAIN
@@ -251,8 +251,8 @@ def _choices(parser: argparse.ArgumentParser, command: str, option: str) -> tupl
 
 def test_the_cli_offers_what_the_registries_hold():
     parser = build_parser()
-    assert _choices(parser, "sample", "--sampler") == _choices(parser, "evaluate", "--sampler") == SAMPLERS
-    assert SAMPLERS == (*DDPM.samplers, *Flow.samplers)
+    assert _choices(parser, "sample", "--sampler") == _choices(parser, "evaluate", "--sampler") == sampler_names()
+    assert sampler_names() == (*DDPM.samplers, *Flow.samplers)
     assert _choices(parser, "evaluate", "--features") == _choices(parser, "compare", "--features") == tuple(FEATURE_NETS)
     assert _choices(parser, "evaluate", "--groups") == GROUP_MODES
     assert _choices(parser, "evaluate", "--reference") == SPLITS
@@ -270,7 +270,7 @@ def test_the_config_check_accepts_exactly_the_registered_names():
     for objective, cls in OBJECTIVES.items():
         for sampler in cls.samplers:
             check_config(_with(base, diffusion={"objective": objective}, sample={"sampler": sampler}))
-        other = next(s for s in SAMPLERS if s not in cls.samplers)
+        other = next(s for s in sampler_names() if s not in cls.samplers)
         with pytest.raises(ConfigError, match=f"sampler '{other}' is for the"):
             check_config(_with(base, diffusion={"objective": objective}, sample={"sampler": other}))
     for name in DATA_SETS:
@@ -309,24 +309,25 @@ def test_building_the_parser_loads_no_registry():
 # --------------------------------------------------------------------------- plug-ins own their settings
 
 def _plugin_settings_named_outside(sources: dict[str, str]) -> list[str]:
-    """Lines of ``sources`` (module path -> text) naming a registered method's settings section
-    (``method.<name>``, as a dotted key or an attribute chain) outside the method's own module."""
+    """Lines of ``sources`` (module path -> text) naming a plug-in's settings section
+    (``method.<name>``, ``sample.<name>``, as a dotted key or an attribute chain) outside the
+    module that declares its settings."""
     found = []
-    for name, method in METHODS.items():
-        if method.settings is None:
-            continue
-        own = str(Path(sys.modules[method.__module__].__file__).relative_to(SRC))
-        pattern = re.compile(rf"\bmethod\.{name}\b|sections\[['\"]{name}['\"]\]|sections\.get\(['\"]{name}['\"]")
-        for where, text in sources.items():
-            if where != own:
-                found += [f"{where}:{i}: {line.strip()}" for i, line in enumerate(text.splitlines(), 1)
-                          if pattern.search(line)]
+    for group, plugins in PLUGIN_SETTINGS.items():
+        for name, settings in plugins.items():
+            own = str(Path(sys.modules[settings.__module__].__file__).relative_to(SRC))
+            pattern = re.compile(rf"\b{group}\.{name}\b|sections\[['\"]{name}['\"]\]"
+                                 rf"|sections\.get\(['\"]{name}['\"]")
+            for where, text in sources.items():
+                if where != own:
+                    found += [f"{where}:{i}: {line.strip()}" for i, line in enumerate(text.splitlines(), 1)
+                              if pattern.search(line)]
     return found
 
 
-def test_a_methods_settings_are_named_in_its_own_module_only():
-    """A method's settings live with it: config.py, build.py and the rest never name them, so a new
-    method is its own file plus one registry line (docs/extending.md)."""
+def test_a_plugins_settings_are_named_in_its_own_module_only():
+    """A plug-in's settings live with it: config.py, build.py and the rest never name them, so a new
+    method or sampler is its own file plus one registry line (docs/extending.md)."""
     sources = {str(path.relative_to(SRC)): path.read_text() for path in sorted(SRC.rglob("*.py"))}
     assert _plugin_settings_named_outside(sources) == []
     # the check sees a section named elsewhere, as a key and as an attribute

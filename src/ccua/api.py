@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from ccua.build import check_config, load_checked_config
-from ccua.config import Config, DataConfig
+from ccua.config import Config, DataConfig, with_changes
 from ccua.generate import LoadedModel
 from ccua.metrics.subset_metrics import CLASS_ACCURACY, FID, KID, PRECISION, RECALL
 
@@ -62,7 +62,7 @@ class TrainedRun:
         depends only on (seed, i), as on the command line."""
         changes = {k: v for k, v in {"sampler": sampler, "steps": steps, "guidance": guidance}.items()
                    if v is not None}
-        settings = replace(self.config.sample, **changes, **sample_settings)
+        settings = with_changes(self.config.sample, {**changes, **sample_settings})
         check_config(replace(self.config, sample=settings))  # ranges, and the sampler fits the objective
         labels = torch.as_tensor(labels, dtype=torch.long).flatten()
         if labels.numel() and (labels.min() < 0 or labels.max() >= len(self.class_counts)):

@@ -23,7 +23,7 @@ from torch import nn
 from ccua.config import (DIT_SIZE_FIELDS, Config, ConfigError, DiffusionConfig, DiTConfig, MethodConfig, ModelConfig,
                          config_from_dict, load_config, range_problems, with_plugin_settings)
 from ccua.data import DATA_SETS, is_latent
-from ccua.diffusion import LABEL_DROP_MODES, OBJECTIVES, SAMPLERS, Objective
+from ccua.diffusion import LABEL_DROP_MODES, OBJECTIVES, Objective, sampler_names
 from ccua.diffusion.solvers import SOLVERS
 from ccua.diffusion.ddpm import ANCESTRAL_VARIANCES
 from ccua.methods import METHODS, PLAIN, Method, check_combination
@@ -99,7 +99,7 @@ def _choice_problems(config: Config) -> Iterator[str]:
         "diffusion.label_drop_mode": (config.diffusion.label_drop_mode, LABEL_DROP_MODES),
         "train.optimizer": (config.train.optimizer, OPTIMIZERS),
         "train.proxy_features": (config.train.proxy_features, FEATURE_NETS),
-        "sample.sampler": (config.sample.sampler, SAMPLERS),
+        "sample.sampler": (config.sample.sampler, sampler_names()),
         "sample.ddpm_variance": (config.sample.ddpm_variance, ANCESTRAL_VARIANCES),
         "model.unet.null_embedding": (config.model.unet.null_embedding, UNet.NULL_EMBEDDINGS),
     }

@@ -304,9 +304,9 @@ class _Names:
 
 
 def _samplers() -> tuple[str, ...]:
-    from ccua.diffusion import SAMPLERS
+    from ccua.diffusion import sampler_names
 
-    return SAMPLERS
+    return sampler_names()
 
 
 def _feature_nets() -> Iterable[str]:

@@ -49,9 +49,10 @@ def setting(default: Any = dataclasses.MISSING, *, factory: Any = None, at_least
 
 
 #: plug-in settings by group: group -> plug-in name -> its settings class. A plug-in's own module
-#: registers its class (:func:`register_settings`, e.g. through ``ccua.methods.register_method``);
-#: the group's config section then has a sub-section of that name (``method.<name>.*``).
-PLUGIN_SETTINGS: dict[str, dict[str, type]] = {"method": {}}
+#: registers its class (:func:`register_settings`, through ``ccua.methods.register_method`` or
+#: ``ccua.diffusion.register_sampler``); the group's config section then has a sub-section of that
+#: name (``method.<name>.*``, ``sample.<name>.*``).
+PLUGIN_SETTINGS: dict[str, dict[str, type]] = {"method": {}, "sample": {}}
 
 
 def register_settings(group: str, name: str, settings: type) -> None:
@@ -234,8 +235,9 @@ class TrainConfig:
 
 
 @dataclass
-class SampleConfig:
-    """How samples are drawn (training-time grids and ``ccua sample``)."""
+class SampleConfig(PluginSectionAccess):
+    """How samples are drawn (training-time grids and ``ccua sample``). A registered sampler with
+    settings of its own has its section here (``sample.<sampler>``)."""
 
     sampler: str = "ddim"  # one of the objective's samplers (ddim, ddpm = ancestral; euler, heun, dopri5, sde)
     steps: int = setting(100, at_least=1, meaning="sampler steps")
@@ -256,6 +258,7 @@ class SampleConfig:
     batch_size: int = setting(256, at_least=1, meaning="images per sampling batch")
     atol: float = setting(1e-5, above=0)
     rtol: float = setting(1e-5, above=0)
+    sections: dict[str, Any] = plugin_sections("sample")
 
 
 @dataclass
@@ -287,6 +290,30 @@ def as_dict(section: Any) -> dict[str, Any]:
         else:
             out[item.name] = copy.deepcopy(value)
     return out
+
+
+def with_changes(section: Any, changes: dict[str, Any]) -> Any:
+    """``dataclasses.replace`` of a section whose ``changes`` may also name its plug-in
+    sub-sections (``{"guidance": 2.0, "mysampler": MySamplerConfig(...)}``)."""
+    plugins = next((f.name for f in fields(section) if "plugins" in f.metadata), None)
+    own = {f.name for f in fields(section)}
+    sub = {name: value for name, value in changes.items() if name not in own}
+    if sub and plugins is None:
+        raise ConfigError(f"{type(section).__name__} has no setting(s) {sorted(sub)}")
+    if sub:
+        changes = {**{k: v for k, v in changes.items() if k in own},
+                   plugins: {**getattr(section, plugins), **sub}}
+    return dataclasses.replace(section, **changes)
+
+
+def sampler_settings(sample: SampleConfig) -> dict[str, Any]:
+    """The settings that decide a sample set's images: the shared ones and the chosen sampler's own
+    section (other samplers' sections change nothing)."""
+    values = {f.name: copy.deepcopy(getattr(sample, f.name)) for f in fields(sample) if "plugins" not in f.metadata}
+    own = sample.sections.get(sample.sampler)
+    if own is not None:
+        values[sample.sampler] = as_dict(own) if is_dataclass(own) else copy.deepcopy(own)
+    return values
 
 
 def _field_types(cls: type) -> dict[str, Any]:
@@ -679,7 +706,7 @@ def sample_changes(overrides: list[str]) -> dict[str, Any]:
         return {}
     changed = apply_overrides(Config(), wanted).sample
     names = {o.split("=", 1)[0].strip().split(".")[1] for o in wanted}
-    return {name: getattr(changed, name) for name in names}
+    return {name: getattr(changed, name) for name in names}  # a sampler's own section whole: its checked values
 
 
 def save_config(config: Config, path: str | Path) -> None:

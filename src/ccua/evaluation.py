@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from ccua.build import check_config, load_checked_config, stored_config
-from ccua.config import Config, DataConfig, apply_overrides
+from ccua.config import Config, DataConfig, apply_overrides, with_changes
 from ccua.data import is_latent
 from ccua.distributed import DistInfo, barrier
 from ccua.metrics.weights import DEFAULT_CACHE, feature_weights_path, file_sha256
@@ -312,7 +312,7 @@ class _Source:
             self.eval_root = self.npz.parent / ("eval" if self.npz.name == SAMPLE_FILE else f"eval_{self.npz.stem}")
             return
         self.loaded = LoadedModel(path, use_ema=use_ema, device=dist.device)
-        self.sample = replace(self.loaded.config.sample, **changes, use_ema=self.loaded.use_ema)
+        self.sample = with_changes(self.loaded.config.sample, {**changes, "use_ema": self.loaded.use_ema})
         check_config(replace(self.loaded.config, sample=self.sample))  # the sampler fits the objective
         self.data = self.loaded.config.data
         loaded = self.loaded

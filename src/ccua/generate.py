@@ -25,7 +25,7 @@ from torch import Tensor, nn
 
 from ccua.build import build_model, build_objective, check_config, stored_config
 from ccua.checkpoint import check_weights, checked_header, load_checkpoint
-from ccua.config import Config, SampleConfig
+from ccua.config import Config, SampleConfig, sampler_settings, with_changes
 from ccua.distributed import DistInfo, on_main, own_items, shared_map
 from ccua.exported import WEIGHTS_FILE, is_export, read_export, write_export
 from ccua.files import atomic_file, write_text_atomic
@@ -354,11 +354,11 @@ def sample_run(run: str | Path, out: str | Path | None = None, *, changes: dict 
     by default the run's ``samples/<step, sampler, guidance, images per class, seed>``."""
     dist = dist or DistInfo()
     loaded = LoadedModel(run, use_ema=use_ema, device=dist.device)
-    sample = dataclasses.replace(loaded.config.sample, **(changes or {}), use_ema=loaded.use_ema)
+    sample = with_changes(loaded.config.sample, {**(changes or {}), "use_ema": loaded.use_ema})
     check_config(dataclasses.replace(loaded.config, sample=sample))  # the sampler fits the objective
     labels = None if classes is None else torch.tensor(classes, dtype=torch.long).repeat_interleave(per_class)
     if out is None:
-        out = loaded.run_dir / "samples" / sample_tag(loaded.step, asdict(sample), per_class, seed)
+        out = loaded.run_dir / "samples" / sample_tag(loaded.step, sampler_settings(sample), per_class, seed)
     return sample_to_folder(loaded, out, sample, labels=labels, per_class=per_class, seed=seed,
                             write_pngs=write_pngs, overwrite=overwrite, dist=dist)
 
@@ -378,7 +378,7 @@ def _write_sample_set(loaded: LoadedModel, out: Path, sample: SampleConfig, labe
         "ema": loaded.use_ema, "seed": seed, "num_samples": int(len(labels)),
         "samples_per_class": np.bincount(labels.numpy(), minlength=num_classes).tolist(),
         "train_class_counts": loaded.class_counts, "data": asdict(loaded.config.data),
-        **{f"sample_{k}": v for k, v in asdict(sample).items()},
+        **{f"sample_{k}": v for k, v in sampler_settings(sample).items()},
     }
     if request is not None:
         info["request"] = request

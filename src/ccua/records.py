@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ccua.config import SampleConfig
+from ccua.config import SampleConfig, sampler_settings
 
 #: raised when what a record holds, or how metrics are computed from it, changes meaning
 RECORD_FORMAT = 1
@@ -46,7 +46,7 @@ class SampleRequest:
             name = str(checkpoint.resolve().relative_to(run_dir.resolve()))
         except ValueError:
             name = checkpoint.name
-        settings = {k: v for k, v in asdict(sample).items() if k not in _NOT_IN_SAMPLES}
+        settings = {k: v for k, v in sampler_settings(sample).items() if k not in _NOT_IN_SAMPLES}
         return cls(run, name, checkpoint.stat().st_size, int(step), bool(ema), int(seed), int(per_class),
                    int(num_classes), settings)
 

@@ -1,20 +1,40 @@
 """Training objectives (DDPM epsilon, flow velocity), each with its own samplers.
 
 ``OBJECTIVES`` is the registry of ``diffusion.objective`` names; each objective's ``samplers``
-mapping is the registry of the ``sample.sampler`` names it offers.
+mapping is the registry of the ``sample.sampler`` names it offers. A new sampler is a function in
+a module of its own and one :func:`register_sampler` line.
 """
 
 from __future__ import annotations
 
-from ccua.diffusion.base import (LABEL_DROP_MODES, NoisedBatch, Objective, drop_labels, guided_prediction,
+from ccua.config import register_settings
+from ccua.diffusion.base import (LABEL_DROP_MODES, NoisedBatch, Objective, SamplerFn, drop_labels, guided_prediction,
                                  per_sample_mse)
 from ccua.diffusion.ddpm import DDPM
 from ccua.diffusion.flow import Flow
 
 #: ``diffusion.objective`` -> the objective class
 OBJECTIVES: dict[str, type[Objective]] = {"ddpm": DDPM, "flow": Flow}
-#: every ``sample.sampler`` name, objective by objective (each objective's ``samplers`` owns its own)
-SAMPLERS: tuple[str, ...] = tuple(name for objective in OBJECTIVES.values() for name in objective.samplers)
 
-__all__ = ["DDPM", "Flow", "LABEL_DROP_MODES", "NoisedBatch", "OBJECTIVES", "Objective", "SAMPLERS", "drop_labels",
-           "guided_prediction", "per_sample_mse"]
+
+def register_sampler(objective: type[Objective], name: str, run: SamplerFn, settings: type | None = None) -> None:
+    """Offer sampler ``name`` (``sample.sampler=<name>``, ``--sampler <name>``) for ``objective``.
+
+    ``run(objective, predict, noise, sample, progress, generator)`` returns the samples (see
+    :meth:`Objective.sample`); ``settings``, a dataclass declared with :func:`ccua.config.setting`,
+    becomes the config section ``sample.<name>``, which ``run`` reads as ``sample.<name>``.
+    """
+    if any(name in other.samplers for other in OBJECTIVES.values()):
+        raise ValueError(f"a sampler named {name!r} is already registered")
+    objective.samplers = {**objective.samplers, name: run}  # the class's own mapping, not its base's
+    if settings is not None:
+        register_settings("sample", name, settings)
+
+
+def sampler_names() -> tuple[str, ...]:
+    """Every ``sample.sampler`` name, objective by objective (each objective's ``samplers`` owns its own)."""
+    return tuple(name for objective in OBJECTIVES.values() for name in objective.samplers)
+
+
+__all__ = ["DDPM", "Flow", "LABEL_DROP_MODES", "NoisedBatch", "OBJECTIVES", "Objective", "drop_labels",
+           "guided_prediction", "per_sample_mse", "register_sampler", "sampler_names"]
