@@ -75,13 +75,28 @@ def _done(path: Path) -> tuple[list[dict], set[tuple]]:
 
 
 def _print(rows: list[dict]) -> None:
-    print("| run | step | sampler | w | group | n | train images | copies (class) | copies (whole set) | "
-          "distinct nearest |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
-    for r in rows:
-        print(f"| {r['run']} | {r['step']} | {r['sampler']} | {float(r['guidance']):g} | {r['group']} | {r['n']} | "
-              f"{r['n_train']} | "
-              f"{float(r['copy_share']):.3f} | {float(r['copy_share_whole_set']):.3f} | {r['distinct_nearest']} |")
+    """One table per run, sampler and w: a row per checkpoint, a cell per group holding the near-copy
+    share within the class / against the whole set / distinct nearest / median ratio."""
+    groups = ["head", "body", "tail"]
+    tables = sorted({(r["run"], r["sampler"], float(r["guidance"])) for r in rows})
+    for run, sampler, w in tables:
+        cells: dict[int, dict[str, dict]] = {}
+        for r in rows:
+            if (r["run"], r["sampler"], float(r["guidance"])) == (run, sampler, w):
+                cells.setdefault(int(r["step"]), {})[r["group"]] = r
+        print(f"\n{run}, {sampler}, w = {w:g} (class / all / distinct / ratio)\n")
+        print("| step | " + " | ".join(groups) + " |")
+        print("|---|" + "---|" * len(groups))
+        for step in sorted(cells):
+            shown = [_cell(cells[step].get(group)) for group in groups]
+            print(f"| {step} | " + " | ".join(shown) + " |")
+
+
+def _cell(row: dict | None) -> str:
+    if row is None:
+        return "-"
+    return (f"{100 * float(row['copy_share']):.1f}% / {100 * float(row['copy_share_whole_set']):.1f}% / "
+            f"{row['distinct_nearest']} / {float(row['median_ratio']):.2f}")
 
 
 def plot(rows: list[dict], path: Path) -> None:

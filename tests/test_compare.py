@@ -170,3 +170,26 @@ def test_shipped_studies_are_found_by_name():
     assert Path(study).is_file() and Path(study).name == "fashion_mnist_lt.yaml"
     assert load_study(find_study("fashion_mnist_lt_memorising")).preset == "fashion_mnist_lt"
     assert find_study("studies/fashion_mnist_lt.yaml") == "studies/fashion_mnist_lt.yaml"
+
+
+@pytest.mark.parametrize("text, message", [
+    ("variantz: {}", r"unknown config key 'variantz' \(valid keys: preset, variants,"),
+    ("evaluation: {per_clas: 3}", r"unknown config key 'per_clas' in 'evaluation'"),
+    ("jobs: 0", r"jobs=0 must be a positive integer"),
+    ("evaluation: {per_class: ten}", r"evaluation.per_class must be an integer, got 'ten'"),
+    ("steps: -5", r"steps=-5 must be an integer >= 0"),
+    ("variants: [plain]", r"variants must be a mapping"),
+])
+def test_a_study_file_is_read_with_the_configs_parser_and_checks(tmp_path, text, message):
+    """Study files get the config's YAML (1e-3 is a number), unknown keys with the valid ones,
+    types and ranges."""
+    from ccua.compare import load_study
+    from ccua.config import ConfigError
+
+    study = tmp_path / "study.yaml"
+    study.write_text("preset: fashion_mnist_lt\nvariants: {plain: ['method.names=[plain]']}\n" + text + "\n")
+    with pytest.raises(ConfigError, match=message):
+        load_study(study)
+    study.write_text("preset: fashion_mnist_lt\nvariants: {plain: ['method.names=[plain]']}\n"
+                     "evaluation: {guidance: 1e0, guidance_grid: [0, 1e0]}\n")
+    assert (load_study(study).guidance, load_study(study).guidance_grid) == (1.0, [0.0, 1.0])

@@ -35,7 +35,8 @@ from typing import Any
 import torch
 
 from ccua.build import load_checked_config
-from ccua.config import Config, ConfigError, preset_names, read_yaml_file, save_config
+from ccua.config import (Config, ConfigError, as_dict, preset_names, read_yaml_file, save_config,
+                         section_from_dict, setting)
 from ccua.data import SPLITS
 from ccua.jobs import Job, JobsFailed, run_jobs, worker_slot
 from ccua.launch import child_environment, gpu_group, torchrun_command
@@ -113,9 +114,35 @@ class CompareSettings:
 
 # --------------------------------------------------------------------------- study files
 
-_STUDY_KEYS = {"preset", "variants", "seeds", "steps", "overrides", "evaluation", "baseline", "jobs", "gpus_per_run"}
-_EVALUATION_KEYS = {"per_class", "features", "feature_path", "guidance", "guidance_grid", "proxy_per_class",
-                    "sampler_steps", "tail_seeds", "max_reference", "references"}
+@dataclass
+class StudyEvaluation:
+    """A study file's ``evaluation:`` section (None: ``ccua compare``'s default)."""
+
+    per_class: int | None = setting(None, at_least=1, meaning="generated images per class")
+    features: str | None = None
+    feature_path: str | None = None
+    guidance: float | None = setting(None, at_least=-1, at_most=100)
+    guidance_grid: list[float] | None = None
+    proxy_per_class: int | None = setting(None, at_least=1, meaning="images per class of the guidance proxy")
+    sampler_steps: int | None = setting(None, at_least=1, meaning="sampler steps")
+    tail_seeds: int | None = setting(None, at_least=0, meaning="columns of the tail grid; 0 = none")
+    max_reference: int | None = setting(None, at_least=1, meaning="reference images")
+    references: list[str] | None = None
+
+
+@dataclass
+class StudyFile:
+    """A study file (``studies/*.yaml``), read with the config's parser and checks."""
+
+    preset: str | None = None
+    variants: dict[str, Any] = field(default_factory=dict)  # name -> overrides, or {overrides, seeds}
+    seeds: list[int] | None = None
+    steps: int | None = setting(None, at_least=0, meaning="training steps of every run")
+    overrides: list[str] = field(default_factory=list)
+    evaluation: StudyEvaluation = field(default_factory=StudyEvaluation)
+    baseline: str | None = None
+    jobs: int | None = setting(None, at_least=1, meaning="runs side by side")
+    gpus_per_run: int | None = setting(None, at_least=1, meaning="GPUs per run")
 
 
 def study_names() -> list[str]:
@@ -156,40 +183,35 @@ def load_study(path: str | Path, only: list[str] | None = None, **changes: Any) 
     ``only`` keeps the named variants (in the file's order), e.g. the core of a long study first: its
     runs, evaluations and reports are the same as in the whole study's, which later skips them."""
     path = Path(path)
-    data = read_yaml_file(path, "study file") or {}
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: a study file holds a mapping at the top level, got {type(data).__name__}")
-    unknown = set(data) - _STUDY_KEYS
-    if unknown:
-        raise ConfigError(f"{path}: unknown study key(s) {sorted(unknown)} (valid: {sorted(_STUDY_KEYS)})")
-    evaluation = data.get("evaluation") or {}
-    unknown = set(evaluation) - _EVALUATION_KEYS
-    if unknown:
-        raise ConfigError(f"{path}: unknown evaluation key(s) {sorted(unknown)} (valid: {sorted(_EVALUATION_KEYS)})")
-    variants = []
-    for name, spec in (data.get("variants") or {}).items():
-        spec = {"overrides": spec} if isinstance(spec, list) else dict(spec or {})
-        if set(spec) - {"overrides", "seeds"} or not isinstance(spec.get("overrides", []), list):
-            raise ConfigError(f"{path}: variant {name!r} must be a list of overrides or "
-                              "{overrides: [...], seeds: [...]}")
-        seeds = spec.get("seeds")
-        if seeds is not None and (not isinstance(seeds, list) or not seeds
-                                  or not all(isinstance(x, int) and not isinstance(x, bool) for x in seeds)):
-            raise ConfigError(f"{path}: variant {name!r}: seeds must be a non-empty list of integers, got {seeds!r}")
-        variants.append(Variant(str(name), [str(o) for o in spec.get("overrides", [])], seeds))
+    study = section_from_dict(StudyFile, read_yaml_file(path, "study file") or {}, str(path))
+    if not isinstance(study.variants, dict):
+        raise ConfigError(f"{path}: variants must be a mapping of variant names to overrides")
+    variants = [_variant(path, str(name), spec) for name, spec in study.variants.items()]
     if only:
         unknown = [name for name in only if name not in {v.name for v in variants}]
         if unknown:
             raise ConfigError(f"{path}: no variant(s) {unknown} (the file has {[v.name for v in variants]})")
         variants = [v for v in variants if v.name in only]
-    settings = {"preset": data.get("preset"), "variants": variants, "seeds": data.get("seeds", [0]),
-                "steps": data.get("steps"), "overrides": [str(o) for o in data.get("overrides", [])],
-                "baseline": data.get("baseline"), "jobs": data.get("jobs", 1),
-                "gpus_per_run": data.get("gpus_per_run"), **evaluation}
-    if not settings["preset"]:
+    if not study.preset:
         raise ConfigError(f"{path}: a study needs `preset:` (a preset name or YAML config)")
-    settings.update({k: v for k, v in changes.items() if v is not None})
-    return CompareSettings(**settings)
+    given = {"preset": study.preset, "variants": variants, "seeds": study.seeds, "steps": study.steps,
+             "overrides": study.overrides, "baseline": study.baseline, "jobs": study.jobs,
+             "gpus_per_run": study.gpus_per_run, **as_dict(study.evaluation)}
+    given.update({k: v for k, v in changes.items() if v is not None})
+    return CompareSettings(**{k: v for k, v in given.items() if v is not None})
+
+
+def _variant(path: Path, name: str, spec: Any) -> Variant:
+    """One entry of a study's ``variants:``: a list of overrides, or {overrides: [...], seeds: [...]}."""
+    spec = {"overrides": spec} if isinstance(spec, list) else spec
+    if not isinstance(spec, dict) or set(spec) - {"overrides", "seeds"} or not isinstance(spec.get("overrides", []),
+                                                                                           list):
+        raise ConfigError(f"{path}: variant {name!r} must be a list of overrides or {{overrides: [...], seeds: [...]}}")
+    seeds = spec.get("seeds")
+    if seeds is not None and (not isinstance(seeds, list) or not seeds
+                              or not all(isinstance(x, int) and not isinstance(x, bool) for x in seeds)):
+        raise ConfigError(f"{path}: variant {name!r}: seeds must be a non-empty list of integers, got {seeds!r}")
+    return Variant(name, [str(o) for o in spec.get("overrides", [])], seeds)
 
 
 def study_settings(study_or_preset: str, *, only: list[str] | None = None, methods: list[str] | None = None,

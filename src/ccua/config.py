@@ -450,6 +450,21 @@ def with_defaults(values: dict[str, Any] | None, stored: bool = False) -> dict[s
     return _merge(Config().to_dict(), values)
 
 
+def section_from_dict(cls: type, values: dict[str, Any], source: str) -> Any:
+    """A settings dataclass other than :class:`Config` (e.g. a study file's) from a mapping read
+    from ``source``: the same key, type and range checks as a config's; ConfigError naming ``source``."""
+    if not isinstance(values, dict):
+        raise ConfigError(f"{source}: a mapping is needed at the top level, got {type(values).__name__}")
+    try:
+        section = _build(cls, values)
+    except ConfigError as error:
+        raise ConfigError(f"{source}: {error}") from None
+    problem = next(_section_problems(section, ""), None)
+    if problem is not None:
+        raise ConfigError(f"{source}: {problem}")
+    return section
+
+
 def config_from_dict(values: dict[str, Any], stored: bool = False) -> Config:
     """A :class:`Config` from a (possibly partial) nested mapping: keys, types and ranges checked.
 

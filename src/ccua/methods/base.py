@@ -81,3 +81,11 @@ class Method:
     def loss_terms(self, context: StepContext, outputs: PassOutputs) -> dict[str, Tensor]:
         """Named scalar terms, already multiplied by their weights. Default: none."""
         return {}
+
+
+def batch_problem(methods: list[Method], per_process_batch: int) -> str | None:
+    """The message for a per-process batch too small for one of ``methods`` (its ``min_batch``), or
+    None: the one check of it, made before training and at every step."""
+    short = [f"method {m.name!r} needs a per-process batch of at least {m.min_batch}" for m in methods
+             if per_process_batch < m.min_batch]
+    return f"{'; '.join(short)}, got {per_process_batch}" if short else None

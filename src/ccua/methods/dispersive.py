@@ -61,8 +61,4 @@ class Dispersive(Method):
 
     def loss_terms(self, context: StepContext, outputs: PassOutputs) -> dict[str, Tensor]:
         h = outputs.representations["cond"]
-        if h.shape[0] < self.min_batch:
-            raise ValueError(
-                f"dispersive needs at least {self.min_batch} samples per batch (per process), got {h.shape[0]}"
-            )
         return {"dispersive": self.config.weight * dispersive_loss(h, self.config.temperature)}

@@ -105,8 +105,6 @@ class OCLT(Method):
             )
         batch = context.batch
         size = batch.x_t.shape[0]
-        if size < self.min_batch:
-            raise ValueError(f"oclt needs at least {self.min_batch} samples per batch (per process), got {size}")
         log_probs = donor_log_probs(batch.x_t, batch.x0, objective.alpha_bar(batch.t))
         donor = t2h_donors(log_probs, context.labels, context.class_counts)
         swapped = donor != torch.arange(size, device=donor.device)

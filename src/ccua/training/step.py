@@ -9,7 +9,7 @@ import torch
 from torch import Tensor, nn
 
 from ccua.diffusion.base import Objective, drop_labels, per_sample_mse
-from ccua.methods.base import Method, PassOutputs, StepContext
+from ccua.methods.base import Method, PassOutputs, StepContext, batch_problem
 
 
 def select_rows(context: Any, index: Tensor) -> Any:
@@ -85,10 +85,9 @@ def training_losses(runner: nn.Module, objective: Objective, methods: list[Metho
 
     The denoising loss is on the conditional pass only ("dm"); each method adds named terms.
     """
-    for method in methods:
-        if x0.shape[0] < method.min_batch:
-            raise ValueError(f"method {method.name!r} needs a per-process batch of at least {method.min_batch}, "
-                             f"got {x0.shape[0]}")
+    problem = batch_problem(methods, x0.shape[0])
+    if problem:
+        raise ValueError(problem)
     batch = objective.noise_batch(x0)
     cond_labels, dropped = drop_labels(labels, null_label, label_drop_prob, label_drop_mode)
     context = StepContext(batch=batch, labels=labels, cond_labels=cond_labels, dropped=dropped,

@@ -32,6 +32,7 @@ from ccua.data import build_training_set, is_latent
 from ccua.data.batches import ResumableBatchSampler, batch_generator_seed, seed_everything
 from ccua.files import write_text_atomic
 from ccua.generate import generate_uint8, grid_labels, vae_decoder
+from ccua.methods.base import batch_problem
 from ccua.images import save_grid
 from ccua.progress import progress_bar
 from ccua.runs import (LOSS_LOG, RunFolder, auto_resume, check_writable, checkpoint_folder, claim_run_dir,
@@ -165,12 +166,10 @@ class Trainer:
 
     def _check_methods(self) -> None:
         # Names and combinations were checked with the config; the batch needs the process count.
-        for method in self.methods:
-            if self.micro_batch < method.min_batch:
-                raise ConfigError(
-                    f"method {method.name!r} needs a per-process batch of at least {method.min_batch}; "
-                    f"train.batch_size={self.config.train.batch_size} over {self.dist.world_size} processes "
-                    f"in {self.config.train.accumulate} micro-batch(es) gives {self.micro_batch}")
+        problem = batch_problem(self.methods, self.micro_batch)
+        if problem:
+            raise ConfigError(f"{problem}: train.batch_size={self.config.train.batch_size} over "
+                              f"{self.dist.world_size} processes in {self.config.train.accumulate} micro-batch(es)")
 
     def _resume_state(self, resume: str | None, run_dir: str | Path | None) -> tuple[dict | None, Path | None]:
         """The checkpoint contents to resume (None: a fresh start) and the run folder (None: a new one)."""
