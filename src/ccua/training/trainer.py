@@ -76,6 +76,27 @@ def _keeps_training_rng(method):
     return wrapper
 
 
+class _IntervalMeter:
+    """Running sums of the loss terms over the steps since the last log line, and their speed."""
+
+    def __init__(self) -> None:
+        self.sums: dict[str, float] = {}
+        self.steps = 0
+        self.start = time.perf_counter()
+
+    def add(self, terms: dict[str, float]) -> None:
+        for key, value in terms.items():
+            self.sums[key] = self.sums.get(key, 0.0) + value
+        self.steps += 1
+
+    def take(self) -> tuple[dict[str, float], float, int]:
+        """(the interval's mean terms, its seconds, its steps); starts the next interval."""
+        elapsed, steps = time.perf_counter() - self.start, self.steps
+        means = {key: value / steps for key, value in self.sums.items()}
+        self.__init__()
+        return means, elapsed, steps
+
+
 class Trainer:
     """Trains ``config`` in a new numbered run folder (or ``run_dir``), or resumes a checkpoint exactly.
 
@@ -85,30 +106,53 @@ class Trainer:
 
     def __init__(self, config: Config, resume: str | None = None, run_dir: str | Path | None = None,
                  device: str | None = None):
-        self.config = config = check_config(config)  # names and shapes, before any data is read
+        # 1. everything that can be checked before any data is read: names, shapes, batch sizes
+        self.config = config = check_config(config)
         self.dist: DistInfo = init_distributed(device, config.train.dist_timeout_minutes)
         self.device = self.dist.device
-        train = config.train
         self.local_batch, self.micro_batch = self._batch_sizes()
-        # Everything that can be checked without the data is checked before it is read.
         self.methods = build_methods(config.method)
         self._check_methods()
+        # 2. the checkpoint to resume, if any (read, not yet applied), and the run folder it belongs to
         self.resume_from: Path | None = None
         self.resume_changes: dict[str, list] = {}
         self.unreadable: list[Path] = []  # newer checkpoints of the run that could not be read
         resume_state, run_dir = self._resume_state(resume, run_dir)
-        check_writable(checkpoint_folder(run_dir) if run_dir is not None else Path(train.out_dir))
+        check_writable(checkpoint_folder(run_dir) if run_dir is not None else Path(config.train.out_dir))
+        # 3. data, model and optimiser, with the same initial weights in every process
+        seed_everything(config.train.seed)
+        self._build_parts()
+        # 4. the run folder, then the resumed state (or a released model's weights) on top
+        self.run_dir = self._claim_run_dir(run_dir)
+        self.checkpoint_dir = checkpoint_folder(self.run_dir)
+        self._start_weights(resume_state)
+        if resume_state is None:  # different noise, times and dropout in every process
+            seed_everything(batch_generator_seed(config.train.seed, self.dist.rank))
+        # 5. what the loop uses: the (DDP-wrapped, compiled) forward runner and the outputs made while training
+        runner = PassRunner(self.model)
+        self.runner = maybe_compile(DistributedDataParallel(runner) if self.dist.enabled else runner,
+                                    config.train.compile)
+        self.class_counts_tensor = torch.tensor(self.class_counts, dtype=torch.float32, device=self.device)
+        self.reporters: Reporters | None = None  # TensorBoard, W&B (process 0, while training)
+        self._proxy = None
+        self._decode = None
+        self._grid_noise_seed = config.train.seed + 12345
+        self.signals: StopSignals | None = None  # while training: the stop signals received
+        self.stop_agreed = False  # set by train_step: some process received a stop signal
 
-        seed_everything(train.seed)  # the same initial weights in every process
+    def _build_parts(self) -> None:
+        """The training set, the model (checked to fit the device first), the objective, the EMA,
+        the optimiser and its schedule; step 0."""
+        config, train = self.config, self.config.train
         self.dataset = build_training_set(config.data)
         self.class_counts = self.dataset.class_counts()
         x_example, _ = self.dataset[0]
         self.data_shape = tuple(x_example.shape)
         configure_backends(train.tf32)
-        check_model_fits(config, self.data_shape[0], self.dataset.num_classes, self.data_shape[1], self.micro_batch,
-                         self.device)
-        self.model = to_memory_format(build_model(config.model, self.data_shape[0], self.dataset.num_classes,
-                                                  self.data_shape[1]).to(self.device), train.channels_last)
+        channels, classes, side = self.data_shape[0], self.dataset.num_classes, self.data_shape[1]
+        check_model_fits(config, channels, classes, side, self.micro_batch, self.device)
+        self.model = to_memory_format(build_model(config.model, channels, classes, side).to(self.device),
+                                      train.channels_last)
         self.objective = build_objective(config.diffusion)
         self.latent = is_latent(config.data)
         self.ema = EMA(self.model, train.ema_decay)
@@ -119,25 +163,12 @@ class Trainer:
             self.optimizer, lambda step: min(1.0, (step + 1) / warmup) if warmup else 1.0)
         self.step = 0
 
-        if run_dir is None:  # a new numbered folder, claimed by the main process
-            run_dir = claim_run_dir(train.out_dir, config.name) if self.dist.is_main else None
+    def _claim_run_dir(self, run_dir: Path | None) -> Path:
+        """``run_dir``, or a new numbered folder claimed by process 0 and shared with the others."""
+        if run_dir is None:
+            run_dir = claim_run_dir(self.config.train.out_dir, self.config.name) if self.dist.is_main else None
             run_dir = gather_objects(run_dir, self.dist)[0]
-        self.run_dir = Path(run_dir)
-        self.checkpoint_dir = checkpoint_folder(self.run_dir)
-        self._start_weights(resume_state)
-        seed_rank = batch_generator_seed(train.seed, self.dist.rank)
-        if resume_state is None:
-            seed_everything(seed_rank)  # different noise, times and dropout in every process
-
-        runner = PassRunner(self.model)
-        self.runner = maybe_compile(DistributedDataParallel(runner) if self.dist.enabled else runner, train.compile)
-        self.class_counts_tensor = torch.tensor(self.class_counts, dtype=torch.float32, device=self.device)
-        self.reporters: Reporters | None = None  # TensorBoard, W&B (process 0, while training)
-        self._proxy = None
-        self._decode = None
-        self._grid_noise_seed = train.seed + 12345
-        self.signals: StopSignals | None = None  # while training: the stop signals received
-        self.stop_agreed = False  # set by train_step: some process received a stop signal
+        return Path(run_dir)
 
     # ------------------------------------------------------------------ set-up helpers
     def _batch_sizes(self) -> tuple[int, int]:
@@ -389,39 +420,43 @@ class Trainer:
         return open(self.run_dir / LOSS_LOG, "a") if self.dist.is_main else None
 
     def _loop(self, log_file, progress) -> None:
-        """Steps until ``train.steps`` or until the processes agree to stop on a signal."""
+        """Steps until ``train.steps`` or until the processes agree to stop on a signal, with two
+        periodic hooks: the loss log (every ``log_every`` steps) and the run's outputs (checkpoint,
+        sample grid, proxy FID, each at its own interval)."""
         train = self.config.train
         data = iter(self._loader())
-        running: dict[str, float] = {}
-        interval_start, interval_steps = time.perf_counter(), 0
+        meter = _IntervalMeter()
         while self.step < train.steps:
             x0, labels = next(data)
-            terms = self.train_step(x0.to(self.device), labels.to(self.device))
-            for key, value in terms.items():
-                running[key] = running.get(key, 0.0) + value
-            interval_steps += 1
+            meter.add(self.train_step(x0.to(self.device), labels.to(self.device)))
             progress.update(1)
             if self.step % train.log_every == 0 or self.step == train.steps:
-                elapsed = time.perf_counter() - interval_start
-                record = {k: v / interval_steps for k, v in running.items()}
-                record.update(step=self.step, lr=self.scheduler.get_last_lr()[0],
-                              steps_per_sec=interval_steps / elapsed,
-                              images_per_sec=interval_steps * train.batch_size / elapsed)
-                if self.dist.is_main:
-                    self._log(record, log_file)
-                    # refresh=False: shown at the bar's next redraw, which keeps its interval in a log file
-                    progress.set_postfix(loss=f"{record['total']:.4f}", refresh=False)
-                running, interval_start, interval_steps = {}, time.perf_counter(), 0
+                self._log_interval(*meter.take(), log_file, progress)
             if self.stop_agreed:
                 break  # to the checkpoint at once: the time until the kill is short
-            if train.ckpt_every and self.step % train.ckpt_every == 0 and self.step < train.steps:
-                self.save()
-            if train.sample_every and self.step % train.sample_every == 0 and self.step < train.steps:
-                self.write_sample_grid()
-                barrier(self.dist)
-            if train.proxy_every and self.step % train.proxy_every == 0:
-                self.log_proxy_fid()
-                barrier(self.dist)
+            self._periodic_outputs()
+
+    def _log_interval(self, means: dict[str, float], seconds: float, steps: int, log_file, progress) -> None:
+        """The mean loss terms and speed of the steps since the last log line (process 0 writes)."""
+        record = {**means, "step": self.step, "lr": self.scheduler.get_last_lr()[0], "steps_per_sec": steps / seconds,
+                  "images_per_sec": steps * self.config.train.batch_size / seconds}
+        if self.dist.is_main:
+            self._log(record, log_file)
+            # refresh=False: shown at the bar's next redraw, which keeps its interval in a log file
+            progress.set_postfix(loss=f"{record['total']:.4f}", refresh=False)
+
+    def _periodic_outputs(self) -> None:
+        """A checkpoint, a sample grid and a proxy FID, each every N steps of its own setting (the
+        last step's checkpoint and grid are written after the loop)."""
+        train, step = self.config.train, self.step
+        if train.ckpt_every and step % train.ckpt_every == 0 and step < train.steps:
+            self.save()
+        if train.sample_every and step % train.sample_every == 0 and step < train.steps:
+            self.write_sample_grid()
+            barrier(self.dist)
+        if train.proxy_every and step % train.proxy_every == 0:
+            self.log_proxy_fid()
+            barrier(self.dist)
 
     def _stop(self) -> None:
         """After a stop signal: one checkpoint of this step, then exit 75."""
