@@ -143,6 +143,8 @@ def main() -> None:
     parser.add_argument("--eta", type=float, default=0.0, help="DDIM's eta (1: fresh noise at every step)")
     parser.add_argument("--out", required=True, help="CSV file (rows already there are kept, not measured again)")
     parser.add_argument("--plot", default=None, help="PNG of the curves")
+    parser.add_argument("--plot-sampler", default=None,
+                        help="plot only this sampler's rows, as the table names it (e.g. 'ddim50 eta1')")
     args = parser.parse_args()
     out = Path(args.out)
     rows, done = _done(out)
@@ -162,7 +164,7 @@ def main() -> None:
                 print(f"{folder.path.name} step {step} w {w:g}: measured", flush=True)
     _print(rows)
     if args.plot:
-        plot(rows, Path(args.plot))
+        plot([r for r in rows if args.plot_sampler in (None, r["sampler"])], Path(args.plot))
         print(f"plot: {args.plot}")
 
 
