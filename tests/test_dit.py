@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from ccua.config import DiTConfig, ModelConfig, load_config
+from ccua.config import ModelConfig, load_config, with_changes
+from ccua.models.dit import DiTConfig
 from ccua.methods.ccua import CCUAConfig
 from ccua.build import build_objective
 from ccua.diffusion import Flow
@@ -47,7 +48,7 @@ def test_registry_is_complete_and_rejects_unknown():
 
 
 def test_sit_s2_builds_with_the_published_size():
-    config = ModelConfig(arch="dit", dit=DiTConfig(size="SiT-S/2"))
+    config = with_changes(ModelConfig(arch="dit"), {"dit": DiTConfig(size="SiT-S/2")})
     model = build_model(config, in_channels=4, num_classes=1000, resolution=8)
     # N/4 taps the output of block index 3, as the released SiT code: 4 blocks
     assert (model.depth, model.hidden_size, model.patch_size, model.encoder_depth) == (12, 384, 2, 4)
@@ -136,13 +137,14 @@ def test_wrong_input_size_is_refused():
 
 
 def test_build_model_from_config_fields():
-    config = ModelConfig(arch="dit", dit=DiTConfig(depth=3, hidden_size=64, num_heads=2, patch_size=4, encoder_depth="N"))
+    config = with_changes(ModelConfig(arch="dit"),
+                          {"dit": DiTConfig(depth=3, hidden_size=64, num_heads=2, patch_size=4, encoder_depth="N")})
     model = build_model(config, in_channels=1, num_classes=10, resolution=16)
     assert isinstance(model, DiT)
     assert (model.depth, model.hidden_size, model.patch_size, model.encoder_depth, model.num_tokens) == (3, 64, 4, 3, 16)
     assert model(torch.randn(2, 1, 16, 16), torch.rand(2), torch.tensor([0, 10])).shape == (2, 1, 16, 16)
     with pytest.raises(ValueError, match="encoder_depth"):
-        build_model(ModelConfig(arch="dit", dit=DiTConfig(encoder_depth="N/3")), 1, 10, 16)
+        build_model(with_changes(ModelConfig(arch="dit"), {"dit": DiTConfig(encoder_depth="N/3")}), 1, 10, 16)
 
 
 def test_ucl_backprops_into_the_encoder():

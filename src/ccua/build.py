@@ -20,8 +20,8 @@ from typing import Iterable, Iterator
 import torch
 from torch import nn
 
-from ccua.config import (DIT_SIZE_FIELDS, Config, ConfigError, DiffusionConfig, DiTConfig, MethodConfig, ModelConfig,
-                         config_from_dict, load_config, range_problems, with_plugin_settings)
+from ccua.config import (Config, ConfigError, DiffusionConfig, MethodConfig, ModelConfig, config_from_dict, load_config,
+                         range_problems, with_changes, with_plugin_settings)
 from ccua.data import DATA_SETS, is_latent
 from ccua.diffusion import LABEL_DROP_MODES, OBJECTIVES, Objective, sampler_names
 from ccua.diffusion.solvers import SOLVERS
@@ -29,8 +29,6 @@ from ccua.diffusion.ddpm import ANCESTRAL_VARIANCES
 from ccua.methods import METHODS, PLAIN, Method, check_combination
 from ccua.metrics import FEATURE_NETS
 from ccua.models import BACKBONES
-from ccua.models.dit import resolve_dit_size, size_from_config
-from ccua.models.unet import UNet
 from ccua.reporters import reporter_problems
 
 #: ``train.optimizer`` -> the optimizer class
@@ -55,39 +53,33 @@ def stored_config(values: dict) -> Config:
 
 
 def check_config(config: Config) -> Config:
-    """``config`` when every registry knows its names and its parts fit together, with a named
-    DiT size written into ``model.dit``'s depth and width (so config.yaml shows the architecture
-    trained); else a ConfigError naming the first setting that does not, with the valid values."""
+    """``config`` when every registry knows its names and its parts fit together, with the
+    backbone's settings completed by the backbone (a named DiT size written into its depth and
+    width, so config.yaml shows the architecture trained); else a ConfigError naming the first
+    setting that does not, with the valid values."""
     config = with_plugin_settings(config)  # every plug-in is registered by now: its section is built and checked
     problems = itertools.chain(range_problems(config), _choice_problems(config), _method_problems(config),
                                _sampling_problems(config), reporter_problems(config.train.report_to))
     problem = next(problems, None)
     if problem is None:
-        config = _with_dit_size(config)
-        problem = next(_model_problems(config), None)
+        config = _with_complete_model(config)
+        model = config.model
+        problem = next(BACKBONES[model.arch].settings_problems(getattr(model, model.arch), config.data.resolution),
+                       None)
     if problem is not None:
         raise ConfigError(problem)
     return config
 
 
-def _with_dit_size(config: Config) -> Config:
-    """A DiT config with its named size's numbers in its fields. A field set to a value that is
-    neither its default nor the size's conflicts with the size: ConfigError."""
-    dit = config.model.dit
-    if config.model.arch != "dit" or dit.size is None:
+def _with_complete_model(config: Config) -> Config:
+    """``config`` with its backbone's settings completed by the backbone (a DiT's named size written
+    into its depth and width); ConfigError where they conflict."""
+    model = config.model
+    section = getattr(model, model.arch)
+    completed = BACKBONES[model.arch].complete_settings(section)
+    if completed is section:
         return config
-    try:
-        size = resolve_dit_size(dit.size)
-    except ValueError as error:
-        raise ConfigError(f"model.dit.size: {error}") from None
-    named, default = {key: getattr(size, key) for key in DIT_SIZE_FIELDS}, DiTConfig()
-    conflicts = [f"model.dit.{key}={getattr(dit, key)}" for key, value in named.items()
-                 if getattr(dit, key) not in (value, getattr(default, key))]
-    if conflicts:
-        raise ConfigError(f"model.dit.size={dit.size!r} sets {', '.join(f'{k}={v}' for k, v in named.items())}, "
-                          f"but {', '.join(conflicts)} {'is' if len(conflicts) == 1 else 'are'} also given: "
-                          "remove one of them")
-    return dataclasses.replace(config, model=dataclasses.replace(config.model, dit=dataclasses.replace(dit, **named)))
+    return dataclasses.replace(config, model=with_changes(model, {model.arch: completed}))
 
 
 def _choice_problems(config: Config) -> Iterator[str]:
@@ -101,7 +93,6 @@ def _choice_problems(config: Config) -> Iterator[str]:
         "train.proxy_features": (config.train.proxy_features, FEATURE_NETS),
         "sample.sampler": (config.sample.sampler, sampler_names()),
         "sample.ddpm_variance": (config.sample.ddpm_variance, ANCESTRAL_VARIANCES),
-        "model.unet.null_embedding": (config.model.unet.null_embedding, UNet.NULL_EMBEDDINGS),
     }
     for key, (value, valid) in choices.items():
         if value not in valid:
@@ -134,29 +125,6 @@ def _sampling_problems(config: Config) -> Iterator[str]:
     if sample.clip_x0 and (diffusion.objective != "ddpm" or is_latent(config.data)):
         yield ("sample.clip_x0=true clips x0 to the pixel range [-1, 1]: it needs the ddpm objective on pixel data "
                "(latents are not bounded)")
-
-
-def _model_problems(config: Config) -> Iterator[str]:
-    """Backbone settings that do not fit the data resolution or each other."""
-    resolution = config.data.resolution
-    if config.model.arch == "unet":
-        unet = config.model.unet
-        factor = 2 ** (len(unet.ch_mult) - 1)
-        if resolution % factor:
-            yield (f"data.resolution={resolution} must be divisible by {factor}: the U-Net halves it "
-                   f"{len(unet.ch_mult) - 1} times (model.unet.ch_mult={unet.ch_mult})")
-        return
-    dit = config.model.dit
-    try:
-        size_from_config(dit)
-    except ValueError as error:
-        yield f"model.dit: {error}"
-        return
-    if resolution % dit.patch_size:
-        yield f"data.resolution={resolution} is not divisible by model.dit.patch_size={dit.patch_size}"
-    elif dit.hidden_size % dit.num_heads or dit.hidden_size % 4:
-        yield (f"model.dit.hidden_size={dit.hidden_size} must be divisible by 4 (position embedding) and by "
-               f"model.dit.num_heads={dit.num_heads}")
 
 
 # --------------------------------------------------------------------------- parts

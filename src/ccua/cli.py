@@ -336,7 +336,7 @@ def _seed_groupings() -> Iterable[str]:
 def _add_train(sub) -> None:
     p = sub.add_parser("train", help="train from a preset or YAML config with key=value overrides")
     p.add_argument("config", nargs="*", help=f"preset ({', '.join(preset_names())}) or YAML path, then overrides "
-                                             "such as model.unet.ch=64 train.batch_size=32")
+                                             "such as train.lr=1e-4 train.batch_size=32")
     p.add_argument("--resume", default=None,
                    help='"auto" (continue the newest run of this name if it has a checkpoint, else start it: the '
                         'same command for the first launch and every requeue), "latest", a run folder or a '

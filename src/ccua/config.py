@@ -52,7 +52,7 @@ def setting(default: Any = dataclasses.MISSING, *, factory: Any = None, at_least
 #: registers its class (:func:`register_settings`, through ``ccua.methods.register_method`` or
 #: ``ccua.diffusion.register_sampler``); the group's config section then has a sub-section of that
 #: name (``method.<name>.*``, ``sample.<name>.*``).
-PLUGIN_SETTINGS: dict[str, dict[str, type]] = {"method": {}, "sample": {}}
+PLUGIN_SETTINGS: dict[str, dict[str, type]] = {"model": {}, "method": {}, "sample": {}}
 
 
 def register_settings(group: str, name: str, settings: type) -> None:
@@ -116,50 +116,12 @@ class DataConfig:
 
 
 @dataclass
-class UNetConfig:
-    """The DDPM U-Net (``model.arch: unet``)."""
-
-    ch: int = setting(128, at_least=1, meaning="U-Net base channels")
-    ch_mult: list[int] = field(default_factory=lambda: [1, 2, 2, 2])
-    attn_resolutions: list[int] = field(default_factory=lambda: [16])
-    num_res_blocks: int = setting(2, at_least=0, meaning="U-Net residual blocks per level")
-    dropout: float = setting(0.1, at_least=0, below=1)
-    # What the unconditional pass (the null label) adds to the time embedding: zero = nothing, as
-    # the released U-Net (its unconditional call passes no label); learned = a trained embedding
-    # row of its own, as DiT. Configs stored before this setting existed were trained learned.
-    null_embedding: str = "zero"
-
-    def problems(self) -> Iterator[str]:
-        if not self.ch_mult or min(self.ch_mult) < 1:
-            yield f"model.unet.ch_mult={self.ch_mult} must be a non-empty list of positive integers"
-
-
-@dataclass
-class DiTConfig:
-    """DiT / SiT (``model.arch: dit``): a published size, or explicit depth and width (not both)."""
-
-    # a published size such as "SiT-S/2": it sets depth, hidden_size, num_heads, patch_size and
-    # mlp_ratio (written into them when the config is checked); giving one of those as well, with
-    # another value than the size's, is an error
-    size: str | None = None
-    depth: int = setting(4, at_least=1, meaning="DiT blocks")
-    hidden_size: int = setting(128, at_least=1, meaning="DiT width")
-    num_heads: int = setting(4, at_least=1, meaning="DiT attention heads")
-    patch_size: int = setting(2, at_least=1, meaning="DiT patch side")
-    mlp_ratio: float = setting(4.0, above=0)
-    encoder_depth: str = "N/4"  # where encode() stops: N/8, N/4, N/2, 3N/4, N or a block count
-    # a released DiT/SiT checkpoint (DiT-XL-2-256x256.pt, SiT-XL-2-256x256.pt) to start from instead of
-    # DiT's initialisation (models/dit_release.py); used when a run starts, not when it resumes
-    init_from: str | None = None
-
-
-@dataclass
-class ModelConfig:
-    """The backbone: ``arch`` names it; its settings are the section of the same name."""
+class ModelConfig(PluginSectionAccess):
+    """The backbone: ``arch`` names it; each registered backbone's settings are the section of the
+    same name (``model.<arch>``), declared in the backbone's own module."""
 
     arch: str = "unet"  # one of ccua.models.BACKBONES (unet, dit)
-    unet: UNetConfig = field(default_factory=UNetConfig)
-    dit: DiTConfig = field(default_factory=DiTConfig)
+    sections: dict[str, Any] = plugin_sections("model")
 
 
 @dataclass
@@ -668,7 +630,7 @@ def _read_yaml(name_or_path: str, folder: Path | None = None, chain: tuple[str, 
 
 
 def parse_overrides(overrides: list[str]) -> dict[str, Any]:
-    """Turn ``["model.unet.ch=64", "method.names=[ccua,cbdm]"]`` into a nested mapping."""
+    """Turn ``["train.lr=1e-4", "method.names=[ccua,cbdm]"]`` into a nested mapping."""
     nested: dict[str, Any] = {}
     for item in overrides:
         if "=" not in item:

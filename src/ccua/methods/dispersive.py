@@ -3,7 +3,7 @@
     L_disp = lambda * log mean_{i,j} exp(-||z_i - z_j||^2 / (D * tau))
 
 on z = flatten(h) of the conditional pass, h the encoder output at the backbone's encode/decode
-seam (U-Net: bottleneck; DiT: after model.dit.encoder_depth blocks), D its dimension. The mean runs
+seam (U-Net: bottleneck; DiT: after its encoder_depth blocks), D its dimension. The mean runs
 over all B^2 pairs with the diagonal (distance 0) included, as in the release. No noise-level
 weighting. At B = 1 the value is exactly log 1 = 0 with zero gradient, so the method needs B >= 2.
 """

@@ -14,16 +14,38 @@ paper text all N blocks; see :func:`encoder_blocks` for how a fraction becomes a
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from fractions import Fraction
+from typing import Iterator
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ccua.config import DiTConfig
+from ccua.config import DIT_SIZE_FIELDS, ConfigError, setting
 from ccua.models.unet import timestep_embedding
+
+
+@dataclass
+class DiTConfig:
+    """``model.dit``: DiT / SiT (``model.arch: dit``), a published size or explicit depth and width
+    (not both)."""
+
+    # a published size such as "SiT-S/2": it sets depth, hidden_size, num_heads, patch_size and
+    # mlp_ratio (written into them when the config is checked); giving one of those as well, with
+    # another value than the size's, is an error
+    size: str | None = None
+    depth: int = setting(4, at_least=1, meaning="DiT blocks")
+    hidden_size: int = setting(128, at_least=1, meaning="DiT width")
+    num_heads: int = setting(4, at_least=1, meaning="DiT attention heads")
+    patch_size: int = setting(2, at_least=1, meaning="DiT patch side")
+    mlp_ratio: float = setting(4.0, above=0)
+    encoder_depth: str = "N/4"  # where encode() stops: N/8, N/4, N/2, 3N/4, N or a block count
+    # a released DiT/SiT checkpoint (DiT-XL-2-256x256.pt, SiT-XL-2-256x256.pt) to start from instead of
+    # DiT's initialisation (models/dit_release.py); used when a run starts, not when it resumes
+    init_from: str | None = None
 
 
 @dataclass(frozen=True)
@@ -190,6 +212,52 @@ class DiT(nn.Module):
     The model does not drop labels itself: classifier-free guidance training is the trainer's
     (it passes ``null_label`` where a label is dropped). There is no dropout, as in DiT.
     """
+
+    settings = DiTConfig
+
+    @classmethod
+    def settings_problems(cls, config: DiTConfig, resolution: int) -> Iterator[str]:
+        """Settings that do not name an architecture, or do not fit the data resolution."""
+        try:
+            size_from_config(config)
+        except ValueError as error:
+            yield f"model.dit: {error}"
+            return
+        if resolution % config.patch_size:
+            yield f"data.resolution={resolution} is not divisible by model.dit.patch_size={config.patch_size}"
+        elif config.hidden_size % config.num_heads or config.hidden_size % 4:
+            yield (f"model.dit.hidden_size={config.hidden_size} must be divisible by 4 (position embedding) and "
+                   f"by model.dit.num_heads={config.num_heads}")
+
+    @classmethod
+    def complete_settings(cls, config: DiTConfig) -> DiTConfig:
+        """The settings with a named size's numbers in their fields (so config.yaml shows the
+        architecture trained). A field set to a value that is neither its default nor the size's
+        conflicts with the size: ConfigError."""
+        if config.size is None:
+            return config
+        try:
+            size = resolve_dit_size(config.size)
+        except ValueError as error:
+            raise ConfigError(f"model.dit.size: {error}") from None
+        named, default = {key: getattr(size, key) for key in DIT_SIZE_FIELDS}, DiTConfig()
+        conflicts = [f"model.dit.{key}={getattr(config, key)}" for key, value in named.items()
+                     if getattr(config, key) not in (value, getattr(default, key))]
+        if conflicts:
+            raise ConfigError(f"model.dit.size={config.size!r} sets {', '.join(f'{k}={v}' for k, v in named.items())}"
+                              f", but {', '.join(conflicts)} {'is' if len(conflicts) == 1 else 'are'} also given: "
+                              "remove one of them")
+        return dataclasses.replace(config, **named)
+
+    @classmethod
+    def load_initial_weights(cls, model: nn.Module, config: DiTConfig) -> bool:
+        """A released DiT/SiT's weights when ``init_from`` names one (True), else nothing (False)."""
+        if not config.init_from:
+            return False
+        from ccua.models.dit_release import load_release_weights
+
+        load_release_weights(model, config.init_from)
+        return True
 
     @classmethod
     def from_config(cls, config: DiTConfig, in_channels: int, num_classes: int, resolution: int) -> "DiT":

@@ -8,13 +8,36 @@ runs the up path. forward = decode(encode(...)).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Iterator
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ccua.config import UNetConfig
+from ccua.config import setting
+
+#: ``model.unet.null_embedding``: what the null label adds to the time embedding
+NULL_EMBEDDINGS = ("zero", "learned")
+
+
+@dataclass
+class UNetConfig:
+    """``model.unet``: the DDPM U-Net (``model.arch: unet``)."""
+
+    ch: int = setting(128, at_least=1, meaning="U-Net base channels")
+    ch_mult: list[int] = field(default_factory=lambda: [1, 2, 2, 2])
+    attn_resolutions: list[int] = field(default_factory=lambda: [16])
+    num_res_blocks: int = setting(2, at_least=0, meaning="U-Net residual blocks per level")
+    dropout: float = setting(0.1, at_least=0, below=1)
+    # What the unconditional pass (the null label) adds to the time embedding: zero = nothing, as
+    # the released U-Net (its unconditional call passes no label); learned = a trained embedding
+    # row of its own, as DiT. Configs stored before this setting existed were trained learned.
+    null_embedding: str = setting("zero", choices=NULL_EMBEDDINGS)
+
+    def problems(self) -> Iterator[str]:
+        if not self.ch_mult or min(self.ch_mult) < 1:
+            yield f"model.unet.ch_mult={self.ch_mult} must be a non-empty list of positive integers"
 
 
 def timestep_embedding(t: Tensor, dim: int, max_period: float = 10000.0) -> Tensor:
@@ -102,7 +125,25 @@ class UNet(nn.Module):
     ``null_embedding="zero"`` (the released U-Net) it adds nothing to the time embedding, with
     ``"learned"`` it has a trained embedding row of its own."""
 
-    NULL_EMBEDDINGS = ("zero", "learned")
+    NULL_EMBEDDINGS = NULL_EMBEDDINGS
+    settings = UNetConfig
+
+    @classmethod
+    def settings_problems(cls, config: UNetConfig, resolution: int) -> Iterator[str]:
+        """Settings that do not fit the data resolution."""
+        factor = 2 ** (len(config.ch_mult) - 1)
+        if resolution % factor:
+            yield (f"data.resolution={resolution} must be divisible by {factor}: the U-Net halves it "
+                   f"{len(config.ch_mult) - 1} times (model.unet.ch_mult={config.ch_mult})")
+
+    @classmethod
+    def complete_settings(cls, config: UNetConfig) -> UNetConfig:
+        return config
+
+    @classmethod
+    def load_initial_weights(cls, model: nn.Module, config: UNetConfig) -> bool:
+        """Nothing to load: the U-Net starts from its own initialisation."""
+        return False
 
     @classmethod
     def from_config(cls, config: UNetConfig, in_channels: int, num_classes: int, resolution: int) -> "UNet":

@@ -33,6 +33,7 @@ from ccua.data.batches import ResumableBatchSampler, batch_generator_seed, seed_
 from ccua.files import write_text_atomic
 from ccua.generate import generate_uint8, grid_labels, vae_decoder
 from ccua.methods.base import batch_problem
+from ccua.models import BACKBONES
 from ccua.images import save_grid
 from ccua.progress import progress_bar
 from ccua.runs import (LOSS_LOG, RunFolder, auto_resume, check_writable, checkpoint_folder, claim_run_dir,
@@ -184,15 +185,12 @@ class Trainer:
         return local, local // train.accumulate
 
     def _start_weights(self, resume_state: dict | None) -> None:
-        """The checkpoint's state on a resume; a released DiT/SiT's weights with
-        ``model.dit.init_from``; else the model's own initialisation."""
+        """The checkpoint's state on a resume; else what the backbone starts from (a released
+        DiT/SiT's weights with its ``init_from``), else the model's own initialisation."""
         model = self.config.model
         if resume_state is not None:
             self._restore(self.resume_from, resume_state)
-        elif model.arch == "dit" and model.dit.init_from:
-            from ccua.models.dit_release import load_release_weights
-
-            load_release_weights(self.model, model.dit.init_from)
+        elif BACKBONES[model.arch].load_initial_weights(self.model, getattr(model, model.arch)):
             self.ema = EMA(self.model, self.config.train.ema_decay)  # the average starts from the loaded weights
 
     def _check_methods(self) -> None:
