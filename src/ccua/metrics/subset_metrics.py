@@ -9,6 +9,7 @@ metric is a :class:`SubsetMetric` and one :func:`register_metric` line (docs/ext
 
 from __future__ import annotations
 
+import abc
 from dataclasses import dataclass
 from typing import Any
 
@@ -48,13 +49,14 @@ class SubsetInputs:
     reference_stats: GaussianStats | None = None  # cached statistics of the whole reference (overall only)
 
 
-class SubsetMetric:
+class SubsetMetric(abc.ABC):
     """A metric of one subset: ``score`` returns its columns' keys (and any bookkeeping keys)."""
 
     columns: tuple[Column, ...] = ()
 
+    @abc.abstractmethod
     def score(self, inputs: SubsetInputs) -> dict[str, Any]:
-        raise NotImplementedError
+        """The metric's numbers for one subset, keyed as its ``columns`` declare."""
 
 
 FID = Column("fid", "fid", "FID", "FID", digits=2)
