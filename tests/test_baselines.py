@@ -9,7 +9,6 @@ import math
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from ccua.build import build_methods, load_checked_config
 from ccua.config import ConfigError, MethodConfig

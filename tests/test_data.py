@@ -6,7 +6,6 @@ import tarfile
 
 import numpy as np
 import pytest
-from PIL import Image
 
 from ccua.config import DataConfig
 from ccua.data import (DataError, ResumableBatchSampler, balanced_class_probabilities, build_training_set,

@@ -18,7 +18,7 @@ import yaml
 from ccua.config import ConfigError, config_from_dict
 from ccua.training import train
 from ccua import checkpoint as checkpoint_module
-from ccua.checkpoint import CheckpointError, list_checkpoints, load_checkpoint, save_checkpoint
+from ccua.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from ccua.runs import claim_run_dir, resume_candidates
 from tests.conftest import merge_sections, tiny_config_dict
 

@@ -12,7 +12,7 @@ Everything the command line does with these is the same code (``ccua sample`` / 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -20,8 +20,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from ccua.build import check_config, load_checked_config
-from ccua.config import Config, DataConfig, with_changes
+from ccua.build import load_checked_config
+from ccua.config import Config, DataConfig
 from ccua.generate import LoadedModel
 from ccua.metrics.subset_metrics import CLASS_ACCURACY, FID, KID, PRECISION, RECALL
 
@@ -62,8 +62,7 @@ class TrainedRun:
         depends only on (seed, i), as on the command line."""
         changes = {k: v for k, v in {"sampler": sampler, "steps": steps, "guidance": guidance}.items()
                    if v is not None}
-        settings = with_changes(self.config.sample, {**changes, **sample_settings})
-        check_config(replace(self.config, sample=settings))  # ranges, and the sampler fits the objective
+        settings = self._loaded.sample_settings({**changes, **sample_settings})
         labels = torch.as_tensor(labels, dtype=torch.long).flatten()
         if labels.numel() and (labels.min() < 0 or labels.max() >= len(self.class_counts)):
             raise ValueError(f"labels must be in [0, {len(self.class_counts) - 1}]")

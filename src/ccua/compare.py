@@ -184,8 +184,6 @@ def load_study(path: str | Path, only: list[str] | None = None, **changes: Any) 
     runs, evaluations and reports are the same as in the whole study's, which later skips them."""
     path = Path(path)
     study = section_from_dict(StudyFile, read_yaml_file(path, "study file") or {}, str(path))
-    if not isinstance(study.variants, dict):
-        raise ConfigError(f"{path}: variants must be a mapping of variant names to overrides")
     variants = [_variant(path, str(name), spec) for name, spec in study.variants.items()]
     if only:
         unknown = [name for name in only if name not in {v.name for v in variants}]

@@ -71,15 +71,19 @@ def plugin_sections(group: str) -> Any:
                  metadata={"plugins": group})
 
 
+def plugins_field(section: Any) -> dataclasses.Field | None:
+    """The field of a section (class or instance) made by :func:`plugin_sections`, if it has one."""
+    return next((f for f in fields(section) if "plugins" in f.metadata), None)
+
+
 class PluginSectionAccess:
     """Attribute access to the plug-in sub-sections of a section: ``config.method.<name>``."""
 
     def __getattr__(self, name: str) -> Any:
-        if not name.startswith("__"):
-            for section in fields(self):  # type: ignore[arg-type]
-                sections = self.__dict__.get(section.name) if "plugins" in section.metadata else None
-                if sections is not None and name in sections:
-                    return sections[name]
+        plugins = None if name.startswith("__") else plugins_field(self)  # type: ignore[arg-type]
+        sections = self.__dict__.get(plugins.name) if plugins is not None else None
+        if sections is not None and name in sections:
+            return sections[name]
         raise AttributeError(f"{type(self).__name__} has no setting or plug-in section {name!r}")
 
 
@@ -257,25 +261,22 @@ def as_dict(section: Any) -> dict[str, Any]:
 def with_changes(section: Any, changes: dict[str, Any]) -> Any:
     """``dataclasses.replace`` of a section whose ``changes`` may also name its plug-in
     sub-sections (``{"guidance": 2.0, "mysampler": MySamplerConfig(...)}``)."""
-    plugins = next((f.name for f in fields(section) if "plugins" in f.metadata), None)
+    plugins = plugins_field(section)
     own = {f.name for f in fields(section)}
     sub = {name: value for name, value in changes.items() if name not in own}
     if sub and plugins is None:
         raise ConfigError(f"{type(section).__name__} has no setting(s) {sorted(sub)}")
     if sub:
         changes = {**{k: v for k, v in changes.items() if k in own},
-                   plugins: {**getattr(section, plugins), **sub}}
+                   plugins.name: {**getattr(section, plugins.name), **sub}}
     return dataclasses.replace(section, **changes)
 
 
 def sampler_settings(sample: SampleConfig) -> dict[str, Any]:
     """The settings that decide a sample set's images: the shared ones and the chosen sampler's own
     section (other samplers' sections change nothing)."""
-    values = {f.name: copy.deepcopy(getattr(sample, f.name)) for f in fields(sample) if "plugins" not in f.metadata}
-    own = sample.sections.get(sample.sampler)
-    if own is not None:
-        values[sample.sampler] = as_dict(own) if is_dataclass(own) else copy.deepcopy(own)
-    return values
+    others = set(sample.sections) - {sample.sampler}
+    return {key: value for key, value in as_dict(sample).items() if key not in others}
 
 
 def _field_types(cls: type) -> dict[str, Any]:
@@ -297,6 +298,10 @@ def _coerce(value: Any, annotation: Any, path: str) -> Any:
             return None
         inner = [a for a in args if a is not type(None)]
         return _coerce(value, inner[0], path)
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{path} must be a mapping, got {value!r}")
+        return value
     if origin is list:
         if isinstance(value, tuple):
             value = list(value)
@@ -329,8 +334,8 @@ def _coerce(value: Any, annotation: Any, path: str) -> Any:
 
 def _build(cls: type, values: dict[str, Any], path: str = "") -> Any:
     types = _field_types(cls)
-    own = [f for f in fields(cls) if "plugins" not in f.metadata]
-    plugins = next((f for f in fields(cls) if "plugins" in f.metadata), None)
+    plugins = plugins_field(cls)
+    own = [f for f in fields(cls) if f is not plugins]
     registered = PLUGIN_SETTINGS[plugins.metadata["plugins"]] if plugins else {}
     valid = [f.name for f in own] + list(registered)
     kwargs: dict[str, Any] = {}
@@ -364,30 +369,25 @@ def with_plugin_settings(config: Config) -> Config:
     read before its plug-in registered is a plain mapping until then. ConfigError for a section
     that no plug-in registered (a misspelt ``method.cuaa.alpha``)."""
     config = _build(Config, config.to_dict())
-    for path, section in _plugin_sections(config):
-        unknown = [name for name, value in section.items() if not is_dataclass(value)]
+    for path, section in _sections_with_plugins(config):
+        sections = getattr(section, plugins_field(section).name)
+        unknown = [name for name, value in sections.items() if not is_dataclass(value)]
         if unknown:
-            valid = [f.name for f in fields(_get_dotted_section(config, path)) if "plugins" not in f.metadata]
+            valid = [f.name for f in fields(section) if f is not plugins_field(section)]
+            valid += [name for name in sections if name not in unknown]
             raise ConfigError(f"unknown config key {', '.join(repr(k) for k in unknown)} in '{path}' "
-                              f"(valid keys: {', '.join(valid + [n for n in section if n not in unknown])})")
+                              f"(valid keys: {', '.join(valid)})")
     return config
 
 
-def _plugin_sections(section: Any, path: str = "") -> Iterator[tuple[str, dict[str, Any]]]:
-    """(path of the section, its plug-in sub-sections) for every section holding plug-ins."""
+def _sections_with_plugins(section: Any, path: str = "") -> Iterator[tuple[str, Any]]:
+    """(path, section) of every section holding plug-in sub-sections."""
+    if plugins_field(section) is not None:
+        yield path, section
     for item in fields(section):
         value = getattr(section, item.name)
-        if "plugins" in item.metadata:
-            yield path, value
-        elif is_dataclass(value):
-            yield from _plugin_sections(value, f"{path}.{item.name}" if path else item.name)
-
-
-def _get_dotted_section(config: Config, path: str) -> Any:
-    node: Any = config
-    for part in path.split("."):
-        node = getattr(node, part)
-    return node
+        if is_dataclass(value):
+            yield from _sections_with_plugins(value, f"{path}.{item.name}" if path else item.name)
 
 
 def _merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:

@@ -8,14 +8,14 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ccua.build import check_config, load_checked_config, stored_config
-from ccua.config import Config, DataConfig, apply_overrides, with_changes
+from ccua.build import load_checked_config, stored_config
+from ccua.config import Config, DataConfig, apply_overrides
 from ccua.data import is_latent
 from ccua.distributed import DistInfo, barrier
 from ccua.metrics.weights import DEFAULT_CACHE, feature_weights_path, file_sha256
@@ -75,7 +75,8 @@ def source_config(source: str | Path) -> Config:
     return stored_config({"data": info["data"]})
 
 
-def evaluation_data(source: str | Path, data: str | None = None, overrides: list[str] | None = None) -> DataConfig | None:
+def evaluation_data(source: str | Path, data: str | None = None,
+                    overrides: list[str] | None = None) -> DataConfig | None:
     """The reference data set of an evaluation: the preset or YAML ``data``'s (with the ``data.*``
     ``overrides``), else the source's own with them; None for the source's own unchanged (read
     where it is evaluated)."""
@@ -187,8 +188,9 @@ class _Scorer:
         options = self.options
         train_counts, counts_source = _training_counts(info, self.data)
         result = evaluate(images, labels, self.reference, train_counts, self.net,
-                          cache_dir=options.cache_dir / "features", group_mode=options.group_mode, per_class=options.per_class_metrics,
-                          max_reference=options.max_reference, seed=options.seed, dist=options.dist)
+                          cache_dir=options.cache_dir / "features", group_mode=options.group_mode,
+                          per_class=options.per_class_metrics, max_reference=options.max_reference, seed=options.seed,
+                          dist=options.dist)
         if result is None:
             return None
         result["train_class_counts_source"] = counts_source
@@ -311,11 +313,9 @@ class _Source:
             # each sample file its own root, so two files of one folder never share an evaluation
             self.eval_root = self.npz.parent / ("eval" if self.npz.name == SAMPLE_FILE else f"eval_{self.npz.stem}")
             return
-        self.loaded = LoadedModel(path, use_ema=use_ema, device=dist.device)
-        self.sample = with_changes(self.loaded.config.sample, {**changes, "use_ema": self.loaded.use_ema})
-        check_config(replace(self.loaded.config, sample=self.sample))  # the sampler fits the objective
-        self.data = self.loaded.config.data
-        loaded = self.loaded
+        self.loaded = loaded = LoadedModel(path, use_ema=use_ema, device=dist.device)
+        self.sample = loaded.sample_settings(changes)
+        self.data = loaded.config.data
         self.record = SampleRequest.of(loaded.config.name, loaded.checkpoint_path, loaded.run_dir, loaded.step,
                                        loaded.use_ema, seed, per_class, len(loaded.class_counts), self.sample)
         self.eval_root = self.loaded.run_dir / "eval"

@@ -190,6 +190,13 @@ class LoadedModel:
         """Latent models: a function from latents to pixels through the configured VAE."""
         return vae_decoder(self.config.data.vae, self.device) if self.latent else None
 
+    def sample_settings(self, changes: dict | None = None) -> SampleConfig:
+        """The run's sampler settings with ``changes`` applied (and the weights loaded, EMA or not),
+        checked: ranges, and the sampler fits the objective. ConfigError otherwise."""
+        sample = with_changes(self.config.sample, {**(changes or {}), "use_ema": self.use_ema})
+        check_config(dataclasses.replace(self.config, sample=sample))
+        return sample
+
     def sample(self, labels: Tensor, sample: SampleConfig, seed: int = 0, progress: bool = True) -> Tensor:
         """Images in [-1, 1] for ``labels``."""
         with self._naming_the_checkpoint():
@@ -354,8 +361,7 @@ def sample_run(run: str | Path, out: str | Path | None = None, *, changes: dict 
     by default the run's ``samples/<step, sampler, guidance, images per class, seed>``."""
     dist = dist or DistInfo()
     loaded = LoadedModel(run, use_ema=use_ema, device=dist.device)
-    sample = with_changes(loaded.config.sample, {**(changes or {}), "use_ema": loaded.use_ema})
-    check_config(dataclasses.replace(loaded.config, sample=sample))  # the sampler fits the objective
+    sample = loaded.sample_settings(changes)
     labels = None if classes is None else torch.tensor(classes, dtype=torch.long).repeat_interleave(per_class)
     if out is None:
         out = loaded.run_dir / "samples" / sample_tag(loaded.step, sampler_settings(sample), per_class, seed)

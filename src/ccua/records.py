@@ -143,4 +143,5 @@ def differing_keys(stored: dict[str, Any] | None, wanted: dict[str, Any]) -> lis
     return out
 
 
-__all__ = ["EvaluationRecord", "RECORD_FORMAT", "SampleFile", "SampleRequest", "Scoring", "differing_keys", "sample_tag"]
+__all__ = ["EvaluationRecord", "RECORD_FORMAT", "SampleFile", "SampleRequest", "Scoring", "differing_keys",
+           "sample_tag"]

@@ -77,6 +77,6 @@ def check_combination(names: list[str], objective_name: str) -> None:
             owner[pass_name] = name
 
 
-__all__ = ["CBDM", "CCUA", "DEFAULT_COMPARISON", "DiffROP", "Dispersive", "METHODS", "Method", "OCLT", "PLAIN", "PassOutputs", "StepContext",
-           "SupCon", "alignment_loss", "cbdm_loss", "check_combination", "class_prior", "diffrop_loss",
-           "dispersive_loss", "register_method", "supcon_loss", "ucl_loss"]
+__all__ = ["CBDM", "CCUA", "DEFAULT_COMPARISON", "DiffROP", "Dispersive", "METHODS", "Method", "OCLT", "PLAIN",
+           "PassOutputs", "StepContext", "SupCon", "alignment_loss", "cbdm_loss", "check_combination", "class_prior",
+           "diffrop_loss", "dispersive_loss", "register_method", "supcon_loss", "ucl_loss"]

@@ -75,6 +75,10 @@ class Method:
     #: (objective, why) when the method works with one objective only; None: with every objective
     only_objective: ClassVar[tuple[str, str] | None] = None
 
+    def __init__(self, config: Any = None):
+        """``config``: the method's settings section (default: its settings' defaults)."""
+        self.config = config if config is not None or self.settings is None else self.settings()
+
     def prepare(self, context: StepContext) -> None:
         """Called after noising, before the forward pass. Default: nothing."""
 

@@ -63,11 +63,9 @@ class CBDM(Method):
     name = "cbdm"
     passes = ("other",)
     settings = CBDMConfig
+    config: CBDMConfig
     min_batch = 1  # a per-sample loss: defined for any batch size
     published_guidance = 1.6  # CBDM-pytorch's README evaluates CBDM models with omega 1.6
-
-    def __init__(self, config: CBDMConfig | None = None):
-        self.config = config if config is not None else CBDMConfig()
 
     def prepare(self, context: StepContext) -> None:
         """Draw y' for every sample from the prior with torch's global generator."""

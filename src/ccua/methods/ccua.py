@@ -75,10 +75,12 @@ def ucl_loss(h: Tensor, temperature: float = 0.1, weight: Tensor | None = None, 
     z = h.flatten(1)
     z = F.normalize(z.to(torch.promote_types(z.dtype, torch.float32)), dim=1)
     candidates, first = z, 0
-    if negatives == "global" and torch_dist.is_available() and torch_dist.is_initialized() and torch_dist.get_world_size() > 1:
+    distributed = torch_dist.is_available() and torch_dist.is_initialized() and torch_dist.get_world_size() > 1
+    if negatives == "global" and distributed:
         from torch.distributed.nn.functional import all_gather
 
-        candidates, first = torch.cat(all_gather(z)), torch_dist.get_rank() * z.shape[0]  # equal shares: see the trainer
+        # equal shares of the batch: see the trainer
+        candidates, first = torch.cat(all_gather(z)), torch_dist.get_rank() * z.shape[0]
     if candidates.shape[0] < 2:
         raise ValueError(f"UCL needs at least 2 samples per batch (per process), got {h.shape[0]}")
     logits = (z @ candidates.T - 1.0) / temperature
@@ -181,12 +183,12 @@ class CCUA(Method):
     name = "ccua"
     passes = ("uncond",)
     settings = CCUAConfig
+    config: CCUAConfig
     min_batch = 2
 
     def __init__(self, config: CCUAConfig | None = None):
-        config = config if config is not None else CCUAConfig()
-        self.config = config
-        self.subsampled = config.ucl_fraction < 1 or config.uncond_fraction < 1
+        super().__init__(config)
+        self.subsampled = self.config.ucl_fraction < 1 or self.config.uncond_fraction < 1
         if self.subsampled:
             self.passes = ("ccua_uncond",)
 

@@ -45,10 +45,8 @@ class DiffROP(Method):
     name = "diffrop"
     passes = ()
     settings = DiffROPConfig
+    config: DiffROPConfig
     min_batch = 2  # one sample has no partner
-
-    def __init__(self, config: DiffROPConfig | None = None):
-        self.config = config if config is not None else DiffROPConfig()
 
     def prepare(self, context: StepContext) -> None:
         # drawn from torch's global generator, whose state checkpoints save: a resumed run repeats it

@@ -54,10 +54,8 @@ class Dispersive(Method):
     passes = ()
     # B = 1 gives exactly 0 (log 1) and no gradient: refuse a run that would silently be plain.
     settings = DispersiveConfig
+    config: DispersiveConfig
     min_batch = 2
-
-    def __init__(self, config: DispersiveConfig | None = None):
-        self.config = config if config is not None else DispersiveConfig()
 
     def loss_terms(self, context: StepContext, outputs: PassOutputs) -> dict[str, Tensor]:
         h = outputs.representations["cond"]

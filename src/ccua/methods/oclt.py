@@ -76,12 +76,13 @@ class OCLT(Method):
     passes = ()
     # At B = 1 the only donor is the sample itself: the method would silently do nothing.
     settings = OCLTConfig
+    config: OCLTConfig
     min_batch = 2
     published_guidance = 1.5  # the guidance its authors sample with
     only_objective = ("ddpm", "its transfer rule uses the DDPM sigma_t^2 = 1/alphabar_t - 1 and an epsilon target")
 
     def __init__(self, config: OCLTConfig | None = None):
-        self.config = config if config is not None else OCLTConfig()
+        super().__init__(config)
         self.last_donor: Tensor | None = None  # index of each sample's target image, last step
         self._last_swapped: Tensor | None = None
 

@@ -55,10 +55,8 @@ class SupCon(Method):
     name = "supcon"
     passes = ("uncond",)
     settings = SupConConfig
+    config: SupConConfig
     min_batch = 2
-
-    def __init__(self, config: SupConConfig | None = None):
-        self.config = config if config is not None else SupConConfig()
 
     def loss_terms(self, context: StepContext, outputs: PassOutputs) -> dict[str, Tensor]:
         weight = noise_weight(context.batch.s, self.config.weighting)
