@@ -113,7 +113,7 @@ CONFIG_CASES = [
     (["{w}/tiny.yaml", "sample.batch_size=0"], "sample.batch_size=0 must be a positive integer"),
     (["{w}/tiny.yaml", "model.unet.ch=0"], "model.unet.ch=0 must be a positive integer"),
     (["{w}/tiny.yaml", "model.unet.ch_mult=[1,2,2,2,2]"], "data.resolution=8 must be divisible by 16"),
-    (["{w}/tiny.yaml", "sample.steps=2000"], "sample.steps=2000 exceeds diffusion.timesteps=1000"),
+    (["{w}/tiny.yaml", "sample.steps=2000"], "sample.steps=2000 exceeds diffusion.ddpm.timesteps=1000"),
     (["{w}/tiny.yaml", "train.lr=0"], "train.lr=0.0 must be > 0"),
     (["{w}/tiny.yaml", "=3"], "the key '' must be dotted names"),
     (["{w}/tiny.yaml", "model.arch=dit", "model.dit.encoder_depth=N/3"],

@@ -2,7 +2,7 @@
 
 import pytest
 
-from ccua.build import load_checked_config
+from ccua.build import build_objective, load_checked_config, stored_config
 from ccua.config import ConfigError, load_config, parse_overrides, preset_names
 
 
@@ -84,6 +84,21 @@ def test_old_model_keys_of_user_files_are_moved_with_one_warning(tmp_path, caplo
     assert not caplog.records  # each old key is named once per process
     assert load_config(str(path), ["model.ch=24"]).model.unet.ch == 24
     assert load_config("fashion_mnist_lt", ["model.encoder_depth=N/2"]).model.dit.encoder_depth == "N/2"
+
+
+def test_ddpm_schedule_keys_of_earlier_configs_move_into_the_objectives_section(tmp_path, caplog, fresh_warnings):
+    path = tmp_path / "old.yaml"
+    path.write_text("base: fashion_mnist_lt\ndiffusion:\n  timesteps: 500\n  beta_end: 0.03\n")
+    with caplog.at_level("WARNING", logger="ccua.config"):
+        config = load_checked_config(str(path), ["diffusion.beta_start=0.001"])
+    ddpm = config.diffusion.ddpm
+    assert (ddpm.timesteps, ddpm.beta_start, ddpm.beta_end) == (500, 0.001, 0.03)
+    assert "diffusion.timesteps -> diffusion.ddpm.timesteps" in caplog.text
+    assert build_objective(config.diffusion).timesteps == 500
+    stored = config.to_dict()
+    stored["diffusion"] = {"objective": "ddpm", "timesteps": 250, "beta_start": 1e-4, "beta_end": 0.02,
+                           "label_drop_prob": 0.1, "label_drop_mode": "sample"}  # a checkpoint's config of before
+    assert stored_config(stored).diffusion.ddpm.timesteps == 250
 
 
 def test_one_setting_under_both_names_must_agree(tmp_path, fresh_warnings):

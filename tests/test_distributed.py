@@ -88,7 +88,7 @@ def _free_port() -> int:
 def runs(tmp_path_factory):
     """(one process's results, two processes' results per rank, their folders)."""
     root = tmp_path_factory.mktemp("distributed")
-    config = tiny_config_dict(root / "runs", train={"steps": 0}, diffusion={"timesteps": 40},
+    config = tiny_config_dict(root / "runs", train={"steps": 0}, diffusion={"ddpm": {"timesteps": 40}},
                               sample={"batch_size": 3})
     checkpoint = str(next((train(config_from_dict(config)) / "checkpoints").glob("*.pt")))
     (root / "one").mkdir()

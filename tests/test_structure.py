@@ -332,7 +332,8 @@ def _plugin_settings_named_outside(sources: dict[str, str]) -> list[str]:
     for group, plugins in PLUGIN_SETTINGS.items():
         for name, settings in plugins.items():
             own = Path(sys.modules[settings.__module__].__file__).relative_to(SRC)
-            pattern = re.compile(rf"\b{group}\.{name}\b|sections\[['\"]{name}['\"]\]"
+            # ccua.<group>.<name> is a module path (ccua.diffusion.ddpm), not a settings section
+            pattern = re.compile(rf"(?<!ccua\.)\b{group}\.{name}\b|sections\[['\"]{name}['\"]\]"
                                  rf"|sections\.get\(['\"]{name}['\"]")
             for where, text in sources.items():
                 path = Path(where)
@@ -352,5 +353,6 @@ def test_a_plugins_settings_are_named_in_its_own_module_only():
     # the check sees a section named elsewhere, as a key and as an attribute
     planted = {"build.py": "if config.method.ccua.alpha > 1:", "compare.py": '"method.cbdm.tau=2"',
                "training/trainer.py": "if config.model.dit.init_from:",
-               "config.py": 'MOVED_KEYS = {"model.ch": "model.unet.ch"}\nX = "model.unet.ch=8"'}
-    assert len(_plugin_settings_named_outside(planted)) == 4
+               "config.py": 'MOVED_KEYS = {"model.ch": "model.unet.ch"}\nX = "model.unet.ch=8"',
+               "generate.py": "from ccua.diffusion.ddpm import DDPM\nT = config.diffusion.ddpm.timesteps"}
+    assert len(_plugin_settings_named_outside(planted)) == 5

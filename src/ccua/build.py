@@ -118,8 +118,7 @@ def _sampling_problems(config: Config) -> Iterator[str]:
     if sample.sampler not in offered:
         owner = next(name for name, objective in OBJECTIVES.items() if sample.sampler in objective.samplers)
         yield f"sampler {sample.sampler!r} is for the {owner} objective; use {_one_of(offered)}"
-    if diffusion.objective == "ddpm" and sample.sampler in ("ddim", *SOLVERS) and sample.steps > diffusion.timesteps:
-        yield f"sample.steps={sample.steps} exceeds diffusion.timesteps={diffusion.timesteps}"
+    yield from OBJECTIVES[diffusion.objective].sampling_problems(diffusion.sections.get(diffusion.objective), sample)
     if sample.clip_x0 and sample.sampler in SOLVERS:
         yield f"sample.clip_x0=true is not applied by the {sample.sampler} solver: use ddim or ddpm to clip"
     if sample.clip_x0 and (diffusion.objective != "ddpm" or is_latent(config.data)):
@@ -191,8 +190,8 @@ def check_model_fits(config: Config, in_channels: int, num_classes: int, resolut
 
 
 def build_objective(config: DiffusionConfig) -> Objective:
-    """The objective ``config.objective`` with the settings it uses."""
-    return OBJECTIVES[config.objective].from_config(config)
+    """The objective ``config.objective`` from its section of settings (none for an objective without)."""
+    return OBJECTIVES[config.objective].from_config(config.sections.get(config.objective))
 
 
 def build_methods(config: MethodConfig) -> list[Method]:

@@ -2,8 +2,9 @@
 
 Every setting lives in a dataclass with its default and its valid values (:func:`setting`), so a
 run folder's ``config.yaml`` is the complete record of what was trained. The core sections are
-here; a plug-in (a method) declares its settings class in its own module and registers it
-(:func:`register_settings`), and the config gets a section of that name (``method.<name>``). This
+here; a plug-in (a backbone, an objective, a method, a sampler) declares its settings class in its
+own module and registers it (:func:`register_settings`), and the config gets a section of that
+name (``model.<arch>``, ``diffusion.<objective>``, ``method.<name>``, ``sample.<sampler>``). This
 module is data only: unknown keys (with the list of valid ones), types and the ranges written
 beside each field are checked here; whether a name exists (a data set, a sampler, ...) is asked
 of its registry by :func:`ccua.build.check_config`.
@@ -49,10 +50,10 @@ def setting(default: Any = dataclasses.MISSING, *, factory: Any = None, at_least
 
 
 #: plug-in settings by group: group -> plug-in name -> its settings class. A plug-in's own module
-#: registers its class (:func:`register_settings`, through ``ccua.methods.register_method`` or
-#: ``ccua.diffusion.register_sampler``); the group's config section then has a sub-section of that
-#: name (``method.<name>.*``, ``sample.<name>.*``).
-PLUGIN_SETTINGS: dict[str, dict[str, type]] = {"model": {}, "method": {}, "sample": {}}
+#: registers its class (:func:`register_settings`, through ``ccua.models.register_backbone``,
+#: ``ccua.diffusion.register_objective`` / ``register_sampler`` or ``ccua.methods.register_method``);
+#: the group's config section then has a sub-section of that name (``method.<name>.*``, ...).
+PLUGIN_SETTINGS: dict[str, dict[str, type]] = {"model": {}, "diffusion": {}, "method": {}, "sample": {}}
 
 
 def register_settings(group: str, name: str, settings: type) -> None:
@@ -129,20 +130,15 @@ class ModelConfig(PluginSectionAccess):
 
 
 @dataclass
-class DiffusionConfig:
-    """The training objective and classifier-free guidance training."""
+class DiffusionConfig(PluginSectionAccess):
+    """The training objective and classifier-free guidance training. Each registered objective
+    with settings of its own (DDPM's schedule) has its section here (``diffusion.<objective>``),
+    declared in the objective's module."""
 
     objective: str = "ddpm"  # one of ccua.diffusion.OBJECTIVES (ddpm, flow)
-    timesteps: int = setting(1000, at_least=1, meaning="DDPM steps T")
-    beta_start: float = 1e-4
-    beta_end: float = 0.02
     label_drop_prob: float = setting(0.1, at_least=0, below=1)
     label_drop_mode: str = "sample"  # sample (one coin per image) | batch (one coin per step)
-
-    def problems(self) -> Iterator[str]:
-        if not 0 < self.beta_start <= self.beta_end < 1:
-            yield (f"diffusion.beta_start={self.beta_start}, beta_end={self.beta_end}: "
-                   "need 0 < beta_start <= beta_end < 1")
+    sections: dict[str, Any] = plugin_sections("diffusion")
 
 
 @dataclass
@@ -443,13 +439,14 @@ def config_from_dict(values: dict[str, Any], stored: bool = False) -> Config:
 
 # --------------------------------------------------------------------------- settings that moved
 
-#: old dotted key -> where the setting lives now. The model section was flat before the U-Net and
-#: DiT settings got sections of their own; configs written then (checkpoints, config.yaml, presets
-#: and YAML files of users) are read with these keys moved.
+#: old dotted key -> where the setting lives now. The model and diffusion sections were flat before
+#: the U-Net, DiT and DDPM settings got sections of their own; configs written then (checkpoints,
+#: config.yaml, presets and YAML files of users) are read with these keys moved.
 MOVED_KEYS = {
     **{f"model.{key}": f"model.unet.{key}" for key in ("ch", "ch_mult", "attn_resolutions", "num_res_blocks",
                                                        "dropout")},
     "model.dit_size": "model.dit.size",
+    **{f"diffusion.{key}": f"diffusion.ddpm.{key}" for key in ("timesteps", "beta_start", "beta_end")},
     **{f"model.{key}": f"model.dit.{key}" for key in ("depth", "hidden_size", "num_heads", "patch_size", "mlp_ratio",
                                                       "encoder_depth")},
 }

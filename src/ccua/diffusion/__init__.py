@@ -1,8 +1,9 @@
 """Training objectives (DDPM epsilon, flow velocity), each with its own samplers.
 
-``OBJECTIVES`` is the registry of ``diffusion.objective`` names; each objective's ``samplers``
-mapping is the registry of the ``sample.sampler`` names it offers. A new sampler is a function in
-a module of its own and one :func:`register_sampler` line.
+``OBJECTIVES`` is the registry of ``diffusion.objective`` names (:func:`register_objective`, which
+also gives an objective's own settings their section ``diffusion.<name>``); each objective's
+``samplers`` mapping is the registry of the ``sample.sampler`` names it offers. A new sampler is a
+function in a module of its own and one :func:`register_sampler` line.
 """
 
 from __future__ import annotations
@@ -10,11 +11,23 @@ from __future__ import annotations
 from ccua.config import register_settings
 from ccua.diffusion.base import (LABEL_DROP_MODES, NoisedBatch, Objective, SamplerFn, drop_labels, guided_prediction,
                                  per_sample_mse)
-from ccua.diffusion.ddpm import DDPM
+from ccua.diffusion.ddpm import DDPM, DDPMConfig
 from ccua.diffusion.flow import Flow
 
 #: ``diffusion.objective`` -> the objective class
-OBJECTIVES: dict[str, type[Objective]] = {"ddpm": DDPM, "flow": Flow}
+OBJECTIVES: dict[str, type[Objective]] = {}
+
+
+def register_objective(objective: type[Objective]) -> None:
+    """Make ``diffusion.objective=<objective.name>`` train with ``objective``; its ``settings``
+    dataclass, where it has one, becomes the config section ``diffusion.<name>``."""
+    OBJECTIVES[objective.name] = objective
+    if objective.settings is not None:
+        register_settings("diffusion", objective.name, objective.settings)
+
+
+register_objective(DDPM)
+register_objective(Flow)
 
 
 def register_sampler(objective: type[Objective], name: str, run: SamplerFn, settings: type | None = None) -> None:
@@ -36,5 +49,6 @@ def sampler_names() -> tuple[str, ...]:
     return tuple(name for objective in OBJECTIVES.values() for name in objective.samplers)
 
 
-__all__ = ["DDPM", "Flow", "LABEL_DROP_MODES", "NoisedBatch", "OBJECTIVES", "Objective", "drop_labels",
-           "guided_prediction", "per_sample_mse", "register_sampler", "sampler_names"]
+__all__ = ["DDPM", "DDPMConfig", "Flow", "LABEL_DROP_MODES", "NoisedBatch", "OBJECTIVES", "Objective", "drop_labels",
+           "guided_prediction", "per_sample_mse", "register_objective", "register_sampler",
+           "sampler_names"]

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import abc
 from dataclasses import dataclass
-from typing import Callable, ClassVar
+from typing import Any, Callable, ClassVar, Iterator
 
 import torch
 from torch import Tensor
 
-from ccua.config import DiffusionConfig, SampleConfig
+from ccua.config import SampleConfig
 
 # A prediction function: (x_t, model time [B]) -> the objective's prediction, guidance applied.
 PredictFn = Callable[[Tensor, Tensor], Tensor]
@@ -46,15 +46,23 @@ class Objective(abc.ABC):
 
     ``samplers`` maps each ``sample.sampler`` name the objective offers to the function that runs
     it with the settings of a :class:`SampleConfig`; it is the one list of valid samplers.
+    ``settings``, where the objective has settings of its own, is their dataclass: the config
+    section ``diffusion.<name>`` (:func:`ccua.diffusion.register_objective`).
     """
 
     name: ClassVar[str] = "objective"
     samplers: ClassVar[dict[str, SamplerFn]] = {}
+    settings: ClassVar[type | None] = None
 
     @classmethod
-    def from_config(cls, config: DiffusionConfig) -> "Objective":
-        """The objective of the ``diffusion`` settings (those it uses)."""
+    def from_config(cls, settings: Any = None) -> "Objective":
+        """The objective of its settings section (None for an objective without settings)."""
         return cls()
+
+    @classmethod
+    def sampling_problems(cls, settings: Any, sample: SampleConfig) -> Iterator[str]:
+        """Messages for sampling settings this objective cannot run with its own ``settings``."""
+        return iter(())
 
     @abc.abstractmethod
     def noise_batch(self, x0: Tensor) -> NoisedBatch:

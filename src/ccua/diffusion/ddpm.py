@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Iterator
+
 import torch
 from torch import Tensor
 
-from ccua.config import DiffusionConfig, SampleConfig
+from ccua.config import SampleConfig, setting
 from ccua.diffusion.base import NoisedBatch, Objective, PredictFn, expand_like, gaussian_like
 from ccua.diffusion.solvers import SOLVERS, solver_runner
 from ccua.progress import progress_bar
@@ -14,10 +17,25 @@ from ccua.progress import progress_bar
 ANCESTRAL_VARIANCES = ("large", "posterior")
 
 
+@dataclass
+class DDPMConfig:
+    """DDPM's noise schedule (``diffusion.ddpm.*``): T steps of betas linear from start to end."""
+
+    timesteps: int = setting(1000, at_least=1, meaning="DDPM steps T")
+    beta_start: float = 1e-4
+    beta_end: float = 0.02
+
+    def problems(self) -> Iterator[str]:
+        if not 0 < self.beta_start <= self.beta_end < 1:
+            yield (f"diffusion.ddpm.beta_start={self.beta_start}, beta_end={self.beta_end}: "
+                   "need 0 < beta_start <= beta_end < 1")
+
+
 class DDPM(Objective):
     """Discrete-time DDPM with T steps; time t = 0 .. T-1, large t = noisy. ``predict`` gives epsilon."""
 
     name = "ddpm"
+    settings = DDPMConfig
 
     def __init__(self, timesteps: int = 1000, beta_start: float = 1e-4, beta_end: float = 0.02):
         self.timesteps = timesteps
@@ -26,9 +44,16 @@ class DDPM(Objective):
         self.alphas_cumprod = torch.cumprod(1.0 - betas, dim=0)
 
     @classmethod
-    def from_config(cls, config: DiffusionConfig) -> "DDPM":
+    def from_config(cls, settings: DDPMConfig | None = None) -> "DDPM":
         """T steps of the linear schedule from ``beta_start`` to ``beta_end``."""
-        return cls(config.timesteps, config.beta_start, config.beta_end)
+        settings = settings or DDPMConfig()
+        return cls(settings.timesteps, settings.beta_start, settings.beta_end)
+
+    @classmethod
+    def sampling_problems(cls, settings: DDPMConfig, sample: SampleConfig) -> Iterator[str]:
+        """DDIM and the few-step solvers take at most T steps."""
+        if sample.sampler in ("ddim", *SOLVERS) and sample.steps > settings.timesteps:
+            yield f"sample.steps={sample.steps} exceeds diffusion.ddpm.timesteps={settings.timesteps}"
 
     def alpha_bar(self, t: Tensor) -> Tensor:
         """alphabar_t for integer timesteps t (float32, on t's device)."""
