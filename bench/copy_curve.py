@@ -16,13 +16,12 @@ from __future__ import annotations
 
 import argparse
 import csv
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from ccua.config import SampleConfig
+from ccua.config import sample_settings_changes
 from ccua.data import build_training_set, class_groups
 from ccua.files import atomic_file
 from ccua.generate import LoadedModel
@@ -39,7 +38,8 @@ def measure(checkpoint: Path, guidance: float, per_class: int, sampler_steps: in
             eta: float = 0.0) -> list[dict]:
     """One row per group (and overall) for one checkpoint at one guidance."""
     loaded = LoadedModel(checkpoint)
-    sample = replace(loaded.config.sample, guidance=guidance, steps=sampler_steps, sampler=sampler, eta=eta)
+    sample = loaded.sample_settings(sample_settings_changes(
+        {"guidance": guidance, "steps": sampler_steps, "sampler": sampler, "ddim": {"eta": eta}}, "copy_curve"))
     labels = torch.arange(len(loaded.class_counts)).repeat_interleave(per_class)
     images = loaded.sample_uint8(labels, sample, seed=NOISE_SEED, progress=False)
     train = build_training_set(loaded.config.data)
@@ -50,7 +50,7 @@ def measure(checkpoint: Path, guidance: float, per_class: int, sampler_steps: in
     for name in ["overall", *groups]:
         within = found["overall"] if name == "overall" else found["groups"][name]
         whole = found["whole_set"]["overall"] if name == "overall" else found["whole_set"]["groups"][name]
-        rows.append({"run": loaded.run_dir.name, "step": loaded.step, "guidance": guidance, "sampler": _label(sample),
+        rows.append({"run": loaded.run_dir.name, "step": loaded.step, "guidance": guidance, "sampler": _label(sampler, sampler_steps, eta),
                      "group": name,
                      "n": within["n"], "n_train": within.get("n_train", len(train)),
                      "copy_share": within["copy_share"], "copy_share_whole_set": whole["copy_share"],
@@ -59,10 +59,10 @@ def measure(checkpoint: Path, guidance: float, per_class: int, sampler_steps: in
     return rows
 
 
-def _label(sample) -> str:
+def _label(sampler: str, steps: int, eta: float) -> str:
     """The sampler as the table shows it: ``ddim50``, ``ddim50 eta1``, ``ddpm``, ``dpm++20``."""
-    steps = "" if sample.sampler == "ddpm" else str(sample.steps)
-    return f"{sample.sampler}{steps}" + (f" eta{sample.eta:g}" if sample.eta else "")
+    shown_steps = "" if sampler == "ddpm" else str(steps)
+    return f"{sampler}{shown_steps}" + (f" eta{eta:g}" if sampler == "ddim" and eta else "")
 
 
 def _done(path: Path) -> tuple[list[dict], set[tuple]]:
@@ -153,7 +153,7 @@ def main() -> None:
         folder = RunFolder(Path(run))
         for step, checkpoint in zip(folder.checkpoint_steps(), folder.checkpoints()):
             for w in (float(v) for v in args.guidance.split(",")):
-                label = _label(SampleConfig(sampler=args.sampler, steps=args.sampler_steps, eta=args.eta))
+                label = _label(args.sampler, args.sampler_steps, args.eta)
                 if (wanted is not None and step not in wanted) or (folder.path.name, step, w, label) in done:
                     continue
                 rows += measure(checkpoint, w, args.per_class, args.sampler_steps, args.sampler, args.eta)

@@ -40,8 +40,12 @@ def test_a_run_samples_the_images_of_ccua_sample(tiny_run, tmp_path):
         assert np.array_equal(written["arr_0"], images)
     with pytest.raises(ValueError, match="labels must be in"):
         run.sample([99])
-    with pytest.raises(ValueError, match="sample.eta"):
-        run.sample([0], eta=-1.0)
+    with pytest.raises(ValueError, match=r"sample.ddim.eta=-1.0 must be in \[0, 1\]"):
+        run.sample([0], ddim={"eta": -1.0})
+    # a sampler's own setting as a mapping, and under its old flat name (moved, with a warning)
+    fresh_noise = run.sample([0, 1, 2, 2], sampler="ddim", steps=3, guidance=1.0, seed=4, ddim={"eta": 1.0})
+    assert fresh_noise.shape == images.shape and not np.array_equal(fresh_noise, images)
+    assert np.array_equal(run.sample([0, 1, 2, 2], sampler="ddim", steps=3, guidance=1.0, seed=4, eta=1.0), fresh_noise)
 
 
 def test_scores_of_images_in_memory_are_typed(tiny_run):

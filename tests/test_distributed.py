@@ -4,7 +4,6 @@ value and gradient (through DDP's averaging)."""
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import socket
@@ -15,7 +14,7 @@ import torch
 import torch.multiprocessing as mp
 from torch import nn
 
-from ccua.config import ConfigError, config_from_dict
+from ccua.config import ConfigError, config_from_dict, sample_settings_changes
 from ccua.distributed import DistInfo
 from ccua.evaluation import evaluate_source
 from ccua.generate import LoadedModel, sample_to_folder
@@ -25,7 +24,7 @@ from ccua.training import train
 from tests.conftest import assert_close_to_scale, tiny_config_dict
 
 #: sample settings: deterministic DDIM, and the two stochastic DDPM samplers (fresh noise every step)
-SAMPLINGS = {"ddim": {}, "ddim_eta1": {"eta": 1.0}, "ancestral": {"sampler": "ddpm"}}
+SAMPLINGS = {"ddim": {}, "ddim_eta1": {"ddim": {"eta": 1.0}}, "ancestral": {"sampler": "ddpm"}}
 LABELS = torch.tensor([3, 1, 4, 1, 5, 9, 2])  # 7 samples in chunks of 3: process 0 draws chunks 0 and 2
 EVALUATION = {"features": "random", "per_class": 2, "max_reference": 40, "seed": 0, "reference_split": "test"}
 
@@ -49,7 +48,7 @@ def _shared_work(folder: str, checkpoint: str, dist: DistInfo) -> dict:
     """Everything both runs do; the results of process 0 (and the UCL gradients of each process)."""
     loaded = LoadedModel(checkpoint, device="cpu")
     for name, changes in SAMPLINGS.items():
-        sample = dataclasses.replace(loaded.config.sample, **changes)
+        sample = loaded.sample_settings(sample_settings_changes(changes, "test"))
         sample_to_folder(loaded, f"{folder}/{name}", sample, labels=LABELS, seed=5, progress=False, dist=dist)
     features = RandomFeatureNet(batch_size=3, progress=False).extract(_feature_images(), dist=dist)
     evaluate_source(checkpoint, f"{folder}/eval", cache_dir=f"{folder}/cache", dist=dist, **EVALUATION)

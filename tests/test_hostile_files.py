@@ -211,11 +211,12 @@ def test_a_broken_checkpoint_is_one_line_naming_the_file_and_the_key(run, tmp_pa
 @pytest.mark.parametrize("option, value, expected", [
     ("--guidance", "nan", "sample.guidance=nan must be a finite number"),
     ("--guidance", "1e300", "sample.guidance=1e+300 must be in [-1, 100]"),
-    ("--eta", "nan", "sample.eta=nan must be a finite number"),
-    ("--eta", "-5", "sample.eta=-5.0 must be in [0, 1]"),
+    ("--eta", "nan", "sample.ddim.eta=nan must be a finite number"),  # the old flag of sample.ddim.eta
+    ("sample.ddim.eta=-5", None, "sample.ddim.eta=-5.0 must be in [0, 1]"),
 ])
 def test_sampling_options_out_of_range_are_refused(run, tmp_path, capsys, option, value, expected):
-    code, message = _run(["sample", run, option, value, "--out", tmp_path / "s"], capsys)
+    code, message = _run(["sample", run, option, *([value] if value is not None else []), "--out", tmp_path / "s"],
+                         capsys)
     assert code == 2 and expected in message
     assert not (tmp_path / "s").exists()
 

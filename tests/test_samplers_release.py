@@ -82,10 +82,10 @@ def test_ancestral_noise_has_the_chosen_variance(variance):
 
 
 def test_the_released_large_variance_is_the_default_and_documented_choices_are_checked():
-    assert load_config("fashion_mnist_lt").sample.ddpm_variance == "large"
+    assert load_config("fashion_mnist_lt").sample.ddpm.variance == "large"
     assert load_config("fashion_mnist_lt").sample.clip_x0 is False
-    with pytest.raises(ValueError, match="sample.ddpm_variance='fixed' is not one of: large, posterior"):
-        load_checked_config("fashion_mnist_lt", ["sample.ddpm_variance=fixed"])
+    with pytest.raises(ValueError, match="sample.ddpm.variance='fixed' is not one of: large, posterior"):
+        load_checked_config("fashion_mnist_lt", ["sample.ddpm.variance=fixed"])
     with pytest.raises(ValueError, match="latents are not bounded"):
         load_checked_config("sit_s2_imagenet_lt256", ["diffusion.objective=ddpm", "sample.sampler=ddim",
                                               "sample.clip_x0=true"])

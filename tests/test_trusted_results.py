@@ -226,10 +226,11 @@ def test_evaluate_overrides_change_the_runs_own_data_set(trained_run, capsys):
 
 def test_sample_takes_sample_overrides_and_the_old_steps_spelling(trained_run, tmp_path, capsys, caplog):
     out = tmp_path / "s"
-    assert main(["sample", str(trained_run), "sample.clip_x0=true", "sample.ddpm_variance=posterior", "--out", str(out),
+    assert main(["sample", str(trained_run), "sample.clip_x0=true", "sample.ddpm.variance=posterior", "--out", str(out),
                  "--per-class", "1", "--steps", "2", "--no-png"]) == 0
     info = json.loads((out / "sample_info.json").read_text())
-    assert info["sample_clip_x0"] is True and info["sample_ddpm_variance"] == "posterior" and info["sample_steps"] == 2
+    assert info["sample_clip_x0"] is True and info["sample_ddim"] == {"eta": 0.0} and info["sample_steps"] == 2
+    assert "sample_ddpm" not in info  # the ancestral sampler's own settings change nothing of DDIM's images
     assert "--steps is now spelled --sampler-steps" in caplog.text
     assert main(["sample", str(trained_run), "train.lr=1", "--out", str(tmp_path / "t")]) == 2
     assert "takes sample.* overrides" in _one_error_line(capsys)

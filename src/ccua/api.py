@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from ccua.build import load_checked_config
-from ccua.config import Config, DataConfig
+from ccua.config import Config, DataConfig, sample_settings_changes
 from ccua.generate import LoadedModel
 from ccua.metrics.subset_metrics import CLASS_ACCURACY, FID, KID, PRECISION, RECALL
 
@@ -58,11 +58,12 @@ class TrainedRun:
     def sample(self, labels: Sequence[int] | torch.Tensor, *, sampler: str | None = None, steps: int | None = None,
                guidance: float | None = None, seed: int = 0, **sample_settings: Any) -> np.ndarray:
         """uint8 [N, H, W, C] images, one per label. ``sampler``, ``steps``, ``guidance`` and any other
-        ``sample.*`` setting (``eta``, ``clip_x0``, ...) replace the run's; sample i's initial noise
-        depends only on (seed, i), as on the command line."""
+        ``sample.*`` setting (``clip_x0=True``, a sampler's own as a mapping: ``ddim={"eta": 1.0}``)
+        replace the run's; sample i's initial noise depends only on (seed, i), as on the command line."""
         changes = {k: v for k, v in {"sampler": sampler, "steps": steps, "guidance": guidance}.items()
                    if v is not None}
-        settings = self._loaded.sample_settings({**changes, **sample_settings})
+        changes = sample_settings_changes({**changes, **sample_settings}, "TrainedRun.sample")
+        settings = self._loaded.sample_settings(changes)
         labels = torch.as_tensor(labels, dtype=torch.long).flatten()
         if labels.numel() and (labels.min() < 0 or labels.max() >= len(self.class_counts)):
             raise ValueError(f"labels must be in [0, {len(self.class_counts) - 1}]")

@@ -25,7 +25,6 @@ from ccua.config import (Config, ConfigError, DiffusionConfig, MethodConfig, Mod
 from ccua.data import DATA_SETS, is_latent
 from ccua.diffusion import LABEL_DROP_MODES, OBJECTIVES, Objective, sampler_names
 from ccua.diffusion.solvers import SOLVERS
-from ccua.diffusion.ddpm import ANCESTRAL_VARIANCES
 from ccua.methods import METHODS, PLAIN, Method, check_combination
 from ccua.metrics import FEATURE_NETS
 from ccua.models import BACKBONES
@@ -92,7 +91,6 @@ def _choice_problems(config: Config) -> Iterator[str]:
         "train.optimizer": (config.train.optimizer, OPTIMIZERS),
         "train.proxy_features": (config.train.proxy_features, FEATURE_NETS),
         "sample.sampler": (config.sample.sampler, sampler_names()),
-        "sample.ddpm_variance": (config.sample.ddpm_variance, ANCESTRAL_VARIANCES),
     }
     for key, (value, valid) in choices.items():
         if value not in valid:

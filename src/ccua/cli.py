@@ -104,13 +104,13 @@ def cmd_sample(args: argparse.Namespace) -> int:
 
 
 def _sample(args: argparse.Namespace, dist) -> Path:
-    from ccua.config import sample_changes, section_overrides
+    from ccua.config import sample_changes, sample_settings_changes, section_overrides
     from ccua.generate import sample_run
 
+    shortcuts = {"sampler": args.sampler, "steps": _sampler_steps(args), "guidance": args.guidance,
+                 "batch_size": args.batch_size, "eta": args.eta}  # --eta: the old spelling, moved with a warning
     changes = sample_changes(section_overrides(args.overrides, ("sample",), "sample"))
-    changes.update({k: v for k, v in {"sampler": args.sampler, "steps": _sampler_steps(args), "eta": args.eta,
-                                       "guidance": args.guidance, "batch_size": args.batch_size}.items()
-                    if v is not None})
+    changes.update(sample_settings_changes({k: v for k, v in shortcuts.items() if v is not None}, "options"))
     return sample_run(args.run, args.out, changes=changes, classes=_classes(args.labels), per_class=args.per_class,
                       seed=args.seed, use_ema=not args.no_ema, write_pngs=not args.no_png, overwrite=args.overwrite,
                       dist=dist)
@@ -358,10 +358,10 @@ def _add_sample(sub) -> None:
     p.add_argument("--sampler", default=None, choices=_Names(_samplers), metavar="SAMPLER",
                    help="%(choices)s: one of the run's objective (an error names the ones that fit)")
     p.add_argument("overrides", nargs="*",
-                   help="sample.* overrides, e.g. sample.clip_x0=true sample.ddpm_variance=posterior")
+                   help="sample.* overrides, e.g. sample.clip_x0=true sample.<sampler>.<setting>=...")
     p.add_argument("--sampler-steps", type=positive_int, default=None, help="the sampler's number of steps")
     p.add_argument("--steps", type=positive_int, default=None, help=argparse.SUPPRESS)  # old spelling
-    p.add_argument("--eta", type=float, default=None)
+    p.add_argument("--eta", type=float, default=None, help=argparse.SUPPRESS)  # old spelling of DDIM's eta
     p.add_argument("--guidance", type=float, default=None, help="w in eps_c + w (eps_c - eps_u)")
     p.add_argument("--per-class", type=positive_int, default=10, help="samples per class")
     p.add_argument("--labels", default=None, help="comma-separated classes (default: every class)")

@@ -203,13 +203,10 @@ class SampleConfig(PluginSectionAccess):
 
     sampler: str = "ddim"  # one of the objective's samplers (ddim, ddpm = ancestral; euler, heun, dopri5, sde)
     steps: int = setting(100, at_least=1, meaning="sampler steps")
-    eta: float = setting(0.0, at_least=0, at_most=1)
-    # DDPM objective only. clip_x0: clip the predicted x0 to [-1, 1] at every step, with the
-    # epsilon re-derived from the clipped x0 so the update stays consistent; the released samplers
-    # do not clip (false). ddpm_variance: the ancestral sampler's noise, "large" = beta_t (the
-    # released U-Net code's fixedlarge, the default) or "posterior" = beta-tilde_t.
+    # DDPM objective's samplers (ddim, ddpm) on pixel data: clip the predicted x0 to [-1, 1] at every
+    # step, with the epsilon re-derived from the clipped x0 so the update stays consistent; the
+    # released samplers do not clip (false)
     clip_x0: bool = False
-    ddpm_variance: str = "large"
     # w in eps_c + w (eps_c - eps_u); 0 = plain conditional. w = -1 is the unconditional model; far
     # beyond 100 the guided prediction overflows
     guidance: float = setting(0.0, at_least=-1, at_most=100)
@@ -218,8 +215,6 @@ class SampleConfig(PluginSectionAccess):
     use_ema: bool = True
     grid_per_class: int = setting(8, at_least=1, meaning="images per class in the sample grid")
     batch_size: int = setting(256, at_least=1, meaning="images per sampling batch")
-    atol: float = setting(1e-5, above=0)
-    rtol: float = setting(1e-5, above=0)
     sections: dict[str, Any] = plugin_sections("sample")
 
 
@@ -439,14 +434,18 @@ def config_from_dict(values: dict[str, Any], stored: bool = False) -> Config:
 
 # --------------------------------------------------------------------------- settings that moved
 
-#: old dotted key -> where the setting lives now. The model and diffusion sections were flat before
-#: the U-Net, DiT and DDPM settings got sections of their own; configs written then (checkpoints,
-#: config.yaml, presets and YAML files of users) are read with these keys moved.
+#: old dotted key -> where the setting lives now. The model, diffusion and sample sections were flat
+#: before the backbones, DDPM and the samplers got sections of their own; configs written then
+#: (checkpoints, config.yaml, presets and YAML files of users) are read with these keys moved.
 MOVED_KEYS = {
     **{f"model.{key}": f"model.unet.{key}" for key in ("ch", "ch_mult", "attn_resolutions", "num_res_blocks",
                                                        "dropout")},
     "model.dit_size": "model.dit.size",
     **{f"diffusion.{key}": f"diffusion.ddpm.{key}" for key in ("timesteps", "beta_start", "beta_end")},
+    "sample.eta": "sample.ddim.eta",
+    "sample.ddpm_variance": "sample.ddpm.variance",
+    "sample.atol": "sample.dopri5.atol",
+    "sample.rtol": "sample.dopri5.rtol",
     **{f"model.{key}": f"model.dit.{key}" for key in ("depth", "hidden_size", "num_heads", "patch_size", "mlp_ratio",
                                                       "encoder_depth")},
 }
@@ -676,11 +675,18 @@ def section_overrides(overrides: list[str], sections: tuple[str, ...], command: 
 def sample_changes(overrides: list[str]) -> dict[str, Any]:
     """The sampler settings that the ``sample.*`` items of ``overrides`` set, typed and range-checked."""
     wanted = [o for o in overrides if o.split("=", 1)[0].strip().startswith("sample.")]
-    if not wanted:
+    return sample_settings_changes(parse_overrides(wanted).get("sample", {}), "overrides")
+
+
+def sample_settings_changes(values: dict[str, Any], source: str) -> dict[str, Any]:
+    """``values`` (sampler settings by name, a sampler's own as a mapping: ``{"steps": 20, "ddim":
+    {"eta": 1.0}}``) typed and range-checked, old names moved (:data:`MOVED_KEYS`), as changes
+    for :func:`with_changes` of a :class:`SampleConfig`; a sampler's own section comes whole."""
+    if not values:
         return {}
-    changed = apply_overrides(Config(), wanted).sample
-    names = {o.split("=", 1)[0].strip().split(".")[1] for o in wanted}
-    return {name: getattr(changed, name) for name in names}  # a sampler's own section whole: its checked values
+    moved = upgrade_keys({"sample": values}, source)["sample"]
+    changed = config_from_dict({"sample": moved}).sample
+    return {name: getattr(changed, name) for name in moved}
 
 
 def save_config(config: Config, path: str | Path) -> None:

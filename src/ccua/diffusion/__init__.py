@@ -20,10 +20,13 @@ OBJECTIVES: dict[str, type[Objective]] = {}
 
 def register_objective(objective: type[Objective]) -> None:
     """Make ``diffusion.objective=<objective.name>`` train with ``objective``; its ``settings``
-    dataclass, where it has one, becomes the config section ``diffusion.<name>``."""
+    dataclass, where it has one, becomes the config section ``diffusion.<name>``, and each of its
+    ``sampler_settings`` the section ``sample.<sampler>``."""
     OBJECTIVES[objective.name] = objective
     if objective.settings is not None:
         register_settings("diffusion", objective.name, objective.settings)
+    for sampler, settings in objective.sampler_settings.items():
+        register_settings("sample", sampler, settings)
 
 
 register_objective(DDPM)

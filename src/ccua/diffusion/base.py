@@ -47,12 +47,14 @@ class Objective(abc.ABC):
     ``samplers`` maps each ``sample.sampler`` name the objective offers to the function that runs
     it with the settings of a :class:`SampleConfig`; it is the one list of valid samplers.
     ``settings``, where the objective has settings of its own, is their dataclass: the config
-    section ``diffusion.<name>`` (:func:`ccua.diffusion.register_objective`).
+    section ``diffusion.<name>``; ``sampler_settings`` names the dataclass of each sampler with
+    settings of its own: the section ``sample.<sampler>`` (:func:`ccua.diffusion.register_objective`).
     """
 
     name: ClassVar[str] = "objective"
     samplers: ClassVar[dict[str, SamplerFn]] = {}
     settings: ClassVar[type | None] = None
+    sampler_settings: ClassVar[dict[str, type]] = {}
 
     @classmethod
     def from_config(cls, settings: Any = None) -> "Objective":

@@ -31,6 +31,22 @@ class DDPMConfig:
                    "need 0 < beta_start <= beta_end < 1")
 
 
+@dataclass
+class DDIMSettings:
+    """``sample.ddim.*``: eta = 0 is deterministic DDIM, 1 draws fresh noise at every step as the
+    ancestral sampler does."""
+
+    eta: float = setting(0.0, at_least=0, at_most=1)
+
+
+@dataclass
+class AncestralSettings:
+    """``sample.ddpm.*``: the ancestral sampler's noise variance, ``large`` = beta_t (the released
+    U-Net code's fixedlarge, the default) or ``posterior`` = beta-tilde_t."""
+
+    variance: str = setting("large", choices=ANCESTRAL_VARIANCES)
+
+
 class DDPM(Objective):
     """Discrete-time DDPM with T steps; time t = 0 .. T-1, large t = noisy. ``predict`` gives epsilon."""
 
@@ -158,15 +174,18 @@ class DDPM(Objective):
 
     def _run_ddim(self, predict: PredictFn, noise: Tensor, settings: SampleConfig, progress: bool,
                   generator: torch.Generator | None) -> Tensor:
-        return self.ddim(predict, noise, settings.steps, settings.eta, progress, clip_x0=settings.clip_x0,
+        return self.ddim(predict, noise, settings.steps, settings.ddim.eta, progress, clip_x0=settings.clip_x0,
                          generator=generator)
 
     def _run_ancestral(self, predict: PredictFn, noise: Tensor, settings: SampleConfig, progress: bool,
                        generator: torch.Generator | None) -> Tensor:
-        return self.ancestral(predict, noise, progress, clip_x0=settings.clip_x0, variance=settings.ddpm_variance,
+        return self.ancestral(predict, noise, progress, clip_x0=settings.clip_x0, variance=settings.ddpm.variance,
                               generator=generator)
 
-    #: ``sample.sampler`` -> how it runs: ddim (steps, eta) or ddpm (ancestral over all T steps;
-    #: ``steps`` unused), both clipping the predicted x0 only with ``clip_x0``; and the few-step
-    #: solvers of :data:`ccua.diffusion.solvers.SOLVERS` (DPM-Solver++ 2M, UniPC) in ``steps`` steps
+    #: ``sample.sampler`` -> how it runs: ddim (steps, ``sample.ddim.eta``) or ddpm (ancestral over
+    #: all T steps, ``sample.ddpm.variance``; ``steps`` unused), both clipping the predicted x0 only
+    #: with ``clip_x0``; and the few-step solvers of :data:`ccua.diffusion.solvers.SOLVERS`
+    #: (DPM-Solver++ 2M, UniPC) in ``steps`` steps
     samplers = {"ddim": _run_ddim, "ddpm": _run_ancestral, **{name: solver_runner(name) for name in SOLVERS}}
+    #: the samplers' own settings: the sections ``sample.ddim`` and ``sample.ddpm``
+    sampler_settings = {"ddim": DDIMSettings, "ddpm": AncestralSettings}

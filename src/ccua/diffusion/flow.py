@@ -8,10 +8,12 @@ methods see is s = 1 - t. Samplers integrate t from 0 to 1.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import Tensor
 
-from ccua.config import SampleConfig
+from ccua.config import SampleConfig, setting
 from ccua.diffusion.base import NoisedBatch, Objective, PredictFn, expand_like, gaussian_like
 from ccua.progress import progress_bar
 
@@ -24,6 +26,14 @@ def _times(x: Tensor, value: float | Tensor) -> Tensor:
 def _pairs(grid: list[float]) -> list[tuple[float, float]]:
     """Consecutive (t_now, t_next) times of a sampling grid."""
     return list(zip(grid[:-1], grid[1:]))
+
+
+@dataclass
+class Dopri5Settings:
+    """``sample.dopri5.*``: the adaptive solver's absolute and relative tolerances."""
+
+    atol: float = setting(1e-5, above=0)
+    rtol: float = setting(1e-5, above=0)
 
 
 class Flow(Objective):
@@ -152,14 +162,15 @@ class Flow(Objective):
 
     def _run_dopri5(self, predict: PredictFn, noise: Tensor, settings: SampleConfig, progress: bool,
                     generator: torch.Generator | None) -> Tensor:
-        return self.dopri5(predict, noise, atol=settings.atol, rtol=settings.rtol, progress=progress)
+        return self.dopri5(predict, noise, atol=settings.dopri5.atol, rtol=settings.dopri5.rtol, progress=progress)
 
     def _run_sde(self, predict: PredictFn, noise: Tensor, settings: SampleConfig, progress: bool,
                  generator: torch.Generator | None) -> Tensor:
         return self.sde(predict, noise, settings.steps, progress=progress, generator=generator)
 
-    #: ``sample.sampler`` -> how it runs: euler, heun, sde (``steps``) or dopri5 (``atol``, ``rtol``)
+    #: ``sample.sampler`` -> how it runs: euler, heun, sde (``steps``) or dopri5 (``sample.dopri5.atol``, ``rtol``)
     samplers = {"euler": _run_euler, "heun": _run_heun, "dopri5": _run_dopri5, "sde": _run_sde}
+    sampler_settings = {"dopri5": Dopri5Settings}
 
 
 def _check_steps(steps: int) -> None:
