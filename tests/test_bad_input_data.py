@@ -20,7 +20,6 @@ from torch.utils.data import DataLoader
 from ccua.cli import main
 from ccua.config import DataConfig
 from ccua.data import DataError, build_training_set, load_source
-from ccua.data.sources import ReadPolicy
 from ccua.data import sources
 from tests.conftest import tiny_config_dict
 from tests.test_data import _write_cifar
@@ -121,7 +120,7 @@ def test_symlinked_folders_and_upper_case_extensions(image_folder, tmp_path):
     Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(image_folder / "class_2" / "UPPER.PNG")
     os.symlink(tmp_path / "elsewhere", image_folder / "linked_class")
     # folders elsewhere are read only when the user says so
-    source = load_source("image_folder", str(image_folder), policy=ReadPolicy(allow_outside_root=True))
+    source = load_source("image_folder", str(image_folder), allow_outside_root=True)
     assert source.class_names == ["class_0", "class_1", "class_2", "linked_class"]
     assert np.bincount(source.labels).tolist() == [6, 6, 3, 2]
     with pytest.raises(DataError, match="outside data.root.*data.allow_outside_root=true"):

@@ -12,7 +12,7 @@ from PIL import Image
 from ccua.cli import main
 from ccua.config import DataConfig
 from ccua.data import (DataError, ResumableBatchSampler, balanced_class_probabilities, build_training_set,
-                       class_groups, load_source)
+                       class_groups, load_source, load_split)
 from ccua.data.longtail import classes_head_to_tail
 from ccua.metrics import Reference, RandomFeatureNet, evaluate
 from ccua.generate import initial_noise, load_sample_file, save_samples
@@ -105,7 +105,7 @@ def test_evaluate_groups_by_training_count_and_says_when_counts_are_unknown():
 # --------------------------------------------------------------------------- test split and reference
 
 def test_test_split_file_is_read_for_the_test_split(split_folder):
-    test = load_source("image_folder", split_folder.root, "test", split_folder.split_file,
+    test = load_source("image_folder", split_folder.root, "test", split_file=split_folder.split_file,
                        test_split_file=split_folder.test_split_file)
     assert test.labels.tolist() == [0, 0, 0, 1, 1, 1, 2, 2, 2] and test.paths[0] == "val/n0/img0.png"
     reference = Reference.from_config(split_folder, "test")
@@ -114,7 +114,7 @@ def test_test_split_file_is_read_for_the_test_split(split_folder):
     assert long_tailed.info["balanced"] is False and "--reference test" in long_tailed.info["note"]
     without = DataConfig(name="image_folder", root=split_folder.root, split_file=split_folder.split_file)
     with pytest.raises(DataError, match="data.test_split_file"):
-        load_source("image_folder", without.root, "test", without.split_file)
+        load_split(without, "test")
 
 
 def test_an_imbalanced_reference_is_named_in_the_metrics(split_folder, tmp_path, monkeypatch):

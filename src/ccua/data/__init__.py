@@ -17,8 +17,8 @@ from ccua.data.dataset import LongTailDataset, to_model_range, to_uint8
 from ccua.data.longtail import (GROUP_MODES, balanced_class_probabilities, class_groups, class_label,
                                 classes_head_to_tail, count_groups, longtail_counts, longtail_indices)
 from ccua.data.batches import ResumableBatchSampler
-from ccua.data.sources import (SOURCES, SPLITS, ArraySource, DataError, FolderSource, ImageSource, ReadPolicy,
-                               load_source, pixel_limit)
+from ccua.data.sources import (SOURCES, SPLITS, ArraySource, DataError, FolderSource, ImageSource, load_source,
+                               load_split)
 
 log = logging.getLogger(__name__)
 
@@ -40,16 +40,6 @@ def is_latent(config: DataConfig) -> bool:
 def source_channels(config: DataConfig, source: ImageSource) -> int:
     """``data.channels``, else the source's own: 1 for grey images, 3 for colour ones."""
     return config.channels or source.native_channels()
-
-
-def read_policy(config: DataConfig) -> ReadPolicy:
-    """What the image files of ``config`` may make the loader do (:class:`ReadPolicy`)."""
-    return ReadPolicy(config.allow_outside_root, pixel_limit(config.resolution, config.max_image_pixels))
-
-
-def _load(config: DataConfig, split: str) -> ImageSource:
-    return load_source(config.name, config.root, split, config.split_file, config.download, config.test_split_file,
-                       read_policy(config), config.test_root)
 
 
 def longtail_subset(labels: np.ndarray, num_classes: int, config: DataConfig,
@@ -77,14 +67,14 @@ def build_training_set(config: DataConfig):
         if not config.root:
             raise DataError("data.root must point to a latent cache written by `ccua data encode`")
         return LatentDataset(config.root, hflip=config.hflip)
-    source = _load(config, "train")
+    source = load_split(config, "train")
     indices = longtail_subset(source.labels, source.num_classes, config, source.class_names)
     return LongTailDataset(source, indices, config.resolution, source_channels(config, source))
 
 
 def training_class_counts(config: DataConfig) -> list[int]:
     """Images per class of the training set ``config`` describes, without decoding any image."""
-    source = _load(config, "train")
+    source = load_split(config, "train")
     indices = longtail_subset(source.labels, source.num_classes, config, source.class_names)
     return np.bincount(source.labels[indices], minlength=source.num_classes).tolist()
 
@@ -105,7 +95,7 @@ def _reference_set(settings: tuple, split: str) -> LongTailDataset:
     # Made once per process and settings: an in-memory source is resized whole when it is built,
     # and a comparison evaluates against the same reference many times.
     config = DataConfig(**dict(settings))
-    source = _load(config, split)
+    source = load_split(config, split)
     return LongTailDataset(source, np.arange(len(source)), config.resolution, source_channels(config, source))
 
 
@@ -152,7 +142,7 @@ def verify_images(config: DataConfig, progress: bool = True) -> tuple[int, list[
     splits = ["train"] + (["test"] if config.name == "image_folder" and has_test else [])
     checked, bad = 0, []
     for split in splits:
-        source = _load(config, split)
+        source = load_split(config, split)
         if isinstance(source, FolderSource):
             bad += source.unreadable(progress=progress)
             checked += len(source)
@@ -187,6 +177,6 @@ __all__ = ["describe_classes",
     "BALANCE_TOLERANCE", "DATA_SETS", "GROUP_MODES", "LATENTS", "SOURCES", "SPLITS", "ArraySource", "DataError",
     "FolderSource", "ImageSource", "LongTailDataset", "ResumableBatchSampler", "balanced_class_probabilities",
     "build_reference_set", "build_training_set", "class_groups", "classes_head_to_tail", "count_groups",
-    "describe_reference", "is_latent", "load_source", "longtail_counts", "longtail_indices", "longtail_subset",
+    "describe_reference", "is_latent", "load_source", "load_split", "longtail_counts", "longtail_indices", "longtail_subset",
     "to_model_range", "to_uint8", "training_class_counts", "verify_images",
 ]

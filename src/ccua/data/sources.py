@@ -22,11 +22,12 @@ import zlib
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Protocol
+from typing import Any, Callable, Protocol
 
 import numpy as np
 from PIL import Image
 
+from ccua.config import DataConfig
 from ccua.progress import progress_bar
 
 log = logging.getLogger(__name__)
@@ -598,42 +599,39 @@ def load_image_folder(root: str | Path | None, split_file: str | Path | None = N
     return _class_folders(root, policy)
 
 
-def _fashion_mnist(root, split, split_file, download, test_split_file, policy, test_root) -> ImageSource:
-    return load_fashion_mnist(root, split)
+def read_policy(data: DataConfig) -> ReadPolicy:
+    """What the image files of ``data`` may make the loader do (:class:`ReadPolicy`)."""
+    return ReadPolicy(data.allow_outside_root, pixel_limit(data.resolution, data.max_image_pixels))
 
 
-def _mnist(root, split, split_file, download, test_split_file, policy, test_root) -> ImageSource:
-    return load_mnist(root, split)
+def _image_folder(data: DataConfig, split: str) -> ImageSource:
+    return load_image_folder(data.root, data.split_file, split, data.test_split_file, read_policy(data),
+                             data.test_root)
 
 
-def _cifar10(root, split, split_file, download, test_split_file, policy, test_root) -> ImageSource:
-    return load_cifar("cifar10", root, split, download)
-
-
-def _cifar100(root, split, split_file, download, test_split_file, policy, test_root) -> ImageSource:
-    return load_cifar("cifar100", root, split, download)
-
-
-def _image_folder(root, split, split_file, download, test_split_file, policy, test_root) -> ImageSource:
-    return load_image_folder(root, split_file, split, test_split_file, policy, test_root)
-
-
-#: ``data.name`` -> the loader of that image source; called with (root, split, split_file,
-#: download, test_split_file, policy, test_root), each loader reads what it needs
-SOURCES: dict[str, Callable[..., ImageSource]] = {
-    "fashion_mnist": _fashion_mnist, "mnist": _mnist, "cifar10": _cifar10, "cifar100": _cifar100,
+#: ``data.name`` -> the loader of that image source: ``loader(data, split)`` reads the ``data.*``
+#: settings it needs (where the files are, its split files, whether it may download)
+SOURCES: dict[str, Callable[[DataConfig, str], ImageSource]] = {
+    "fashion_mnist": lambda data, split: load_fashion_mnist(data.root, split),
+    "mnist": lambda data, split: load_mnist(data.root, split),
+    "cifar10": lambda data, split: load_cifar("cifar10", data.root, split, data.download),
+    "cifar100": lambda data, split: load_cifar("cifar100", data.root, split, data.download),
     "image_folder": _image_folder,
 }
 #: the splits every source has
 SPLITS = ("train", "test")
 
 
-def load_source(name: str, root: str | None = None, split: str = "train", split_file: str | None = None,
-                download: bool = False, test_split_file: str | None = None,
-                policy: ReadPolicy = ReadPolicy(), test_root: str | None = None) -> ImageSource:
-    """The balanced source data set ``name`` (before any long-tail subsampling)."""
+def load_split(data: DataConfig, split: str = "train") -> ImageSource:
+    """The balanced source data set ``data.name``'s ``split`` (before any long-tail subsampling)."""
     if split not in SPLITS:
         raise DataError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
-    if name not in SOURCES:
-        raise DataError(f"unknown data set {name!r} (valid: {', '.join(SOURCES)})")
-    return SOURCES[name](root, split, split_file, download, test_split_file, policy, test_root)
+    if data.name not in SOURCES:
+        raise DataError(f"unknown data set {data.name!r} (valid: {', '.join(SOURCES)})")
+    return SOURCES[data.name](data, split)
+
+
+def load_source(name: str, root: str | None = None, split: str = "train", **settings: Any) -> ImageSource:
+    """:func:`load_split` of the source ``name`` read from ``root``; ``settings`` are other ``data.*``
+    settings by name (``split_file=``, ``download=``, ``allow_outside_root=``, ...)."""
+    return load_split(DataConfig(name=name, root=root, **settings), split)
