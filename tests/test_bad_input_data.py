@@ -18,7 +18,7 @@ from PIL import Image
 from torch.utils.data import DataLoader
 
 from ccua.cli import main
-from ccua.config import DataConfig
+from ccua.config import DataConfig, config_from_dict
 from ccua.data import DataError, build_training_set, load_source
 from ccua.data import sources
 from tests.conftest import tiny_config_dict
@@ -120,10 +120,10 @@ def test_symlinked_folders_and_upper_case_extensions(image_folder, tmp_path):
     Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(image_folder / "class_2" / "UPPER.PNG")
     os.symlink(tmp_path / "elsewhere", image_folder / "linked_class")
     # folders elsewhere are read only when the user says so
-    source = load_source("image_folder", str(image_folder), allow_outside_root=True)
+    source = load_source("image_folder", str(image_folder), image_folder={"allow_outside_root": True})
     assert source.class_names == ["class_0", "class_1", "class_2", "linked_class"]
     assert np.bincount(source.labels).tolist() == [6, 6, 3, 2]
-    with pytest.raises(DataError, match="outside data.root.*data.allow_outside_root=true"):
+    with pytest.raises(DataError, match="outside data.root.*data.image_folder.allow_outside_root=true"):
         load_source("image_folder", str(image_folder))
 
 
@@ -145,7 +145,7 @@ def test_bad_split_file_lines_are_one_line_with_the_line_number(image_folder, tm
     text, expected = SPLIT_CASES[case]
     split = tmp_path / "split.txt"
     split.write_text(text, newline="")
-    assert main(["data", "data.name=image_folder", f"data.root={image_folder}", f"data.split_file={split}",
+    assert main(["data", "data.name=image_folder", f"data.root={image_folder}", f"data.image_folder.split_file={split}",
                  "data.imbalance=null"]) == 2
     _one_error_line(capsys, str(split), expected)
 
@@ -153,13 +153,13 @@ def test_bad_split_file_lines_are_one_line_with_the_line_number(image_folder, tm
 def test_test_split_labels_beyond_the_training_classes(image_folder, tmp_path):
     (tmp_path / "test.txt").write_text("class_0/img0.png 0\nclass_2/img0.png 3\n")
     with pytest.raises(DataError, match=r"test.txt:2: label 3 is beyond the 3 classes"):
-        load_source("image_folder", str(image_folder), "test", test_split_file=str(tmp_path / "test.txt"))
+        load_source("image_folder", str(image_folder), "test", image_folder={"test_split_file": str(tmp_path / "test.txt")})
 
 
 def test_windows_split_file_with_bom_and_crlf(image_folder, tmp_path):
     split = tmp_path / "split.txt"
     split.write_bytes("class_2/img0.png 0\r\nclass_0/img1.png 1\r\n".encode("utf-8-sig"))
-    source = load_source("image_folder", str(image_folder), split_file=str(split))
+    source = load_source("image_folder", str(image_folder), image_folder={"split_file": str(split)})
     assert source.paths == ["class_2/img0.png", "class_0/img1.png"] and source.labels.tolist() == [0, 1]
     assert source.image(0)[..., 2].min() == 255
 
@@ -304,18 +304,18 @@ def _class_tree(root, classes: dict[str, int]) -> None:
 def test_a_test_folder_of_class_folders_is_the_test_split(tmp_path, capsys):
     _class_tree(tmp_path / "train", {"cat": 6, "dog": 3, "eel": 2})
     _class_tree(tmp_path / "test", {"dog": 2, "cat": 2, "eel": 2})
-    test = load_source("image_folder", str(tmp_path / "train"), "test", test_root=str(tmp_path / "test"))
+    test = load_source("image_folder", str(tmp_path / "train"), "test", image_folder={"test_root": str(tmp_path / "test")})
     assert test.class_names == ["cat", "dog", "eel"] and np.bincount(test.labels).tolist() == [2, 2, 2]
     assert all(Path(test.root / p).parent.name == test.class_names[label] for p, label in zip(test.paths, test.labels))
     settings = ["fashion_mnist_lt", "data.name=image_folder", f"data.root={tmp_path / 'train'}", "data.imbalance=null",
-                f"data.test_root={tmp_path / 'test'}", "data.resolution=8"]
+                f"data.image_folder.test_root={tmp_path / 'test'}", "data.resolution=8"]
     out = tmp_path / "classifier.pt"
     assert main(["features", "train", *settings, "--out", str(out), "--epochs", "1", "--batch-size", "4"]) == 0
     assert out.exists()
     import ccua  # the test folder is the reference of `--reference test`; near-copies use the training folder
 
-    data = DataConfig(name="image_folder", root=str(tmp_path / "train"), imbalance=None, resolution=8,
-                      test_root=str(tmp_path / "test"))
+    data = config_from_dict({"data": {"name": "image_folder", "root": str(tmp_path / "train"), "imbalance": None,
+                                      "resolution": 8, "image_folder": {"test_root": str(tmp_path / "test")}}}).data
     scores = ccua.evaluate_samples(np.zeros((6, 8, 8, 3), np.uint8), [0, 0, 1, 1, 2, 2], data=data,
                                    features="random", reference="test")
     assert scores.raw["reference"]["n"] == 6 and str(tmp_path / "test") in scores.raw["reference"]["source"]
@@ -330,4 +330,4 @@ def test_a_class_on_one_side_only_is_named(tmp_path, extra, missing, message):
     _class_tree(tmp_path / "train", {"cat": 2, "dog": 2, "eel": 2})
     _class_tree(tmp_path / "test", {name: 1 for name in ("cat", "dog", "eel") if name != missing} | extra)
     with pytest.raises(DataError, match=message):
-        load_source("image_folder", str(tmp_path / "train"), "test", test_root=str(tmp_path / "test"))
+        load_source("image_folder", str(tmp_path / "train"), "test", image_folder={"test_root": str(tmp_path / "test")})

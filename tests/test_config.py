@@ -101,6 +101,29 @@ def test_ddpm_schedule_keys_of_earlier_configs_move_into_the_objectives_section(
     assert stored_config(stored).diffusion.ddpm.timesteps == 250
 
 
+def test_image_folder_keys_of_earlier_configs_move_into_its_section_and_only_its_reading_may_change_on_resume(
+        tmp_path, caplog, fresh_warnings):
+    from ccua.runs import resume_changes
+
+    path = tmp_path / "old.yaml"
+    path.write_text(f"base: fashion_mnist_lt\ndata:\n  name: image_folder\n  root: {tmp_path}\n"
+                    "  split_file: lt_train.txt\n  test_split_file: lt_test.txt\n")
+    with caplog.at_level("WARNING", logger="ccua.config"):
+        saved = load_checked_config(str(path))
+    folder = saved.data.image_folder
+    assert (folder.split_file, folder.test_split_file, folder.allow_outside_root) == ("lt_train.txt", "lt_test.txt",
+                                                                                     False)
+    assert "data.split_file -> data.image_folder.split_file" in caplog.text
+    # where the evaluation reference and the files are read may change on resume; the training split may not
+    reading = load_checked_config(str(path), ["data.image_folder.test_split_file=other_test.txt",
+                                              "data.image_folder.allow_outside_root=true"])
+    allowed, refused = resume_changes(saved, reading)
+    assert set(allowed) == {"data.image_folder.test_split_file", "data.image_folder.allow_outside_root"}
+    assert refused == {}
+    allowed, refused = resume_changes(saved, load_checked_config(str(path), ["data.image_folder.split_file=b.txt"]))
+    assert refused == {"data.image_folder.split_file": ["lt_train.txt", "b.txt"]}
+
+
 def test_one_setting_under_both_names_must_agree(tmp_path, fresh_warnings):
     path = tmp_path / "both.yaml"
     path.write_text("model:\n  ch: 16\n  unet:\n    ch: 32\n")

@@ -119,7 +119,7 @@ def test_image_folder_with_and_without_split_file(image_folder, tmp_path):
     assert source.class_names == ["class_0", "class_1", "class_2"]
     split = tmp_path / "train.txt"
     split.write_text("class_2/img0.png 0\nclass_0/img1.png 1\n\nclass_0/img2.png 1\n")
-    split_source = load_source("image_folder", str(image_folder), split_file=str(split))
+    split_source = load_source("image_folder", str(image_folder), image_folder={"split_file": str(split)})
     assert split_source.labels.tolist() == [0, 1, 1] and split_source.image(0)[..., 2].min() == 255
 
 

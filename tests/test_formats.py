@@ -2,6 +2,7 @@
 test splits, ADM/DiT sample files, published reference statistics, 16-bit and grey PNGs, and the
 per-sample initial noise."""
 
+import dataclasses
 import json
 
 import numpy as np
@@ -10,7 +11,7 @@ import torch
 from PIL import Image
 
 from ccua.cli import main
-from ccua.config import DataConfig
+from ccua.config import DataConfig, config_from_dict
 from ccua.data import (DataError, ResumableBatchSampler, balanced_class_probabilities, build_training_set,
                        class_groups, load_source, load_split)
 from ccua.data.longtail import classes_head_to_tail
@@ -50,14 +51,16 @@ def split_folder(tmp_path):
         test += [f"val/n{c}/img{i}.png {c}" for i in range(3)]
     (tmp_path / "LT_train.txt").write_text("\n".join(train) + "\n")
     (tmp_path / "LT_test.txt").write_text("\n".join(test) + "\n")
-    return DataConfig(name="image_folder", root=str(root), split_file=str(tmp_path / "LT_train.txt"),
-                      test_split_file=str(tmp_path / "LT_test.txt"), imbalance=None, resolution=8)
+    folder = {"split_file": str(tmp_path / "LT_train.txt"), "test_split_file": str(tmp_path / "LT_test.txt")}
+    return config_from_dict({"data": {"name": "image_folder", "root": str(root), "imbalance": None, "resolution": 8,
+                                      "image_folder": folder}}).data
 
 
 def _overrides(data: DataConfig) -> list[str]:
     return [f"data.{key}={value}" for key, value in (("name", data.name), ("root", data.root),
-                                                     ("split_file", data.split_file),
-                                                     ("test_split_file", data.test_split_file),
+                                                     ("image_folder.split_file", data.image_folder.split_file),
+                                                     ("image_folder.test_split_file",
+                                                      data.image_folder.test_split_file),
                                                      ("imbalance", "null"), ("resolution", data.resolution))]
 
 
@@ -105,15 +108,15 @@ def test_evaluate_groups_by_training_count_and_says_when_counts_are_unknown():
 # --------------------------------------------------------------------------- test split and reference
 
 def test_test_split_file_is_read_for_the_test_split(split_folder):
-    test = load_source("image_folder", split_folder.root, "test", split_file=split_folder.split_file,
-                       test_split_file=split_folder.test_split_file)
+    test = load_split(split_folder, "test")
     assert test.labels.tolist() == [0, 0, 0, 1, 1, 1, 2, 2, 2] and test.paths[0] == "val/n0/img0.png"
     reference = Reference.from_config(split_folder, "test")
     assert reference.key.endswith("-LT_test") and reference.info["balanced"] is True
     long_tailed = Reference.from_config(split_folder, "train")
     assert long_tailed.info["balanced"] is False and "--reference test" in long_tailed.info["note"]
-    without = DataConfig(name="image_folder", root=split_folder.root, split_file=split_folder.split_file)
-    with pytest.raises(DataError, match="data.test_split_file"):
+    without = dataclasses.replace(split_folder, sections={
+        "image_folder": dataclasses.replace(split_folder.image_folder, test_split_file=None)})
+    with pytest.raises(DataError, match="data.image_folder.test_split_file"):
         load_split(without, "test")
 
 

@@ -57,15 +57,16 @@ def _pngs(folder: Path, count: int, value: int = 0) -> None:
         Image.fromarray(np.full((6, 6, 3), value + i, np.uint8)).save(folder / f"img{i}.png")
 
 
-def _folder_data(root: Path, **data) -> list[str]:
-    """The preset with data.* overrides reading the image folder ``root``."""
-    settings = {"name": "image_folder", "root": str(root), "resolution": 8, "imbalance": "null", **data}
+def _folder_data(root: Path, **folder) -> list[str]:
+    """The preset with data.* overrides reading the image folder ``root`` (``folder``: its own settings)."""
+    settings = {"name": "image_folder", "root": str(root), "resolution": 8, "imbalance": "null",
+                **{f"image_folder.{k}": v for k, v in folder.items()}}
     return ["fashion_mnist_lt", *[f"data.{k}={v}" for k, v in settings.items()]]
 
 
-def _folder_config(root: Path, out: Path, **data) -> list[str]:
+def _folder_config(root: Path, out: Path, **folder) -> list[str]:
     """:func:`_folder_data` and a tiny training into ``out``."""
-    return [*_folder_data(root, **data), f"train.out_dir={out}", "train.steps=1", "train.batch_size=2",
+    return [*_folder_data(root, **folder), f"train.out_dir={out}", "train.steps=1", "train.batch_size=2",
             "model.unet.ch=8", "train.progress=false"]
 
 
@@ -81,7 +82,7 @@ def test_split_file_paths_that_leave_the_root_are_refused_with_their_line(tmp_pa
         split.write_text(f"a/img0.png 0\n{line}\n")
         code, message = _run(["train", *_folder_config(root, tmp_path / "runs", split_file=split)], capsys)
         assert code == 2 and f"split.txt:2: {shown} is outside data.root" in message
-        assert "data.allow_outside_root=true" in message
+        assert "data.image_folder.allow_outside_root=true" in message
     assert not list((tmp_path / "runs").rglob("*"))  # no run folder was claimed
     code = main(["data", *_folder_data(root, split_file=split, allow_outside_root="true")])
     assert code == 0  # the user opted in
@@ -117,7 +118,7 @@ def test_an_image_declaring_too_many_pixels_is_refused_before_it_is_decoded(tmp_
     assert code == 2 and "1 of 4 image files cannot be read" in message  # --verify lists them, then one line
     assert "huge.png declares 13000x13000 pixels" in printed[0]
     code, message = _run(["train", *_folder_config(root, tmp_path / "runs")], capsys)
-    assert code == 2 and "huge.png declares 13000x13000 pixels" in message and "data.max_image_pixels" in message
+    assert code == 2 and "huge.png declares 13000x13000 pixels" in message and "max_image_pixels" in message
     assert time.perf_counter() - start < 60
 
 

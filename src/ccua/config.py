@@ -35,25 +35,29 @@ class ConfigError(ValueError):
 
 def setting(default: Any = dataclasses.MISSING, *, factory: Any = None, at_least: float | None = None,
             above: float | None = None, at_most: float | None = None, below: float | None = None,
-            choices: tuple[str, ...] | None = None, meaning: str = "") -> Any:
+            choices: tuple[str, ...] | None = None, meaning: str = "", resumable: bool = False) -> Any:
     """A dataclass field with its valid values beside its default, checked with every config
     (:func:`range_problems`): bounds (``at_least`` / ``above`` below, ``at_most`` / ``below``
     above) or a fixed set of ``choices``; ``meaning`` (what the number counts) ends the message.
-    None is always valid for an optional setting."""
+    None is always valid for an optional setting. ``resumable``: a resumed run may change it (it
+    says where or how the same data is read, not what is trained; :func:`resumable_keys`)."""
     bounds = {"at_least": at_least, "above": above, "at_most": at_most, "below": below, "choices": choices}
-    metadata = {key: value for key, value in bounds.items() if value is not None}
+    metadata: dict[str, Any] = {key: value for key, value in bounds.items() if value is not None}
     if meaning:
         metadata["meaning"] = meaning
+    if resumable:
+        metadata["resumable"] = True
     if factory is not None:
         return field(default_factory=factory, metadata=metadata)
     return field(default=default, metadata=metadata)
 
 
 #: plug-in settings by group: group -> plug-in name -> its settings class. A plug-in's own module
-#: registers its class (:func:`register_settings`, through ``ccua.models.register_backbone``,
+#: registers its class (:func:`register_settings`, through ``ccua.data.register_source``,
+#: ``ccua.models.register_backbone``,
 #: ``ccua.diffusion.register_objective`` / ``register_sampler`` or ``ccua.methods.register_method``);
 #: the group's config section then has a sub-section of that name (``method.<name>.*``, ...).
-PLUGIN_SETTINGS: dict[str, dict[str, type]] = {"model": {}, "diffusion": {}, "method": {}, "sample": {}}
+PLUGIN_SETTINGS: dict[str, dict[str, type]] = {"data": {}, "model": {}, "diffusion": {}, "method": {}, "sample": {}}
 
 
 def register_settings(group: str, name: str, settings: type) -> None:
@@ -70,6 +74,12 @@ def plugin_sections(group: str) -> Any:
     (written flat in YAML: ``method: {names: [ccua], ccua: {alpha: 1}}``)."""
     return field(default_factory=lambda: {name: cls() for name, cls in PLUGIN_SETTINGS[group].items()},
                  metadata={"plugins": group})
+
+
+def resumable_keys() -> list[str]:
+    """The dotted keys of every registered plug-in setting declared ``resumable`` (:func:`setting`)."""
+    return [f"{group}.{name}.{item.name}" for group, plugins in PLUGIN_SETTINGS.items()
+            for name, settings in plugins.items() for item in fields(settings) if item.metadata.get("resumable")]
 
 
 def plugins_field(section: Any) -> dataclasses.Field | None:
@@ -89,23 +99,13 @@ class PluginSectionAccess:
 
 
 @dataclass
-class DataConfig:
-    """Which images, how they are made long-tailed, and how batches are drawn."""
+class DataConfig(PluginSectionAccess):
+    """Which images, how they are made long-tailed, and how batches are drawn. A registered source
+    with settings of its own has its section here (``data.<source>``: an image folder's split files)."""
 
     name: str = "fashion_mnist"  # one of ccua.data.DATA_SETS: an image source, or "latents"
     root: str | None = None  # where the source files are; None = the source's default place
-    split_file: str | None = None  # image_folder: "relative/path label" lines (ImageNet-LT format)
-    # image_folder: the test split in the same format (ImageNet_LT_test.txt): the balanced reference
-    test_split_file: str | None = None
-    # image_folder: the test split as a folder of class sub-folders with the training folder's class
-    # names (train/<class>/ beside test/<class>/)
-    test_root: str | None = None
     download: bool = False  # fetch CIFAR from the internet when it is not at root
-    # image folders are untrusted input: listed paths and links must stay inside root (a class's
-    # images inside its own folder) unless this is set; an image declaring more pixels than
-    # max_image_pixels is refused (None: 64 x resolution^2, at least 4096 x 4096)
-    allow_outside_root: bool = False
-    max_image_pixels: int | None = setting(None, at_least=1, meaning="pixels an image file may declare")
     resolution: int = setting(16, at_least=1, meaning="image side in pixels (latent grid side for latents)")
     # None = the source's own (1 for digits, 3 for colour)
     channels: int | None = setting(None, at_least=1, meaning="image channels")
@@ -118,6 +118,7 @@ class DataConfig:
     balanced_resampling: float | None = setting(None, above=0, at_most=1)
     num_workers: int = setting(0, at_least=0, meaning="DataLoader worker processes")
     vae: str = "stabilityai/sd-vae-ft-ema"  # latents: the AutoencoderKL (local folder or hub cache)
+    sections: dict[str, Any] = plugin_sections("data")
 
 
 @dataclass
@@ -434,14 +435,17 @@ def config_from_dict(values: dict[str, Any], stored: bool = False) -> Config:
 
 # --------------------------------------------------------------------------- settings that moved
 
-#: old dotted key -> where the setting lives now. The model, diffusion and sample sections were flat
-#: before the backbones, DDPM and the samplers got sections of their own; configs written then
-#: (checkpoints, config.yaml, presets and YAML files of users) are read with these keys moved.
+#: old dotted key -> where the setting lives now. The data, model, diffusion and sample sections were
+#: flat before the image folder, the backbones, DDPM and the samplers got sections of their own;
+#: configs written then (checkpoints, config.yaml, presets and YAML files of users) are read with
+#: these keys moved.
 MOVED_KEYS = {
     **{f"model.{key}": f"model.unet.{key}" for key in ("ch", "ch_mult", "attn_resolutions", "num_res_blocks",
                                                        "dropout")},
     "model.dit_size": "model.dit.size",
     **{f"diffusion.{key}": f"diffusion.ddpm.{key}" for key in ("timesteps", "beta_start", "beta_end")},
+    **{f"data.{key}": f"data.image_folder.{key}" for key in ("split_file", "test_split_file", "test_root",
+                                                             "allow_outside_root", "max_image_pixels")},
     "sample.eta": "sample.ddim.eta",
     "sample.ddpm_variance": "sample.ddpm.variance",
     "sample.atol": "sample.dopri5.atol",

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from ccua.build import load_checked_config, stored_config
-from ccua.config import Config, DataConfig, apply_overrides
+from ccua.config import Config, DataConfig, apply_overrides, as_dict
 from ccua.data import is_latent
 from ccua.distributed import DistInfo, barrier
 from ccua.metrics.weights import DEFAULT_CACHE, feature_weights_path, file_sha256
@@ -209,11 +209,14 @@ def _check_reference_data(data: DataConfig | None) -> None:
 
 
 def _data_identity(data: DataConfig | None) -> dict[str, Any] | None:
-    """The data settings that choose the reference and training images (not where they are read)."""
+    """The data settings that choose the reference and training images (not where they are read):
+    the long-tail profile, and the source's own section (an image folder's split files)."""
     if data is None:
         return None
-    return {key: getattr(data, key) for key in ("name", "resolution", "channels", "imbalance", "n_max",
-                                                "longtail_seed", "split_file", "test_split_file", "test_root")}
+    identity = {key: getattr(data, key) for key in ("name", "resolution", "channels", "imbalance", "n_max",
+                                                    "longtail_seed")}
+    own = data.sections.get(data.name)
+    return {**identity, "source": as_dict(own) if own is not None else None}
 
 
 def evaluate_source(source: str | Path, out_dir: str | Path | None = None, *, features: str = "inception",

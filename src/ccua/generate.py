@@ -16,7 +16,6 @@ import json
 import logging
 import shutil
 import zipfile
-from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -25,7 +24,7 @@ from torch import Tensor, nn
 
 from ccua.build import build_model, build_objective, check_config, stored_config
 from ccua.checkpoint import check_weights, checked_header, load_checkpoint
-from ccua.config import Config, SampleConfig, sampler_settings, with_changes
+from ccua.config import Config, SampleConfig, as_dict, sampler_settings, with_changes
 from ccua.distributed import DistInfo, on_main, own_items, shared_map
 from ccua.exported import WEIGHTS_FILE, is_export, read_export, write_export
 from ccua.files import atomic_file, write_text_atomic
@@ -383,7 +382,7 @@ def _write_sample_set(loaded: LoadedModel, out: Path, sample: SampleConfig, labe
         "images_file": SAMPLE_FILE, "checkpoint": str(loaded.checkpoint_path), "step": loaded.step,
         "ema": loaded.use_ema, "seed": seed, "num_samples": int(len(labels)),
         "samples_per_class": np.bincount(labels.numpy(), minlength=num_classes).tolist(),
-        "train_class_counts": loaded.class_counts, "data": asdict(loaded.config.data),
+        "train_class_counts": loaded.class_counts, "data": as_dict(loaded.config.data),
         **{f"sample_{k}": v for k, v in sampler_settings(sample).items()},
     }
     if request is not None:

@@ -20,7 +20,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from ccua.config import Config, ConfigError, config_from_dict, read_yaml_file
+from ccua.config import Config, ConfigError, config_from_dict, read_yaml_file, resumable_keys
 from ccua.checkpoint import CHECKPOINT_PATTERN, list_checkpoints
 from ccua.files import folder_lock
 
@@ -36,8 +36,7 @@ RESUMABLE = (
     "train.sample_every", "train.progress", "train.report_to", "train.wandb_project", "train.dist_timeout_minutes",
     "train.proxy_every",
     "train.proxy_samples", "train.proxy_features", "train.proxy_feature_path", "train.proxy_sampler_steps", "sample",
-    "data.root", "data.download", "data.num_workers", "data.vae", "data.test_split_file",
-    "data.allow_outside_root", "data.max_image_pixels", "data.test_root",
+    "data.root", "data.download", "data.num_workers", "data.vae",
 )
 
 _NUMBERED = re.compile(r"^(\d{3,})-(.+)$")
@@ -254,7 +253,7 @@ def _flatten(values: dict, prefix: str = "") -> dict[str, object]:
 
 
 def _resumable(key: str) -> bool:
-    return any(key == allowed or key.startswith(allowed + ".") for allowed in RESUMABLE)
+    return any(key == allowed or key.startswith(allowed + ".") for allowed in (*RESUMABLE, *resumable_keys()))
 
 
 def resume_changes(saved: Config, current: Config) -> tuple[dict[str, list], dict[str, list]]:
@@ -274,11 +273,12 @@ def resume_changes(saved: Config, current: Config) -> tuple[dict[str, list], dic
       random state, so neither its settings nor how often it runs move the training's generators;
     - ``data.root``, ``data.download``, ``data.num_workers``: where and how the same images are read
       (the per-class counts are checked against the checkpoint's); ``data.vae``: the decoder of
-      sample grids; ``data.test_split_file``: the evaluation reference.
+      sample grids; and the plug-in settings declared ``resumable`` (:func:`ccua.config.setting`),
+      such as an image folder's test split and the limits on its files.
 
     Everything else is refused: the model, the objective, the methods, which images are trained on
     (``data.name``, ``imbalance``, ``n_max``, ``longtail_seed``, ``resolution``, ``channels``,
-    ``split_file``, ``hflip``, ``balanced_resampling``) and the optimisation (``lr``, batch size,
+    a source's training split file, ``hflip``, ``balanced_resampling``) and the optimisation (``lr``, batch size,
     optimiser, seed, warm-up, clipping, EMA, bf16). The checkpoint's optimiser state, random states
     and data order continue the old settings: a change there would silently train something that
     is neither run, while config.yaml claimed the new values.

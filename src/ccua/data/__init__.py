@@ -1,24 +1,26 @@
 """Long-tailed data: sources, the exponential profile, the training set and its batch order.
 
 The names of ``data.name`` are the image sources of :data:`ccua.data.sources.SOURCES` and
-``latents`` (a cache of VAE latents written by ``ccua data encode``): :data:`DATA_SETS`.
+``latents`` (a cache of VAE latents written by ``ccua data encode``): :data:`DATA_SETS`. A source
+is a loader and one :func:`register_source` line (the image folder's is below).
 """
 
 from __future__ import annotations
 
-import dataclasses
 import functools
+import json
 import logging
 
 import numpy as np
 
-from ccua.config import DataConfig
+from ccua.config import DataConfig, as_dict, config_from_dict
 from ccua.data.dataset import LongTailDataset, to_model_range, to_uint8
 from ccua.data.longtail import (GROUP_MODES, balanced_class_probabilities, class_groups, class_label,
                                 classes_head_to_tail, count_groups, longtail_counts, longtail_indices)
 from ccua.data.batches import ResumableBatchSampler
-from ccua.data.sources import (SOURCES, SPLITS, ArraySource, DataError, FolderSource, ImageSource, load_source,
-                               load_split)
+from ccua.data.image_folder import ImageFolderSettings, load_split_of
+from ccua.data.sources import (SOURCES, SPLITS, ArraySource, DataError, FolderSource, ImageSource, SourceSettings,
+                               load_source, load_split, register_source, source_settings)
 
 log = logging.getLogger(__name__)
 
@@ -28,6 +30,8 @@ BALANCE_TOLERANCE = 2.0
 
 #: the data set of cached VAE latents (its images are not pixels)
 LATENTS = "latents"
+register_source("image_folder", load_split_of, ImageFolderSettings)
+
 #: every valid ``data.name``
 DATA_SETS = (*SOURCES, LATENTS)
 
@@ -83,18 +87,18 @@ def build_reference_set(config: DataConfig, split: str = "train") -> LongTailDat
     """The reference: the whole source split (no long-tail subsampling), same resolution.
 
     For a split-file data set the train split is the long-tailed split file itself and the test
-    split is ``data.test_split_file``; :func:`describe_reference` says which it is.
+    split is its test split file; :func:`describe_reference` says which it is.
     """
     if is_latent(config):
         raise DataError("a latent cache has no pixel reference set; evaluate against the image source")
-    return _reference_set(tuple(sorted(dataclasses.asdict(config).items())), split)
+    return _reference_set(json.dumps(as_dict(config), sort_keys=True), split)
 
 
 @functools.lru_cache(maxsize=4)
-def _reference_set(settings: tuple, split: str) -> LongTailDataset:
+def _reference_set(settings: str, split: str) -> LongTailDataset:
     # Made once per process and settings: an in-memory source is resized whole when it is built,
     # and a comparison evaluates against the same reference many times.
-    config = DataConfig(**dict(settings))
+    config = config_from_dict({"data": json.loads(settings)}).data
     source = load_split(config, split)
     return LongTailDataset(source, np.arange(len(source)), config.resolution, source_channels(config, source))
 
@@ -108,23 +112,16 @@ def describe_reference(labels: np.ndarray, num_classes: int, split: str = "train
     measured against (and, for a split-file data set, where a balanced reference is).
     """
     counts = np.bincount(np.asarray(labels, dtype=np.int64), minlength=num_classes)
-    source = "images given by the caller"
-    if config is not None:
-        source = config.name
-        if config.name == "image_folder":
-            listed = config.test_split_file if split == "test" else config.split_file
-            source = f"image folder {config.root}" + (f", split file {listed}" if listed else "")
-            if split == "test" and config.test_root:
-                source = f"image folder {config.test_root}"
+    source = "images given by the caller" if config is None else source_settings(config).description(config, split)
     balanced = bool(counts.min() > 0 and counts.max() <= BALANCE_TOLERANCE * counts.min())
     info = {"split": split, "source": source, "per_class_min": int(counts.min()), "per_class_max": int(counts.max()),
             "balanced": balanced, "note": None}
     if not balanced:
         info["note"] = (f"the reference ({source}, {split} split) is not balanced: {counts.min()} to {counts.max()} "
                         "images per class, so overall and group numbers weigh its classes unequally")
-        if config is not None and config.name == "image_folder" and config.split_file and split == "train":
-            info["note"] += ("; a split-file data set has no balanced training set: evaluate with --reference test "
-                             "and data.test_split_file (e.g. ImageNet_LT_test.txt) for a balanced reference")
+        where_balanced = None if config is None else source_settings(config).imbalance_note(split)
+        if where_balanced:
+            info["note"] += f"; {where_balanced}"
     return info
 
 
@@ -138,8 +135,7 @@ def verify_images(config: DataConfig, progress: bool = True) -> tuple[int, list[
     if is_latent(config):
         raise DataError("a latent cache holds no image files to verify; verify the pixel data set it was "
                         "encoded from")
-    has_test = config.test_split_file or config.test_root
-    splits = ["train"] + (["test"] if config.name == "image_folder" and has_test else [])
+    splits = ["train"] + (["test"] if source_settings(config).has_test_split() else [])
     checked, bad = 0, []
     for split in splits:
         source = load_split(config, split)
@@ -173,10 +169,11 @@ def _class_list(members: list[int], shown: int = 12) -> str:
     return text + (f", ... ({len(members)} classes)" if len(members) > shown else "")
 
 
-__all__ = ["describe_classes", 
+__all__ = [
     "BALANCE_TOLERANCE", "DATA_SETS", "GROUP_MODES", "LATENTS", "SOURCES", "SPLITS", "ArraySource", "DataError",
-    "FolderSource", "ImageSource", "LongTailDataset", "ResumableBatchSampler", "balanced_class_probabilities",
-    "build_reference_set", "build_training_set", "class_groups", "classes_head_to_tail", "count_groups",
-    "describe_reference", "is_latent", "load_source", "load_split", "longtail_counts", "longtail_indices", "longtail_subset",
+    "FolderSource", "ImageFolderSettings", "ImageSource", "LongTailDataset", "ResumableBatchSampler", "SourceSettings",
+    "balanced_class_probabilities", "build_reference_set", "build_training_set", "class_groups",
+    "classes_head_to_tail", "count_groups", "describe_classes", "describe_reference", "is_latent", "load_source",
+    "load_split", "longtail_counts", "longtail_indices", "longtail_subset", "register_source", "source_settings",
     "to_model_range", "to_uint8", "training_class_counts", "verify_images",
 ]

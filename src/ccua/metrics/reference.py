@@ -21,7 +21,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from ccua.data.sources import open_npz
+from ccua.config import DataConfig
+from ccua.data.sources import open_npz, source_settings
 from ccua.distributed import DistInfo, broadcast_object
 from ccua.files import atomic_file
 from ccua.images import to_uint8_nchw
@@ -106,17 +107,12 @@ class Reference:
         return digest.hexdigest()
 
 
-def reference_key(data_config: Any, split: str, dataset: Any = None) -> str:
-    """``<name>-<split>-<resolution>px-<channels>ch`` (+ the split file read) for a DataConfig."""
+def reference_key(data_config: DataConfig, split: str, dataset: Any = None) -> str:
+    """``<name>-<split>-<resolution>px-<channels>ch`` (+ the source's tag: the split file read) for a DataConfig."""
     channels = getattr(dataset, "channels", None) or data_config.channels
     key = f"{data_config.name}-{split}-{data_config.resolution}px-{channels}ch"
-    listed = getattr(data_config, "test_split_file" if split == "test" else "split_file", None)
-    folder = getattr(data_config, "test_root", None) if split == "test" else None
-    if folder:
-        key += f"-{Path(folder).name}"
-    elif listed:
-        key += f"-{Path(listed).stem}"
-    return key
+    tag = source_settings(data_config).reference_tag(split)
+    return f"{key}-{tag}" if tag else key
 
 
 def load_reference_stats(path: str | Path) -> GaussianStats:
