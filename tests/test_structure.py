@@ -347,12 +347,18 @@ def _plugin_settings_named_outside(sources: dict[str, str]) -> list[str]:
 
 def test_a_plugins_settings_are_named_in_its_own_module_only():
     """A plug-in's settings live with it: config.py, build.py and the rest never name them, so a new
-    method, sampler or backbone is its own file plus one registry line (docs/extending.md)."""
+    data source, backbone, objective, sampler or method is its own file plus one registry line
+    (docs/extending.md)."""
     sources = {str(path.relative_to(SRC)): path.read_text() for path in sorted(SRC.rglob("*.py"))}
+    # every kind of plug-in with settings is seen by the check
+    expected = {"data": {"image_folder"}, "model": {"unet", "dit"}, "diffusion": {"ddpm"},
+                "method": {"ccua", "cbdm", "oclt", "dispersive"}, "sample": {"ddim", "ddpm", "dopri5"}}
+    assert all(names <= set(PLUGIN_SETTINGS[group]) for group, names in expected.items())
     assert _plugin_settings_named_outside(sources) == []
     # the check sees a section named elsewhere, as a key and as an attribute
     planted = {"build.py": "if config.method.ccua.alpha > 1:", "compare.py": '"method.cbdm.tau=2"',
                "training/trainer.py": "if config.model.dit.init_from:",
                "config.py": 'MOVED_KEYS = {"model.ch": "model.unet.ch"}\nX = "model.unet.ch=8"',
-               "generate.py": "from ccua.diffusion.ddpm import DDPM\nT = config.diffusion.ddpm.timesteps"}
-    assert len(_plugin_settings_named_outside(planted)) == 5
+               "generate.py": "from ccua.diffusion.ddpm import DDPM\nT = config.diffusion.ddpm.timesteps",
+               "evaluation.py": "listed = data.image_folder.split_file"}
+    assert len(_plugin_settings_named_outside(planted)) == 6

@@ -2,9 +2,10 @@
 
 Every setting lives in a dataclass with its default and its valid values (:func:`setting`), so a
 run folder's ``config.yaml`` is the complete record of what was trained. The core sections are
-here; a plug-in (a backbone, an objective, a method, a sampler) declares its settings class in its
-own module and registers it (:func:`register_settings`), and the config gets a section of that
-name (``model.<arch>``, ``diffusion.<objective>``, ``method.<name>``, ``sample.<sampler>``). This
+here; a plug-in (a data source, a backbone, an objective, a method, a sampler) declares its
+settings class in its own module and registers it (:func:`register_settings`), and the config gets
+a section of that name (``data.<source>``, ``model.<arch>``, ``diffusion.<objective>``,
+``method.<name>``, ``sample.<sampler>``). This
 module is data only: unknown keys (with the list of valid ones), types and the ranges written
 beside each field are checked here; whether a name exists (a data set, a sampler, ...) is asked
 of its registry by :func:`ccua.build.check_config`.
