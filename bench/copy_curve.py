@@ -50,8 +50,8 @@ def measure(checkpoint: Path, guidance: float, per_class: int, sampler_steps: in
     for name in ["overall", *groups]:
         within = found["overall"] if name == "overall" else found["groups"][name]
         whole = found["whole_set"]["overall"] if name == "overall" else found["whole_set"]["groups"][name]
-        rows.append({"run": loaded.run_dir.name, "step": loaded.step, "guidance": guidance, "sampler": _label(sampler, sampler_steps, eta),
-                     "group": name,
+        rows.append({"run": loaded.run_dir.name, "step": loaded.step, "guidance": guidance,
+                     "sampler": _label(sampler, sampler_steps, eta), "group": name,
                      "n": within["n"], "n_train": within.get("n_train", len(train)),
                      "copy_share": within["copy_share"], "copy_share_whole_set": whole["copy_share"],
                      "copies_of_other_class": whole["copies_of_other_class"],

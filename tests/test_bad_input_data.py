@@ -153,7 +153,8 @@ def test_bad_split_file_lines_are_one_line_with_the_line_number(image_folder, tm
 def test_test_split_labels_beyond_the_training_classes(image_folder, tmp_path):
     (tmp_path / "test.txt").write_text("class_0/img0.png 0\nclass_2/img0.png 3\n")
     with pytest.raises(DataError, match=r"test.txt:2: label 3 is beyond the 3 classes"):
-        load_source("image_folder", str(image_folder), "test", image_folder={"test_split_file": str(tmp_path / "test.txt")})
+        load_source("image_folder", str(image_folder), "test",
+                    image_folder={"test_split_file": str(tmp_path / "test.txt")})
 
 
 def test_windows_split_file_with_bom_and_crlf(image_folder, tmp_path):
@@ -304,7 +305,8 @@ def _class_tree(root, classes: dict[str, int]) -> None:
 def test_a_test_folder_of_class_folders_is_the_test_split(tmp_path, capsys):
     _class_tree(tmp_path / "train", {"cat": 6, "dog": 3, "eel": 2})
     _class_tree(tmp_path / "test", {"dog": 2, "cat": 2, "eel": 2})
-    test = load_source("image_folder", str(tmp_path / "train"), "test", image_folder={"test_root": str(tmp_path / "test")})
+    test = load_source("image_folder", str(tmp_path / "train"), "test",
+                       image_folder={"test_root": str(tmp_path / "test")})
     assert test.class_names == ["cat", "dog", "eel"] and np.bincount(test.labels).tolist() == [2, 2, 2]
     assert all(Path(test.root / p).parent.name == test.class_names[label] for p, label in zip(test.paths, test.labels))
     settings = ["fashion_mnist_lt", "data.name=image_folder", f"data.root={tmp_path / 'train'}", "data.imbalance=null",

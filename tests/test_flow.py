@@ -17,7 +17,7 @@ import torch
 
 from ccua.config import DiffusionConfig
 from ccua.config import SampleConfig
-from ccua.diffusion.flow import Dopri5Settings
+from ccua.diffusion.flow import Dopri5Config
 from ccua.build import build_objective
 from ccua.diffusion import DDPM, Flow, guided_prediction
 from ccua.models.dit import DiT
@@ -107,7 +107,8 @@ def test_dopri5_reaches_its_tolerance(noise):
 
 @pytest.mark.parametrize("sampler,steps", [("euler", 500), ("heun", 50), ("dopri5", 1)])
 def test_ode_samples_have_the_data_moments(noise, sampler, steps):
-    out = Flow().sample(exact_velocity, noise, SampleConfig(sampler=sampler, steps=steps, sections={"dopri5": Dopri5Settings(atol=1e-7, rtol=1e-7)}))
+    tight = {"dopri5": Dopri5Config(atol=1e-7, rtol=1e-7)}
+    out = Flow().sample(exact_velocity, noise, SampleConfig(sampler=sampler, steps=steps, sections=tight))
     # The sample moments differ from mu, sigma^2 by the noise's own sampling error
     # (sd sigma / sqrt(n) = 0.004 for the mean, sigma^2 sqrt(2 / n) = 0.003 for the variance)
     # plus the integration error (< 0.01 for Euler with 500 steps).

@@ -18,8 +18,8 @@ from ccua.data.dataset import LongTailDataset, to_model_range, to_uint8
 from ccua.data.longtail import (GROUP_MODES, balanced_class_probabilities, class_groups, class_label,
                                 classes_head_to_tail, count_groups, longtail_counts, longtail_indices)
 from ccua.data.batches import ResumableBatchSampler
-from ccua.data.image_folder import ImageFolderSettings, load_split_of
-from ccua.data.sources import (SOURCES, SPLITS, ArraySource, DataError, FolderSource, ImageSource, SourceSettings,
+from ccua.data.image_folder import ImageFolderConfig, load_split_of
+from ccua.data.sources import (SOURCES, SPLITS, ArraySource, DataError, FolderSource, ImageSource, SourceConfig,
                                load_source, load_split, register_source, source_settings)
 
 log = logging.getLogger(__name__)
@@ -30,7 +30,7 @@ BALANCE_TOLERANCE = 2.0
 
 #: the data set of cached VAE latents (its images are not pixels)
 LATENTS = "latents"
-register_source("image_folder", load_split_of, ImageFolderSettings)
+register_source("image_folder", load_split_of, ImageFolderConfig)
 
 #: every valid ``data.name``
 DATA_SETS = (*SOURCES, LATENTS)
@@ -171,7 +171,7 @@ def _class_list(members: list[int], shown: int = 12) -> str:
 
 __all__ = [
     "BALANCE_TOLERANCE", "DATA_SETS", "GROUP_MODES", "LATENTS", "SOURCES", "SPLITS", "ArraySource", "DataError",
-    "FolderSource", "ImageFolderSettings", "ImageSource", "LongTailDataset", "ResumableBatchSampler", "SourceSettings",
+    "FolderSource", "ImageFolderConfig", "ImageSource", "LongTailDataset", "ResumableBatchSampler", "SourceConfig",
     "balanced_class_probabilities", "build_reference_set", "build_training_set", "class_groups",
     "classes_head_to_tail", "count_groups", "describe_classes", "describe_reference", "is_latent", "load_source",
     "load_split", "longtail_counts", "longtail_indices", "longtail_subset", "register_source", "source_settings",

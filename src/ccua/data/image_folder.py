@@ -15,11 +15,11 @@ from pathlib import Path
 import numpy as np
 
 from ccua.config import DataConfig, setting
-from ccua.data.sources import DataError, FolderSource, ImageSource, ReadPolicy, SourceSettings, pixel_limit
+from ccua.data.sources import DataError, FolderSource, ImageSource, ReadPolicy, SourceConfig, pixel_limit
 
 
 @dataclass
-class ImageFolderSettings(SourceSettings):
+class ImageFolderConfig(SourceConfig):
     """``data.image_folder.*``: which files are the training and test splits, and what the files may do."""
 
     split_file: str | None = None  # "relative/path label" lines (ImageNet-LT format); None = class sub-folders
@@ -223,6 +223,6 @@ def load_image_folder(root: str | Path | None, split_file: str | Path | None = N
 
 def load_split_of(data: DataConfig, split: str) -> ImageSource:
     """The ``data.name=image_folder`` loader: the split ``split`` of the folder at ``data.root``."""
-    settings: ImageFolderSettings = data.image_folder
+    settings: ImageFolderConfig = data.image_folder
     return load_image_folder(data.root, settings.split_file, split, settings.test_split_file,
                              settings.read_policy(data.resolution), settings.test_root)

@@ -450,7 +450,7 @@ SOURCES: dict[str, Callable[[DataConfig, str], ImageSource]] = {
 SPLITS = ("train", "test")
 
 
-class SourceSettings:
+class SourceConfig:
     """What evaluation asks of a source's own settings (the section ``data.<source>``); a source
     without settings answers with these defaults, a settings class of its own may override them."""
 
@@ -473,16 +473,16 @@ class SourceSettings:
 
 def register_source(name: str, loader: Callable[[DataConfig, str], ImageSource], settings: type | None = None) -> None:
     """Make ``data.name=<name>`` read ``loader(data, split)``; ``settings`` (a dataclass declared with
-    :func:`ccua.config.setting`, best a :class:`SourceSettings`) becomes the section ``data.<name>``."""
+    :func:`ccua.config.setting`, best a :class:`SourceConfig`) becomes the section ``data.<name>``."""
     SOURCES[name] = loader
     if settings is not None:
         register_settings("data", name, settings)
 
 
-def source_settings(data: DataConfig) -> SourceSettings:
+def source_settings(data: DataConfig) -> SourceConfig:
     """The section of ``data.name``'s own settings, or the defaults of a source without."""
     section = data.sections.get(data.name)
-    return section if isinstance(section, SourceSettings) else SourceSettings()
+    return section if isinstance(section, SourceConfig) else SourceConfig()
 
 
 def load_split(data: DataConfig, split: str = "train") -> ImageSource:

@@ -44,6 +44,7 @@ def register_sampler(objective: type[Objective], name: str, run: SamplerFn, sett
         raise ValueError(f"a sampler named {name!r} is already registered")
     objective.samplers = {**objective.samplers, name: run}  # the class's own mapping, not its base's
     if settings is not None:
+        objective.sampler_settings = {**objective.sampler_settings, name: settings}
         register_settings("sample", name, settings)
 
 

@@ -32,7 +32,7 @@ class DDPMConfig:
 
 
 @dataclass
-class DDIMSettings:
+class DDIMConfig:
     """``sample.ddim.*``: eta = 0 is deterministic DDIM, 1 draws fresh noise at every step as the
     ancestral sampler does."""
 
@@ -40,7 +40,7 @@ class DDIMSettings:
 
 
 @dataclass
-class AncestralSettings:
+class AncestralConfig:
     """``sample.ddpm.*``: the ancestral sampler's noise variance, ``large`` = beta_t (the released
     U-Net code's fixedlarge, the default) or ``posterior`` = beta-tilde_t."""
 
@@ -188,4 +188,4 @@ class DDPM(Objective):
     #: (DPM-Solver++ 2M, UniPC) in ``steps`` steps
     samplers = {"ddim": _run_ddim, "ddpm": _run_ancestral, **{name: solver_runner(name) for name in SOLVERS}}
     #: the samplers' own settings: the sections ``sample.ddim`` and ``sample.ddpm``
-    sampler_settings = {"ddim": DDIMSettings, "ddpm": AncestralSettings}
+    sampler_settings = {"ddim": DDIMConfig, "ddpm": AncestralConfig}

@@ -29,7 +29,7 @@ def _pairs(grid: list[float]) -> list[tuple[float, float]]:
 
 
 @dataclass
-class Dopri5Settings:
+class Dopri5Config:
     """``sample.dopri5.*``: the adaptive solver's absolute and relative tolerances."""
 
     atol: float = setting(1e-5, above=0)
@@ -170,7 +170,7 @@ class Flow(Objective):
 
     #: ``sample.sampler`` -> how it runs: euler, heun, sde (``steps``) or dopri5 (``sample.dopri5.atol``, ``rtol``)
     samplers = {"euler": _run_euler, "heun": _run_heun, "dopri5": _run_dopri5, "sde": _run_sde}
-    sampler_settings = {"dopri5": Dopri5Settings}
+    sampler_settings = {"dopri5": Dopri5Config}
 
 
 def _check_steps(steps: int) -> None:
