@@ -63,9 +63,9 @@ FLAT_MODEL = "model:\n  arch: unet\n  ch: 16\n  ch_mult: [1, 2]\n  attn_resoluti
 @pytest.fixture
 def fresh_warnings(monkeypatch):
     """Forget which old keys were already warned about in this process."""
-    import ccua.config
+    import ccua.config.history
 
-    monkeypatch.setattr(ccua.config, "_warned_keys", set())
+    monkeypatch.setattr(ccua.config.history, "_warned_keys", set())
 
 
 def test_old_model_keys_of_user_files_are_moved_with_one_warning(tmp_path, caplog, fresh_warnings):

@@ -308,13 +308,13 @@ def test_building_the_parser_loads_no_registry():
 
 # --------------------------------------------------------------------------- plug-ins own their settings
 
-#: config.py's tables of settings' history (old key -> new key, stored defaults) name sections by
-#: their dotted keys: they are read before any plug-in is imported, so they live there
+#: config/history.py's tables of settings' history (old key -> new key, stored defaults) name
+#: sections by their dotted keys: they are read before any plug-in is imported, so they live there
 _KEY_HISTORY = ("MOVED_KEYS", "STORED_DEFAULTS")
 
 
 def _history_lines(text: str) -> set[int]:
-    """The lines of ``text`` (config.py) inside the assignments of :data:`_KEY_HISTORY`."""
+    """The lines of ``text`` (config/history.py) inside the assignments of :data:`_KEY_HISTORY`."""
     lines: set[int] = set()
     for node in ast.parse(text).body:
         if isinstance(node, ast.Assign) and any(isinstance(t, ast.Name) and t.id in _KEY_HISTORY
@@ -339,14 +339,14 @@ def _plugin_settings_named_outside(sources: dict[str, str]) -> list[str]:
                 path = Path(where)
                 if path.parent == own.parent and (path.stem == own.stem or path.stem.startswith(own.stem + "_")):
                     continue
-                skipped = _history_lines(text) if where == "config.py" else set()
+                skipped = _history_lines(text) if where == "config/history.py" else set()
                 found += [f"{where}:{i}: {line.strip()}" for i, line in enumerate(text.splitlines(), 1)
                           if i not in skipped and pattern.search(line)]
     return found
 
 
 def test_a_plugins_settings_are_named_in_its_own_module_only():
-    """A plug-in's settings live with it: config.py, build.py and the rest never name them, so a new
+    """A plug-in's settings live with it: ccua.config, build.py and the rest never name them, so a new
     data source, backbone, objective, sampler or method is its own file plus one registry line
     (docs/extending.md)."""
     sources = {str(path.relative_to(SRC)): path.read_text() for path in sorted(SRC.rglob("*.py"))}
@@ -358,7 +358,8 @@ def test_a_plugins_settings_are_named_in_its_own_module_only():
     # the check sees a section named elsewhere, as a key and as an attribute
     planted = {"build.py": "if config.method.ccua.alpha > 1:", "compare.py": '"method.cbdm.tau=2"',
                "training/trainer.py": "if config.model.dit.init_from:",
-               "config.py": 'MOVED_KEYS = {"model.ch": "model.unet.ch"}\nX = "model.unet.ch=8"',
+               "config/history.py": 'MOVED_KEYS = {"model.ch": "model.unet.ch"}\nX = "model.unet.ch=8"',
+               "config/schema.py": 'X = "model.unet.ch=8"',
                "generate.py": "from ccua.diffusion.ddpm import DDPM\nT = config.diffusion.ddpm.timesteps",
                "evaluation.py": "listed = data.image_folder.split_file"}
-    assert len(_plugin_settings_named_outside(planted)) == 6
+    assert len(_plugin_settings_named_outside(planted)) == 7

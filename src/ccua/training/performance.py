@@ -1,7 +1,7 @@
 """Speed settings, mostly for GPUs: TF32 matmuls, channels-last memory, torch.compile (the fused
 AdamW kernel is chosen where the optimizer is built, in :mod:`ccua.build`).
 
-Each is a ``train.*`` key (see config.py) so a run folder records how it was trained. None of them
+Each is a ``train.*`` key (see ccua.config) so a run folder records how it was trained. None of them
 changes what is optimised; TF32 and bf16 change the arithmetic precision, which is why they are
 recorded, and bf16 stays off by default (on CPUs without AVX-512 BF16 it is also slower).
 """
