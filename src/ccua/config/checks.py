@@ -65,6 +65,8 @@ def _coerce(value: Any, annotation: Any, path: str) -> Any:
 
 
 def build_section(cls: type, values: dict[str, Any], path: str = "") -> Any:
+    """The settings dataclass ``cls`` from a mapping at ``path``: unknown keys (with the valid ones)
+    and types refused; plug-in sub-sections built by their registered class."""
     types = _field_types(cls)
     plugins = plugins_field(cls)
     own = [f for f in fields(cls) if f is not plugins]
@@ -141,6 +143,7 @@ def _non_finite_problems(values: dict[str, Any], prefix: str = "") -> Iterator[s
 
 
 def section_problems(section: Any, path: str) -> Iterator[str]:
+    """Messages for values of ``section`` (and its sub-sections) outside their declared valid values."""
     for item in fields(section):
         value = getattr(section, item.name)
         key = f"{path}.{item.name}" if path else item.name

@@ -73,10 +73,12 @@ def upgrade_keys(values: dict[str, Any], source: str, stored: bool = False) -> d
 
 
 def copy_nested(values: dict[str, Any]) -> dict[str, Any]:
+    """A copy of a nested mapping whose mappings can be changed without touching the original."""
     return {k: copy_nested(v) if isinstance(v, dict) else v for k, v in values.items()}
 
 
 def get_dotted(values: dict[str, Any], key: str) -> tuple[bool, Any]:
+    """(present, value) of the dotted ``key`` in a nested mapping."""
     node: Any = values
     for part in key.split("."):
         if not isinstance(node, dict) or part not in node:
@@ -94,6 +96,7 @@ def _pop_dotted(values: dict[str, Any], key: str) -> tuple[bool, Any]:
 
 
 def set_dotted(values: dict[str, Any], key: str, value: Any) -> None:
+    """Set the dotted ``key`` of a nested mapping, making the mappings on its way."""
     *parents, last = key.split(".")
     node = values
     for part in parents:

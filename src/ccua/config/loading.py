@@ -9,7 +9,7 @@ from typing import Any
 
 import yaml
 
-from ccua.config.checks import build_section, section_problems, range_problems
+from ccua.config.checks import build_section, range_problems, section_problems
 from ccua.config.history import STORED_DEFAULTS, get_dotted, set_dotted, upgrade_keys
 from ccua.config.schema import Config, ConfigError
 
