@@ -88,7 +88,11 @@ def test_the_released_large_variance_is_the_default_and_documented_choices_are_c
         load_checked_config("fashion_mnist_lt", ["sample.ddpm.variance=fixed"])
     with pytest.raises(ValueError, match="latents are not bounded"):
         load_checked_config("sit_s2_imagenet_lt256", ["diffusion.objective=ddpm", "sample.sampler=ddim",
-                                              "sample.clip_x0=true"])
+                                                      "sample.clip_x0=true"])
+    with pytest.raises(ValueError, match="the flow objective's samplers do not clip"):
+        load_checked_config("sit_tiny_fashion_mnist_lt", ["sample.clip_x0=true"])
+    with pytest.raises(ValueError, match="not applied by the dpm\\+\\+ solver"):
+        load_checked_config("fashion_mnist_lt", ["sample.sampler=dpm++", "sample.steps=10", "sample.clip_x0=true"])
 
 
 # ------------------------------------------------------------------ where the DiT encoder stops

@@ -24,7 +24,6 @@ from ccua.config import (Config, ConfigError, DiffusionConfig, MethodConfig, Mod
                          range_problems, with_changes, with_plugin_settings)
 from ccua.data import DATA_SETS, is_latent
 from ccua.diffusion import LABEL_DROP_MODES, OBJECTIVES, Objective, sampler_names
-from ccua.diffusion.solvers import SOLVERS
 from ccua.methods import METHODS, PLAIN, Method, check_combination
 from ccua.metrics import FEATURE_NETS
 from ccua.models import BACKBONES
@@ -117,11 +116,8 @@ def _sampling_problems(config: Config) -> Iterator[str]:
         owner = next(name for name, objective in OBJECTIVES.items() if sample.sampler in objective.samplers)
         yield f"sampler {sample.sampler!r} is for the {owner} objective; use {_one_of(offered)}"
     yield from OBJECTIVES[diffusion.objective].sampling_problems(diffusion.sections.get(diffusion.objective), sample)
-    if sample.clip_x0 and sample.sampler in SOLVERS:
-        yield f"sample.clip_x0=true is not applied by the {sample.sampler} solver: use ddim or ddpm to clip"
-    if sample.clip_x0 and (diffusion.objective != "ddpm" or is_latent(config.data)):
-        yield ("sample.clip_x0=true clips x0 to the pixel range [-1, 1]: it needs the ddpm objective on pixel data "
-               "(latents are not bounded)")
+    if sample.clip_x0 and is_latent(config.data):
+        yield "sample.clip_x0=true clips x0 to the pixel range [-1, 1]: latents are not bounded"
 
 
 # --------------------------------------------------------------------------- parts

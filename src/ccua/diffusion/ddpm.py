@@ -67,9 +67,11 @@ class DDPM(Objective):
 
     @classmethod
     def sampling_problems(cls, settings: DDPMConfig, sample: SampleConfig) -> Iterator[str]:
-        """DDIM and the few-step solvers take at most T steps."""
+        """DDIM and the few-step solvers take at most T steps; only DDIM and ancestral sampling clip x0."""
         if sample.sampler in ("ddim", *SOLVERS) and sample.steps > settings.timesteps:
             yield f"sample.steps={sample.steps} exceeds diffusion.ddpm.timesteps={settings.timesteps}"
+        if sample.clip_x0 and sample.sampler in SOLVERS:
+            yield f"sample.clip_x0=true is not applied by the {sample.sampler} solver: use ddim or ddpm to clip"
 
     def alpha_bar(self, t: Tensor) -> Tensor:
         """alphabar_t for integer timesteps t (float32, on t's device)."""

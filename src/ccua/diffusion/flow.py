@@ -9,6 +9,7 @@ methods see is s = 1 - t. Samplers integrate t from 0 to 1.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Iterator
 
 import torch
 from torch import Tensor
@@ -56,6 +57,12 @@ class Flow(Objective):
         """x_t = t * data + (1 - t) * noise for times t [B]."""
         tt = expand_like(t, data)
         return tt * data + (1 - tt) * noise
+
+    @classmethod
+    def sampling_problems(cls, settings: None, sample: SampleConfig) -> Iterator[str]:
+        """Clipping is DDPM's: the flow samplers integrate a velocity and have no x0 to clip."""
+        if sample.clip_x0:
+            yield "sample.clip_x0=true clips the DDPM samplers' predicted x0: the flow objective's samplers do not clip"
 
     def model_time(self, s: Tensor) -> Tensor:
         return 1.0 - s
