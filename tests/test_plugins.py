@@ -1,7 +1,8 @@
-"""A new method, sampler or metric is one module and one registry line (docs/extending.md): a toy
-regulariser, registered from this test module, trains through the command line with its own
-settings section, whose declared values are checked like those of the shipped methods; a toy
-sampler samples a trained run through the command line with its own settings; a toy metric is
+"""A new method, sampler, data source or metric is one module and one registry line
+(docs/extending.md): a toy regulariser, registered from this test module, trains through the
+command line with its own settings section, whose declared values are checked like those of the
+shipped methods; a toy sampler samples a trained run through the command line with its own
+settings; a toy data source is counted and trained on with its own settings; a toy metric is
 scored for every subset and shows up in metrics.md and the comparison tables."""
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ import torch
 import yaml
 
 from ccua.cli import main
-from ccua.config import PLUGIN_SETTINGS, setting
+from ccua.config import PLUGIN_SETTINGS, DataConfig, setting
+from ccua.data import SOURCES, ArraySource, SourceConfig, register_source
 from ccua.diffusion import DDPM, register_sampler
 from ccua.methods import METHODS, Method, PassOutputs, StepContext, register_method
 from ccua.metrics import RandomFeatureNet, Reference, evaluate
@@ -161,6 +163,7 @@ def jump_registered():
     register_sampler(DDPM, "jump", run_jump, JumpConfig)  # the registry line a new sampler adds
     yield
     DDPM.samplers = {name: run for name, run in DDPM.samplers.items() if name != "jump"}
+    DDPM.sampler_settings = {name: cls for name, cls in DDPM.sampler_settings.items() if name != "jump"}
     PLUGIN_SETTINGS["sample"].pop("jump")
 
 
@@ -179,3 +182,52 @@ def test_a_registered_sampler_samples_a_trained_run_with_its_own_settings(jump_r
     capsys.readouterr()
     assert main(["sample", str(run), "--sampler", "jump", "sample.jump.shrink=2", "--out", str(tmp_path / "x")]) != 0
     assert "sample.jump.shrink=2.0 must be in (0, 1]" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------- a data source
+
+
+@dataclass
+class StripesConfig(SourceConfig):
+    """``data.stripes.*``: how many images of each class the generated source holds."""
+
+    per_class: int = setting(12, at_least=1, meaning="images per class")
+
+    def description(self, data: DataConfig, split: str) -> str:
+        return f"stripes, {self.per_class} per class"
+
+
+def load_stripes(data: DataConfig, split: str) -> ArraySource:
+    """Three classes of 8x8 grey images: class c has a bright column every third pixel from c."""
+    n = data.stripes.per_class
+    images = np.zeros((3 * n, 8, 8, 1), np.uint8)
+    for c in range(3):
+        images[c * n:(c + 1) * n, :, c::3] = 255
+    return ArraySource(images, np.repeat(np.arange(3), n), 3, ["left", "middle", "right"])
+
+
+@pytest.fixture
+def stripes_registered():
+    register_source("stripes", load_stripes, StripesConfig)  # the registry line a new source adds
+    yield
+    SOURCES.pop("stripes")
+    PLUGIN_SETTINGS["data"].pop("stripes")
+
+
+def test_a_registered_data_source_is_counted_and_trained_on_with_its_own_settings(stripes_registered, tmp_path,
+                                                                                   capsys):
+    data = ["data.name=stripes", "data.stripes.per_class=20", "data.imbalance=0.1", "data.resolution=8"]
+    assert main(["data", *data]) == 0
+    printed = capsys.readouterr().out
+    # n_c = floor(20 * 0.1^(c / 2)): 20, 6 and 2 images
+    assert re.search(r"left\s+20\s+head", printed) and re.search(r"right\s+2\s+tail", printed), printed
+    config = tiny_config_dict(tmp_path / "runs", data={"name": "stripes", "stripes": {"per_class": 20},
+                                                       "resolution": 8, "imbalance": 0.1, "n_max": None})
+    path = tmp_path / "stripes.yaml"
+    path.write_text(yaml.safe_dump(config))
+    assert main(["train", str(path), "train.steps=2", "method.names=[plain]"]) == 0
+    recorded = yaml.safe_load((tmp_path / "runs" / "000-tiny" / "config.yaml").read_text())
+    assert recorded["data"]["stripes"] == {"per_class": 20}
+    capsys.readouterr()
+    assert main(["data", "data.name=stripes", "data.stripes.per_class=0"]) == 2
+    assert "data.stripes.per_class=0 must be a positive integer (images per class)" in capsys.readouterr().err

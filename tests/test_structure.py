@@ -16,7 +16,7 @@ import ccua
 from ccua.build import OPTIMIZERS, check_config
 from ccua.cli import build_parser
 from ccua.config import PLUGIN_SETTINGS, Config, ConfigError
-from ccua.data import DATA_SETS, GROUP_MODES, SOURCES, SPLITS
+from ccua.data import GROUP_MODES, SOURCES, SPLITS, data_set_names
 from ccua.diffusion import LABEL_DROP_MODES, OBJECTIVES, DDPM, Flow, sampler_names
 from ccua.diffusion.ddpm import ANCESTRAL_VARIANCES
 from ccua.diffusion.solvers import SOLVERS
@@ -273,7 +273,7 @@ def test_the_config_check_accepts_exactly_the_registered_names():
         other = next(s for s in sampler_names() if s not in cls.samplers)
         with pytest.raises(ConfigError, match=f"sampler '{other}' is for the"):
             check_config(_with(base, diffusion={"objective": objective}, sample={"sampler": other}))
-    for name in DATA_SETS:
+    for name in data_set_names():
         check_config(_with(base, data={"name": name}))
     for name in (PLAIN, *METHODS):
         check_config(_with(base, diffusion={"objective": "ddpm"}, method={"names": [name]}))

@@ -22,7 +22,7 @@ from torch import nn
 
 from ccua.config import (Config, ConfigError, DiffusionConfig, MethodConfig, ModelConfig, config_from_dict, load_config,
                          range_problems, with_changes, with_plugin_settings)
-from ccua.data import DATA_SETS, is_latent
+from ccua.data import data_set_names, is_latent
 from ccua.diffusion import LABEL_DROP_MODES, OBJECTIVES, Objective, sampler_names
 from ccua.methods import METHODS, PLAIN, Method, check_combination
 from ccua.metrics import FEATURE_NETS
@@ -83,7 +83,7 @@ def _with_complete_model(config: Config) -> Config:
 def _choice_problems(config: Config) -> Iterator[str]:
     """Settings that name something: each must be one of its registry's names."""
     choices: dict[str, tuple[object, Iterable[str]]] = {
-        "data.name": (config.data.name, DATA_SETS),
+        "data.name": (config.data.name, data_set_names()),
         "model.arch": (config.model.arch, BACKBONES),
         "diffusion.objective": (config.diffusion.objective, OBJECTIVES),
         "diffusion.label_drop_mode": (config.diffusion.label_drop_mode, LABEL_DROP_MODES),

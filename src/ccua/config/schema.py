@@ -88,7 +88,7 @@ class DataConfig(PluginSectionAccess):
     """Which images, how they are made long-tailed, and how batches are drawn. A registered source
     with settings of its own has its section here (``data.<source>``: an image folder's split files)."""
 
-    name: str = "fashion_mnist"  # one of ccua.data.DATA_SETS: an image source, or "latents"
+    name: str = "fashion_mnist"  # one of ccua.data.data_set_names(): an image source, or "latents"
     root: str | None = None  # where the source files are; None = the source's default place
     download: bool = False  # fetch CIFAR from the internet when it is not at root
     resolution: int = setting(16, at_least=1, meaning="image side in pixels (latent grid side for latents)")

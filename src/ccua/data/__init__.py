@@ -1,7 +1,7 @@
 """Long-tailed data: sources, the exponential profile, the training set and its batch order.
 
 The names of ``data.name`` are the image sources of :data:`ccua.data.sources.SOURCES` and
-``latents`` (a cache of VAE latents written by ``ccua data encode``): :data:`DATA_SETS`. A source
+``latents`` (a cache of VAE latents written by ``ccua data encode``): :func:`data_set_names`. A source
 is a loader and one :func:`register_source` line (the image folder's is below).
 """
 
@@ -30,10 +30,13 @@ BALANCE_TOLERANCE = 2.0
 
 #: the data set of cached VAE latents (its images are not pixels)
 LATENTS = "latents"
+
 register_source("image_folder", load_split_of, ImageFolderConfig)
 
-#: every valid ``data.name``
-DATA_SETS = (*SOURCES, LATENTS)
+
+def data_set_names() -> tuple[str, ...]:
+    """Every valid ``data.name``: the registered sources (a source registered later included) and latents."""
+    return (*SOURCES, LATENTS)
 
 
 def is_latent(config: DataConfig) -> bool:
@@ -170,10 +173,10 @@ def _class_list(members: list[int], shown: int = 12) -> str:
 
 
 __all__ = [
-    "BALANCE_TOLERANCE", "DATA_SETS", "GROUP_MODES", "LATENTS", "SOURCES", "SPLITS", "ArraySource", "DataError",
-    "FolderSource", "ImageFolderConfig", "ImageSource", "LongTailDataset", "ResumableBatchSampler", "SourceConfig",
+    "BALANCE_TOLERANCE", "GROUP_MODES", "LATENTS", "SOURCES", "SPLITS", "ArraySource", "DataError", "FolderSource",
+    "ImageFolderConfig", "ImageSource", "LongTailDataset", "ResumableBatchSampler", "SourceConfig",
     "balanced_class_probabilities", "build_reference_set", "build_training_set", "class_groups",
-    "classes_head_to_tail", "count_groups", "describe_classes", "describe_reference", "is_latent", "load_source",
-    "load_split", "longtail_counts", "longtail_indices", "longtail_subset", "register_source", "source_settings",
-    "to_model_range", "to_uint8", "training_class_counts", "verify_images",
+    "classes_head_to_tail", "count_groups", "data_set_names", "describe_classes", "describe_reference", "is_latent",
+    "load_source", "load_split", "longtail_counts", "longtail_indices", "longtail_subset", "register_source",
+    "source_settings", "to_model_range", "to_uint8", "training_class_counts", "verify_images",
 ]
