@@ -104,3 +104,25 @@ def test_a_stop_signal_during_a_checkpoint_write_lets_the_write_complete(tmp_pat
         path = save_checkpoint({"step": 3}, tmp_path, 3, keep=2)
     assert signals.received == "SIGTERM"
     assert torch.load(path, weights_only=True) == {"step": 3} and sorted(os.listdir(tmp_path)) == ["0000003.pt"]
+
+
+def test_stop_signals_stay_recorded_after_an_error_that_ends_the_process():
+    """torchrun sends SIGTERM to the survivors as soon as a worker dies: after the lost-peer error the
+    signal must stay recorded until the error is reported; after any other error the handlers return."""
+
+    class LaunchLost(RuntimeError):
+        pass
+
+    previous = signal.getsignal(signal.SIGTERM)
+    try:
+        with pytest.raises(LaunchLost):
+            with StopSignals(ending=(LaunchLost,)) as signals:
+                raise LaunchLost("process 1 of 2 was lost")
+        os.kill(os.getpid(), signal.SIGTERM)  # the launcher's SIGTERM: recorded, the process lives on
+        assert signals.received == "SIGTERM"
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    with pytest.raises(ValueError):
+        with StopSignals(ending=(LaunchLost,)):
+            raise ValueError("a setting")
+    assert signal.getsignal(signal.SIGTERM) == previous

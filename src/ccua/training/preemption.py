@@ -41,11 +41,15 @@ class StopSignals:
     """While entered, the stop signals only record themselves (``received``: the first one's name).
 
     Handlers can be installed only in the main thread; elsewhere the signals keep their handlers
-    and ``received`` stays None. The previous handlers come back on exit.
+    and ``received`` stays None. The previous handlers come back on exit, except after one of the
+    exceptions ``ending``, which end the process anyway: the signals then stay recorded, so that a
+    launcher's SIGTERM (torchrun sends one as soon as it sees a worker die) cannot kill the process
+    before it has reported the error.
     """
 
-    def __init__(self):
+    def __init__(self, ending: tuple[type[BaseException], ...] = ()):
         self.received: str | None = None
+        self.ending = ending
         self._previous: dict[int, object] = {}
 
     def _record(self, signum: int, frame: FrameType | None) -> None:
@@ -58,7 +62,8 @@ class StopSignals:
                 self._previous[signum] = signal.signal(signum, self._record)
         return self
 
-    def __exit__(self, *exc_info) -> None:
-        for signum, handler in self._previous.items():
-            signal.signal(signum, handler)
+    def __exit__(self, error_type: type[BaseException] | None, *exc_info) -> None:
+        if error_type is None or not issubclass(error_type, self.ending):
+            for signum, handler in self._previous.items():
+                signal.signal(signum, handler)
         self._previous.clear()

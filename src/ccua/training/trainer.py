@@ -372,7 +372,8 @@ class Trainer:
                                 disable=not (train.progress and self.dist.is_main), desc=self.config.name,
                                 dynamic_ncols=True)
         try:
-            with StopSignals() as self.signals, self._naming_a_lost_peer():
+            # a lost peer ends the launch: torchrun's SIGTERM to the survivors must not cut its report short
+            with StopSignals(ending=(PeerLost,)) as self.signals, self._naming_a_lost_peer():
                 self._loop(log_file, progress)
                 if self.stop_agreed and self.step < train.steps:
                     self._stop()
