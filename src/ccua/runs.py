@@ -252,8 +252,8 @@ def _flatten(values: dict, prefix: str = "") -> dict[str, object]:
     return flat
 
 
-def _resumable(key: str) -> bool:
-    return any(key == allowed or key.startswith(allowed + ".") for allowed in (*RESUMABLE, *resumable_keys()))
+def _resumable(key: str, resumable: tuple[str, ...]) -> bool:
+    return any(key == allowed or key.startswith(allowed + ".") for allowed in resumable)
 
 
 def resume_changes(saved: Config, current: Config) -> tuple[dict[str, list], dict[str, list]]:
@@ -278,16 +278,18 @@ def resume_changes(saved: Config, current: Config) -> tuple[dict[str, list], dic
 
     Everything else is refused: the model, the objective, the methods, which images are trained on
     (``data.name``, ``imbalance``, ``n_max``, ``longtail_seed``, ``resolution``, ``channels``,
-    a source's training split file, ``hflip``, ``balanced_resampling``) and the optimisation (``lr``, batch size,
-    optimiser, seed, warm-up, clipping, EMA, bf16). The checkpoint's optimiser state, random states
+    a source's training split file, ``hflip``, ``balanced_resampling``) and the optimisation (``lr``,
+    batch size, optimiser, seed, warm-up, clipping, EMA, bf16). The checkpoint's optimiser state, random states
     and data order continue the old settings: a change there would silently train something that
     is neither run, while config.yaml claimed the new values.
     """
     old = _flatten(saved.to_dict())  # read as today's config: settings added since have their defaults
     new = _flatten(current.to_dict())
     differing = {k: [old.get(k), new.get(k)] for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)}
-    allowed = {k: v for k, v in differing.items() if _resumable(k)}
-    refused = {k: v for k, v in differing.items() if not _resumable(k)}
+    resumable = (*RESUMABLE, *resumable_keys())  # the plug-ins' are asked once, not per key
+    allowed, refused = {}, {}
+    for key, values in differing.items():
+        (allowed if _resumable(key, resumable) else refused)[key] = values
     return allowed, refused
 
 

@@ -32,18 +32,27 @@ class ImageFolderConfig(SourceConfig):
     # unless this is set
     allow_outside_root: bool = setting(False, resumable=True)
     # an image declaring more pixels is refused (None: 64 x resolution^2, at least 4096 x 4096)
-    max_image_pixels: int | None = setting(None, at_least=1, resumable=True, meaning="pixels an image file may declare")
+    max_image_pixels: int | None = setting(None, at_least=1, resumable=True,
+                                           meaning="pixels an image file may declare")
+
+    def _own_folder(self, split: str) -> str | None:
+        """The folder of class sub-folders that is ``split`` by itself (the test root), if any."""
+        return self.test_root if split == "test" else None
+
+    def _listed(self, split: str) -> str | None:
+        """The split file that lists ``split``'s images, if any."""
+        return self.test_split_file if split == "test" else self.split_file
 
     def description(self, data: DataConfig, split: str) -> str:
-        if split == "test" and self.test_root:
-            return f"image folder {self.test_root}"
-        listed = self.test_split_file if split == "test" else self.split_file
+        if self._own_folder(split):
+            return f"image folder {self._own_folder(split)}"
+        listed = self._listed(split)
         return f"image folder {data.root}" + (f", split file {listed}" if listed else "")
 
     def reference_tag(self, split: str) -> str:
-        if split == "test" and self.test_root:
-            return Path(self.test_root).name
-        listed = self.test_split_file if split == "test" else self.split_file
+        if self._own_folder(split):
+            return Path(self._own_folder(split)).name
+        listed = self._listed(split)
         return Path(listed).stem if listed else ""
 
     def has_test_split(self) -> bool:

@@ -81,6 +81,9 @@ class _IntervalMeter:
     """Running sums of the loss terms over the steps since the last log line, and their speed."""
 
     def __init__(self) -> None:
+        self._restart()
+
+    def _restart(self) -> None:
         self.sums: dict[str, float] = {}
         self.steps = 0
         self.start = time.perf_counter()
@@ -94,7 +97,7 @@ class _IntervalMeter:
         """(the interval's mean terms, its seconds, its steps); starts the next interval."""
         elapsed, steps = time.perf_counter() - self.start, self.steps
         means = {key: value / steps for key, value in self.sums.items()}
-        self.__init__()
+        self._restart()
         return means, elapsed, steps
 
 
