@@ -97,3 +97,17 @@ def test_a_sampler_of_another_objective_is_refused_before_sampling(tmp_path, cap
         assert capsys.readouterr().err.strip() == ("ccua: error: sampler 'heun' is for the flow objective; "
                                                    "use ddim, ddpm, dpm++ or unipc")
     assert not (tmp_path / "s").exists() and not (run / "eval").exists()
+
+
+def test_sampler_options_and_overrides_combine_and_must_agree(tmp_path, capsys):
+    config = _write_config(tmp_path, train={"steps": 0})
+    assert main(["train", str(config), "--device", "cpu"]) == 0
+    run, out = tmp_path / "runs" / "000-tiny", tmp_path / "s"
+    assert main(["sample", str(run), "--out", str(out), "--per-class", "1", "--steps", "2", "--no-png",
+                 "sample.ddim.eta=1.0", "sample.batch_size=4"]) == 0
+    info = yaml.safe_load((out / "sample_info.json").read_text())
+    assert (info["sample_steps"], info["sample_batch_size"], info["sample_ddim"]) == (2, 4, {"eta": 1.0})
+    capsys.readouterr()
+    # --eta is sample.ddim.eta's old spelling: the two naming different values is an error, not a silent choice
+    assert main(["sample", str(run), "--out", str(tmp_path / "t"), "--eta", "0.5", "sample.ddim.eta=1.0"]) == 2
+    assert "sample.eta=0.5 and sample.ddim.eta=1.0 name the same setting" in capsys.readouterr().err

@@ -28,6 +28,17 @@ def test_dotted_overrides():
     assert parse_overrides(["a.b=1", "a.c=x"]) == {"a": {"b": 1, "c": "x"}}
 
 
+def test_each_section_hands_out_the_settings_of_the_plug_in_it_chooses():
+    dit = load_config("fashion_mnist_lt", ["model.arch=dit", "model.dit.depth=3", "diffusion.objective=flow",
+                                           "sample.sampler=dopri5", "sample.dopri5.atol=0.001"])
+    assert dit.model.chosen_settings() is dit.model.dit and dit.model.chosen_settings().depth == 3
+    assert dit.sample.chosen_settings().atol == 0.001
+    assert dit.diffusion.chosen_settings() is None  # the flow objective has no settings of its own
+    unet = load_config("fashion_mnist_lt")
+    assert unet.model.chosen_settings() is unet.model.unet and unet.diffusion.chosen_settings().timesteps == 1000
+    assert unet.method.settings_of("ccua") is unet.method.ccua and unet.method.settings_of("plain") is None
+
+
 def test_yaml_file(tmp_path):
     path = tmp_path / "mine.yaml"
     path.write_text("base: fashion_mnist_lt\ntrain:\n  steps: 5\n")

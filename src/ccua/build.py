@@ -62,8 +62,7 @@ def check_config(config: Config) -> Config:
     if problem is None:
         config = _with_complete_model(config)
         model = config.model
-        problem = next(BACKBONES[model.arch].settings_problems(getattr(model, model.arch), config.data.resolution),
-                       None)
+        problem = next(BACKBONES[model.arch].settings_problems(model.chosen_settings(), config.data.resolution), None)
     if problem is not None:
         raise ConfigError(problem)
     return config
@@ -73,7 +72,7 @@ def _with_complete_model(config: Config) -> Config:
     """``config`` with its backbone's settings completed by the backbone (a DiT's named size written
     into its depth and width); ConfigError where they conflict."""
     model = config.model
-    section = getattr(model, model.arch)
+    section = model.chosen_settings()
     completed = BACKBONES[model.arch].complete_settings(section)
     if completed is section:
         return config
@@ -115,7 +114,7 @@ def _sampling_problems(config: Config) -> Iterator[str]:
     if sample.sampler not in offered:
         owner = next(name for name, objective in OBJECTIVES.items() if sample.sampler in objective.samplers)
         yield f"sampler {sample.sampler!r} is for the {owner} objective; use {_one_of(offered)}"
-    yield from OBJECTIVES[diffusion.objective].sampling_problems(diffusion.sections.get(diffusion.objective), sample)
+    yield from OBJECTIVES[diffusion.objective].sampling_problems(diffusion.chosen_settings(), sample)
     if sample.clip_x0 and is_latent(config.data):
         yield "sample.clip_x0=true clips x0 to the pixel range [-1, 1]: latents are not bounded"
 
@@ -124,7 +123,7 @@ def _sampling_problems(config: Config) -> Iterator[str]:
 
 def build_model(config: ModelConfig, in_channels: int, num_classes: int, resolution: int) -> nn.Module:
     """The backbone ``config.arch``, from its section of settings, for data of the given shape and class count."""
-    return BACKBONES[config.arch].from_config(getattr(config, config.arch), in_channels, num_classes, resolution)
+    return BACKBONES[config.arch].from_config(config.chosen_settings(), in_channels, num_classes, resolution)
 
 
 def training_footprint(config: ModelConfig, in_channels: int, num_classes: int, resolution: int, batch: int,
@@ -185,12 +184,12 @@ def check_model_fits(config: Config, in_channels: int, num_classes: int, resolut
 
 def build_objective(config: DiffusionConfig) -> Objective:
     """The objective ``config.objective`` from its section of settings (none for an objective without)."""
-    return OBJECTIVES[config.objective].from_config(config.sections.get(config.objective))
+    return OBJECTIVES[config.objective].from_config(config.chosen_settings())
 
 
 def build_methods(config: MethodConfig) -> list[Method]:
     """The methods listed in ``config.names``, each with its section of settings (none for plain)."""
-    return [METHODS[name](config.sections.get(name)) for name in config.names if name != PLAIN]
+    return [METHODS[name](config.settings_of(name)) for name in config.names if name != PLAIN]
 
 
 def build_optimizer(parameters: Iterable[nn.Parameter], name: str, lr: float, weight_decay: float,

@@ -104,13 +104,15 @@ def cmd_sample(args: argparse.Namespace) -> int:
 
 
 def _sample(args: argparse.Namespace, dist) -> Path:
-    from ccua.config import sample_changes, sample_settings_changes, section_overrides
+    from ccua.config import parse_overrides, sample_settings_changes, section_overrides
     from ccua.generate import sample_run
 
     shortcuts = {"sampler": args.sampler, "steps": _sampler_steps(args), "guidance": args.guidance,
                  "batch_size": args.batch_size, "eta": args.eta}  # --eta: the old spelling, moved with a warning
-    changes = sample_changes(section_overrides(args.overrides, ("sample",), "sample"))
-    changes.update(sample_settings_changes({k: v for k, v in shortcuts.items() if v is not None}, "options"))
+    overrides = parse_overrides(section_overrides(args.overrides, ("sample",), "sample")).get("sample", {})
+    # one typed set of changes: an option and an override naming the same setting must agree
+    changes = sample_settings_changes({**overrides, **{k: v for k, v in shortcuts.items() if v is not None}},
+                                      "command line")
     return sample_run(args.run, args.out, changes=changes, classes=_classes(args.labels), per_class=args.per_class,
                       seed=args.seed, use_ema=not args.no_ema, write_pngs=not args.no_png, overwrite=args.overwrite,
                       dist=dist)

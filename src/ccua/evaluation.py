@@ -215,7 +215,7 @@ def _data_identity(data: DataConfig | None) -> dict[str, Any] | None:
         return None
     identity = {key: getattr(data, key) for key in ("name", "resolution", "channels", "imbalance", "n_max",
                                                     "longtail_seed")}
-    own = data.sections.get(data.name)
+    own = data.chosen_settings()
     return {**identity, "source": as_dict(own) if own is not None else None}
 
 

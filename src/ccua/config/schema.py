@@ -9,7 +9,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 from dataclasses import dataclass, field, fields, is_dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 
 class ConfigError(ValueError):
@@ -75,6 +75,17 @@ def plugins_field(section: Any) -> dataclasses.Field | None:
 class PluginSectionAccess:
     """Attribute access to the plug-in sub-sections of a section: ``config.method.<name>``."""
 
+    #: the setting that names the plug-in in use (``arch`` of ``model``); "" where several are
+    chooser: ClassVar[str] = ""
+
+    def settings_of(self, name: str) -> Any | None:
+        """Plug-in ``name``'s own settings section; None where it registered none."""
+        return getattr(self, plugins_field(self).name).get(name)  # type: ignore[arg-type, union-attr]
+
+    def chosen_settings(self) -> Any | None:
+        """The settings section of the plug-in in use (``model.<arch>``, ``data.<name>``, ...)."""
+        return self.settings_of(getattr(self, self.chooser))
+
     def __getattr__(self, name: str) -> Any:
         plugins = None if name.startswith("__") else plugins_field(self)  # type: ignore[arg-type]
         sections = self.__dict__.get(plugins.name) if plugins is not None else None
@@ -88,6 +99,7 @@ class DataConfig(PluginSectionAccess):
     """Which images, how they are made long-tailed, and how batches are drawn. A registered source
     with settings of its own has its section here (``data.<source>``: an image folder's split files)."""
 
+    chooser = "name"
     name: str = "fashion_mnist"  # one of ccua.data.data_set_names(): an image source, or "latents"
     root: str | None = None  # where the source files are; None = the source's default place
     download: bool = False  # fetch CIFAR from the internet when it is not at root
@@ -111,6 +123,7 @@ class ModelConfig(PluginSectionAccess):
     """The backbone: ``arch`` names it; each registered backbone's settings are the section of the
     same name (``model.<arch>``), declared in the backbone's own module."""
 
+    chooser = "arch"
     arch: str = "unet"  # one of ccua.models.BACKBONES (unet, dit)
     sections: dict[str, Any] = plugin_sections("model")
 
@@ -121,6 +134,7 @@ class DiffusionConfig(PluginSectionAccess):
     with settings of its own (DDPM's schedule) has its section here (``diffusion.<objective>``),
     declared in the objective's module."""
 
+    chooser = "objective"
     objective: str = "ddpm"  # one of ccua.diffusion.OBJECTIVES (ddpm, flow)
     label_drop_prob: float = setting(0.1, at_least=0, below=1)
     label_drop_mode: str = "sample"  # sample (one coin per image) | batch (one coin per step)
@@ -187,6 +201,7 @@ class SampleConfig(PluginSectionAccess):
     """How samples are drawn (training-time grids and ``ccua sample``). A registered sampler with
     settings of its own has its section here (``sample.<sampler>``)."""
 
+    chooser = "sampler"
     sampler: str = "ddim"  # one of the objective's samplers (ddim, ddpm = ancestral; euler, heun, dopri5, sde)
     steps: int = setting(100, at_least=1, meaning="sampler steps")
     # DDPM objective's samplers (ddim, ddpm) on pixel data: clip the predicted x0 to [-1, 1] at every

@@ -481,7 +481,7 @@ def register_source(name: str, loader: Callable[[DataConfig, str], ImageSource],
 
 def source_settings(data: DataConfig) -> SourceConfig:
     """The section of ``data.name``'s own settings, or the defaults of a source without."""
-    section = data.sections.get(data.name)
+    section = data.chosen_settings()
     return section if isinstance(section, SourceConfig) else SourceConfig()
 
 

@@ -193,7 +193,7 @@ class Trainer:
         model = self.config.model
         if resume_state is not None:
             self._restore(self.resume_from, resume_state)
-        elif BACKBONES[model.arch].load_initial_weights(self.model, getattr(model, model.arch)):
+        elif BACKBONES[model.arch].load_initial_weights(self.model, model.chosen_settings()):
             self.ema = EMA(self.model, self.config.train.ema_decay)  # the average starts from the loaded weights
 
     def _check_methods(self) -> None:
