@@ -2,6 +2,7 @@
 
 import csv
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -9,6 +10,7 @@ import yaml
 
 from ccua.checkpoint import load_checkpoint
 from ccua.cli import main
+from ccua.files import folder_lock
 from tests.conftest import tiny_config_dict
 
 
@@ -17,6 +19,14 @@ def metrics_file(run_dir: Path, step: int, guidance: float = 1.0, reference: str
     found = list((run_dir / "eval").glob(f"step{step:07d}_*_w{guidance:g}_n*_{reference}-*/metrics.json"))
     assert len(found) == 1, f"{len(found)} evaluations of step {step}, w {guidance}, {reference} in {run_dir}"
     return found[0]
+
+
+def assert_status(capsys, args, expected: dict[str, tuple[str, str, str]]) -> None:
+    """``ccua compare --status`` prints, per run, its trained steps, state and stored evaluations."""
+    capsys.readouterr()
+    assert main(args + ["--status"]) == 0
+    rows = [line.strip("|").split("|") for line in capsys.readouterr().out.splitlines() if line.startswith("| ")]
+    assert {cells[0].strip(): tuple(c.strip() for c in cells[1:]) for cells in rows[1:]} == expected
 
 
 def test_compare_two_methods_writes_the_report_and_skips_finished_runs(tmp_path, capsys):
@@ -43,6 +53,12 @@ def test_compare_two_methods_writes_the_report_and_skips_finished_runs(tmp_path,
     # a larger budget resumes every run and evaluates it anew (the old numbers stay beside)
     longer = list(args)
     longer[longer.index("--steps") + 1] = "3"
+    assert_status(capsys, args, {"plain-s0": ("2/2", "trained", "1"), "ccua-s0": ("2/2", "trained", "1")})
+    with folder_lock(out / "runs" / "ccua-s0", "a training of ccua-s0"):
+        assert_status(capsys, longer, {"plain-s0": ("2/3", "to resume", "0"),
+                                       "ccua-s0": ("2/3", f"in use by a training of ccua-s0 (pid {os.getpid()})", "0")})
+    assert_status(capsys, args + ["train.lr=0.0005"], {"plain-s0": ("2/2", "trained with other settings: train.lr", "1"),
+                                                      "ccua-s0": ("2/2", "trained with other settings: train.lr", "1")})
     assert main(longer) == 0
     assert metrics_file(out / "runs" / "plain-s0", 3).exists()
     assert metrics_file(out / "runs" / "plain-s0", 2).exists()

@@ -281,10 +281,26 @@ def cmd_compare(args: argparse.Namespace) -> int:
     only = args.only.split(",") if args.only else None
     methods = [m for m in args.methods.split(",") if m] if args.methods else None
     settings = study_settings(args.preset, only=only, methods=methods, overrides=args.overrides, **given)
+    if args.status:
+        print(_status_table(settings))
+        return 0
     report = compare(settings)
     print((report / "comparison.md").read_text())
     print(f"report: {report}")
     return 0
+
+
+def _status_table(settings) -> str:
+    """``ccua compare --status``: a line per planned run, and what is left to train."""
+    from ccua.compare import study_status
+    from ccua.report.markdown import markdown
+
+    statuses = study_status(settings)
+    rows = [[s.name, f"{s.trained_step}/{s.budget}", s.state, str(s.evaluations)] for s in statuses]
+    left = sum(max(0, s.budget - s.trained_step) for s in statuses)
+    finished = sum(s.state == "trained" for s in statuses)
+    return (markdown(["run", "trained", "state", "evaluations"], rows)
+            + f"\n\n{finished} of {len(statuses)} runs trained; {left} training steps left ({settings.out_dir})")
 
 
 # --------------------------------------------------------------------------- the parser
@@ -480,6 +496,9 @@ def _add_compare(sub) -> None:
     p.add_argument("--gpus-per-run", type=positive_int, default=None,
                    help="train each run under torchrun on this many GPUs of its own (jobs x G GPUs in all; "
                         "without CUDA: G CPU processes)")
+    p.add_argument("--status", action="store_true",
+                   help="print where each planned run stands in the output folder (trained steps, whether a "
+                        "process is training it, stored evaluations) and exit without training")
     p.set_defaults(func=cmd_compare)
 
 

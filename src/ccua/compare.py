@@ -42,7 +42,8 @@ from ccua.jobs import Job, JobsFailed, run_jobs, worker_slot
 from ccua.launch import child_environment, gpu_group, torchrun_command
 from ccua.methods import DEFAULT_COMPARISON, METHODS
 from ccua.metrics.subset_metrics import FID
-from ccua.files import folder_lock, write_text_atomic
+from ccua.files import folder_holder, folder_lock, write_text_atomic
+from ccua.records import step_prefix
 from ccua.runs import RunFolder
 
 log = logging.getLogger(__name__)
@@ -329,6 +330,41 @@ def _training_job(settings: CompareSettings, run: PlannedRun) -> Job:
     return Job(name, train_one, (run.config, run.run_dir, settings.device))
 
 
+@dataclass
+class RunStatus:
+    """Where one planned run stands on disk (:func:`study_status`)."""
+
+    name: str
+    trained_step: int
+    budget: int
+    state: str
+    evaluations: int  # stored evaluations of the budget's checkpoint (their metrics.json under eval/)
+
+
+def study_status(settings: CompareSettings) -> list[RunStatus]:
+    """What the output folder already holds for each planned run, without training or locking
+    anything: its newest checkpoint against the budget; whether it is trained, training now (the
+    process holding its folder), waiting to be resumed, not started, or trained with other settings
+    (the differing keys); and how many evaluations of the budget's checkpoint are stored (of any
+    guidance and reference: ``ccua compare`` reuses those whose settings match)."""
+    statuses = []
+    for run in planned_runs(settings):
+        folder, budget = RunFolder(run.run_dir), run.config.train.steps
+        trained, holder = folder.trained_step(), folder_holder(run.run_dir)
+        differing = folder.training_differences(run.config)
+        if differing:
+            state = "trained with other settings: " + ", ".join(sorted(differing))
+        elif holder is not None:
+            state = f"in use by {holder}"
+        elif folder.checkpoints() and trained >= budget:
+            state = "trained"
+        else:
+            state = "to resume" if folder.checkpoints() else "not started"
+        evaluations = len(list((run.run_dir / "eval").glob(f"{step_prefix(budget)}*/metrics.json")))
+        statuses.append(RunStatus(run.name, trained, budget, state, evaluations))
+    return statuses
+
+
 # --------------------------------------------------------------------------- evaluation
 
 def evaluated_checkpoint(run: PlannedRun) -> Path:
@@ -527,5 +563,5 @@ def _compare(settings: CompareSettings, runs: list[PlannedRun]) -> Path:
     return main_report
 
 
-__all__ = ["CompareSettings", "Variant", "compare", "is_study_file", "load_study", "study_settings",
-           "planned_runs", "variant_config"]
+__all__ = ["CompareSettings", "RunStatus", "Variant", "compare", "is_study_file", "load_study", "planned_runs",
+           "study_settings", "study_status", "variant_config"]

@@ -78,3 +78,19 @@ def folder_lock(folder: str | Path, holder: str) -> Iterator[None]:
 
 
 __all__ = ["LOCK_FILE", "atomic_file", "folder_lock", "write_text_atomic"]
+
+
+def folder_holder(folder: str | Path) -> str | None:
+    """Who holds ``folder``'s :func:`folder_lock` now (as its holder wrote it), or None when no
+    process does. Asks with a shared lock, so it never takes the folder from anyone."""
+    lock_path = Path(folder) / LOCK_FILE
+    if not lock_path.is_file():
+        return None
+    with open(lock_path) as stream:
+        try:
+            fcntl.flock(stream.fileno(), fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except OSError as error:
+            if error.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
+                raise
+            return stream.read().strip() or "another process"
+    return None

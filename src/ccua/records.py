@@ -55,9 +55,14 @@ class SampleRequest:
         return sample_tag(self.step, self.sample, self.per_class, self.seed)
 
 
+def step_prefix(step: int) -> str:
+    """How the names of a checkpoint's sample sets and evaluations begin."""
+    return f"step{step:07d}_"
+
+
 def sample_tag(step: int, sample: dict[str, Any], per_class: int, seed: int) -> str:
     """The readable name of a sample set (its folder under the run's ``samples/`` and ``eval/``)."""
-    return (f"step{step:07d}_{sample['sampler']}{sample['steps']}_w{sample['guidance']:g}_n{per_class}"
+    return (f"{step_prefix(step)}{sample['sampler']}{sample['steps']}_w{sample['guidance']:g}_n{per_class}"
             f"_seed{seed}")
 
 
