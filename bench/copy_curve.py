@@ -1,4 +1,4 @@
-"""The near-copy share of a run's samples along its training: at which budget does it copy its tail?
+r"""The near-copy share of a run's samples along its training: at which budget does it copy its tail?
 
 For every kept checkpoint of each run (or those named with --steps) and every guidance w, this
 samples ``--per-class`` images of every class (the same initial noise for every checkpoint) and
@@ -9,7 +9,7 @@ images the samples land nearest to. It prints one table and writes it as CSV (``
 already in that CSV are not measured again, so an interrupted curve resumes. Example (the pilot of
 docs/results/memorising_regime.md):
     python bench/copy_curve.py runs/fashion_mnist_lt_memorising/runs/plain-s0 --guidance 0,1 \
-        --per-class 50 --sampler-steps 50 --out runs/fashion_mnist_lt_memorising/pilot_copies.csv
+        --per-class 50 --sampler-steps 50 --eta 1 --out runs/fashion_mnist_lt_memorising/pilot_copies.csv
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""FID (and tail FID) against the number of network evaluations, per sampler: which is the cheapest
+r"""FID (and tail FID) against the number of network evaluations, per sampler: which is the cheapest
 sampler at equal quality for a trained model?
 
 For each sampler (ddim, dpm++, unipc by default) and each step count, this evaluates the run with
