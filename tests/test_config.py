@@ -37,6 +37,8 @@ def test_each_section_hands_out_the_settings_of_the_plug_in_it_chooses():
     unet = load_config("fashion_mnist_lt")
     assert unet.model.chosen_settings() is unet.model.unet and unet.diffusion.chosen_settings().timesteps == 1000
     assert unet.method.settings_of("ccua") is unet.method.ccua and unet.method.settings_of("plain") is None
+    with pytest.raises(TypeError, match="several plug-ins at once"):
+        unet.method.chosen_settings()  # methods combine: there is no one chosen method
 
 
 def test_yaml_file(tmp_path):

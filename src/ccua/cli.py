@@ -12,9 +12,12 @@ import logging
 import os
 import sys
 from pathlib import Path
-from typing import Callable, Iterable, Iterator
+from typing import TYPE_CHECKING, Callable, Iterable, Iterator
 
 from ccua.config import ConfigError, preset_names
+
+if TYPE_CHECKING:  # the CLI imports torch-heavy modules only when a command runs
+    from ccua.compare import CompareSettings
 
 log = logging.getLogger("ccua")
 
@@ -290,7 +293,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
-def _status_table(settings) -> str:
+def _status_table(settings: CompareSettings) -> str:
     """``ccua compare --status``: a line per planned run, and what is left to train."""
     from ccua.compare import study_status
     from ccua.report.markdown import markdown

@@ -84,6 +84,8 @@ class PluginSectionAccess:
 
     def chosen_settings(self) -> Any | None:
         """The settings section of the plug-in in use (``model.<arch>``, ``data.<name>``, ...)."""
+        if not self.chooser:
+            raise TypeError(f"{type(self).__name__} uses several plug-ins at once: ask settings_of(name)")
         return self.settings_of(getattr(self, self.chooser))
 
     def __getattr__(self, name: str) -> Any:
