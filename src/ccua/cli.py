@@ -107,15 +107,12 @@ def cmd_sample(args: argparse.Namespace) -> int:
 
 
 def _sample(args: argparse.Namespace, dist) -> Path:
-    from ccua.config import parse_overrides, sample_settings_changes, section_overrides
+    from ccua.config import sample_changes, section_overrides
     from ccua.generate import sample_run
 
-    shortcuts = {"sampler": args.sampler, "steps": _sampler_steps(args), "guidance": args.guidance,
-                 "batch_size": args.batch_size, "eta": args.eta}  # --eta: the old spelling, moved with a warning
-    overrides = parse_overrides(section_overrides(args.overrides, ("sample",), "sample")).get("sample", {})
-    # one typed set of changes: an option and an override naming the same setting must agree
-    changes = sample_settings_changes({**overrides, **{k: v for k, v in shortcuts.items() if v is not None}},
-                                      "command line")
+    options = {"sampler": args.sampler, "steps": _sampler_steps(args), "guidance": args.guidance,
+               "batch_size": args.batch_size, "eta": args.eta}  # --eta: the old spelling, moved with a warning
+    changes = sample_changes(section_overrides(args.overrides, ("sample",), "sample"), options)
     return sample_run(args.run, args.out, changes=changes, classes=_classes(args.labels), per_class=args.per_class,
                       seed=args.seed, use_ema=not args.no_ema, write_pngs=not args.no_png, overwrite=args.overwrite,
                       dist=dist)
@@ -301,7 +298,7 @@ def _status_table(settings: CompareSettings) -> str:
     statuses = study_status(settings)
     rows = [[s.name, f"{s.trained_step}/{s.budget}", s.state, str(s.evaluations)] for s in statuses]
     left = sum(max(0, s.budget - s.trained_step) for s in statuses)
-    finished = sum(s.state == "trained" for s in statuses)
+    finished = sum(s.is_trained for s in statuses)
     return (markdown(["run", "trained", "state", "evaluations"], rows)
             + f"\n\n{finished} of {len(statuses)} runs trained; {left} training steps left ({settings.out_dir})")
 

@@ -330,6 +330,10 @@ def _training_job(settings: CompareSettings, run: PlannedRun) -> Job:
     return Job(name, train_one, (run.config, run.run_dir, settings.device))
 
 
+#: the state of a run trained to its budget with the planned settings (:func:`study_status`)
+TRAINED = "trained"
+
+
 @dataclass
 class RunStatus:
     """Where one planned run stands on disk (:func:`study_status`)."""
@@ -339,6 +343,10 @@ class RunStatus:
     budget: int
     state: str
     evaluations: int  # stored evaluations of the budget's checkpoint (their metrics.json under eval/)
+
+    @property
+    def is_trained(self) -> bool:
+        return self.state == TRAINED
 
 
 def study_status(settings: CompareSettings) -> list[RunStatus]:
@@ -356,8 +364,8 @@ def study_status(settings: CompareSettings) -> list[RunStatus]:
             state = "trained with other settings: " + ", ".join(sorted(differing))
         elif holder is not None:
             state = f"in use by {holder}"
-        elif folder.checkpoints() and trained >= budget:
-            state = "trained"
+        elif folder.is_finished(budget):
+            state = TRAINED
         else:
             state = "to resume" if folder.checkpoints() else "not started"
         evaluations = len(list((run.run_dir / "eval").glob(f"{step_prefix(budget)}*/metrics.json")))

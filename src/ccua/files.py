@@ -60,14 +60,9 @@ def folder_lock(folder: str | Path, holder: str) -> Iterator[None]:
     lock_path = folder / LOCK_FILE
     stream = open(lock_path, "a+")
     try:
-        try:
-            fcntl.flock(stream.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as error:
-            if error.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
-                raise
-            stream.seek(0)
-            owner = stream.read().strip() or "another process"
-            raise ConfigError(f"{folder} is in use by {owner}: wait until it ends, or use another folder") from None
+        owner = _holder_if_locked(stream, fcntl.LOCK_EX)
+        if owner is not None:
+            raise ConfigError(f"{folder} is in use by {owner}: wait until it ends, or use another folder")
         stream.seek(0)
         stream.truncate()
         stream.write(f"{holder} (pid {os.getpid()})")
@@ -77,9 +72,6 @@ def folder_lock(folder: str | Path, holder: str) -> Iterator[None]:
         stream.close()  # closing the file releases the lock
 
 
-__all__ = ["LOCK_FILE", "atomic_file", "folder_lock", "write_text_atomic"]
-
-
 def folder_holder(folder: str | Path) -> str | None:
     """Who holds ``folder``'s :func:`folder_lock` now (as its holder wrote it), or None when no
     process does. Asks with a shared lock, so it never takes the folder from anyone."""
@@ -87,10 +79,21 @@ def folder_holder(folder: str | Path) -> str | None:
     if not lock_path.is_file():
         return None
     with open(lock_path) as stream:
-        try:
-            fcntl.flock(stream.fileno(), fcntl.LOCK_SH | fcntl.LOCK_NB)
-        except OSError as error:
-            if error.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
-                raise
-            return stream.read().strip() or "another process"
+        return _holder_if_locked(stream, fcntl.LOCK_SH)
+
+
+def _holder_if_locked(stream: IO[str], mode: int) -> str | None:
+    """Take ``mode`` (LOCK_EX or LOCK_SH) on the lock file ``stream`` without waiting: None when it
+    was taken, else the holder its owner wrote there."""
+    try:
+        fcntl.flock(stream.fileno(), mode | fcntl.LOCK_NB)
+    except OSError as error:
+        if error.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
+            raise
+        stream.seek(0)
+        return stream.read().strip() or "another process"
     return None
+
+
+__all__ = ["LOCK_FILE", "atomic_file", "folder_holder", "folder_lock", "write_text_atomic"]
+

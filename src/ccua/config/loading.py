@@ -214,10 +214,15 @@ def section_overrides(overrides: list[str], sections: tuple[str, ...], command: 
     return overrides
 
 
-def sample_changes(overrides: list[str]) -> dict[str, Any]:
-    """The sampler settings that the ``sample.*`` items of ``overrides`` set, typed and range-checked."""
+def sample_changes(overrides: list[str], options: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The sampler settings that the ``sample.*`` items of ``overrides`` set, with ``options``
+    (sampler settings by name from command-line options, None = not given) winning over an override
+    of the same name, as one typed and range-checked set: an option and an override that name one
+    setting under its old and new names must agree."""
     wanted = [o for o in overrides if o.split("=", 1)[0].strip().startswith("sample.")]
-    return sample_settings_changes(parse_overrides(wanted).get("sample", {}), "overrides")
+    given = {name: value for name, value in (options or {}).items() if value is not None}
+    return sample_settings_changes({**parse_overrides(wanted).get("sample", {}), **given},
+                                   "command line" if given else "overrides")
 
 
 def sample_settings_changes(values: dict[str, Any], source: str) -> dict[str, Any]:

@@ -44,14 +44,14 @@ class ImageFolderConfig(SourceConfig):
         return self.test_split_file if split == "test" else self.split_file
 
     def description(self, data: DataConfig, split: str) -> str:
-        if self._own_folder(split):
-            return f"image folder {self._own_folder(split)}"
+        if own := self._own_folder(split):
+            return f"image folder {own}"
         listed = self._listed(split)
         return f"image folder {data.root}" + (f", split file {listed}" if listed else "")
 
     def reference_tag(self, split: str) -> str:
-        if self._own_folder(split):
-            return Path(self._own_folder(split)).name
+        if own := self._own_folder(split):
+            return Path(own).name
         listed = self._listed(split)
         return Path(listed).stem if listed else ""
 
