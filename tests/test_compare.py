@@ -10,6 +10,7 @@ import yaml
 
 from ccua.checkpoint import load_checkpoint
 from ccua.cli import main
+from ccua.compare import RunStatus, training_time_left
 from ccua.files import folder_lock
 from tests.conftest import tiny_config_dict
 
@@ -21,12 +22,17 @@ def metrics_file(run_dir: Path, step: int, guidance: float = 1.0, reference: str
     return found[0]
 
 
-def assert_status(capsys, args, expected: dict[str, tuple[str, str, str]]) -> None:
-    """``ccua compare --status`` prints, per run, its trained steps, state and stored evaluations."""
+def assert_status(capsys, args, expected: dict[str, tuple[str, str, str]]) -> str:
+    """``ccua compare --status`` prints, per run, its trained steps, state, stored evaluations and
+    logged step time (every run here has logged one); returns the line below the table."""
     capsys.readouterr()
     assert main(args + ["--status"]) == 0
-    rows = [line.strip("|").split("|") for line in capsys.readouterr().out.splitlines() if line.startswith("| ")]
-    assert {cells[0].strip(): tuple(c.strip() for c in cells[1:]) for cells in rows[1:]} == expected
+    lines = capsys.readouterr().out.splitlines()
+    rows = [line.strip("|").split("|") for line in lines if line.startswith("| ")]
+    cells = {row[0].strip(): [c.strip() for c in row[1:]] for row in rows[1:]}
+    assert {name: tuple(values[:3]) for name, values in cells.items()} == expected
+    assert all(float(values[3]) > 0 for values in cells.values())
+    return lines[-1]
 
 
 def test_compare_two_methods_writes_the_report_and_skips_finished_runs(tmp_path, capsys):
@@ -55,13 +61,26 @@ def test_compare_two_methods_writes_the_report_and_skips_finished_runs(tmp_path,
     longer[longer.index("--steps") + 1] = "3"
     assert_status(capsys, args, {"plain-s0": ("2/2", "trained", "1"), "ccua-s0": ("2/2", "trained", "1")})
     with folder_lock(out / "runs" / "ccua-s0", "a training of ccua-s0"):
-        assert_status(capsys, longer, {"plain-s0": ("2/3", "to resume", "0"),
-                                       "ccua-s0": ("2/3", f"in use by a training of ccua-s0 (pid {os.getpid()})", "0")})
+        summary = assert_status(capsys, longer, {
+            "plain-s0": ("2/3", "to resume", "0"),
+            "ccua-s0": ("2/3", f"in use by a training of ccua-s0 (pid {os.getpid()})", "0")})
+    assert summary.startswith("0 of 2 runs trained; 2 training steps left, about ") and " h at 1 job " in summary
     assert_status(capsys, args + ["train.lr=0.0005"], {"plain-s0": ("2/2", "trained with other settings: train.lr", "1"),
                                                       "ccua-s0": ("2/2", "trained with other settings: train.lr", "1")})
     assert main(longer) == 0
     assert metrics_file(out / "runs" / "plain-s0", 3).exists()
     assert metrics_file(out / "runs" / "plain-s0", 2).exists()
+
+
+def test_training_time_left_times_each_run_by_its_own_then_its_variants_then_the_mean_step_time():
+    statuses = [RunStatus("plain-s0", "plain", 100, 100, "trained", 0, 0.5),
+                RunStatus("plain-s1", "plain", 40, 100, "to resume", 0, 0.7),    # its own time: 60 x 0.7
+                RunStatus("plain-s2", "plain", 0, 100, "not started", 0),         # plain's mean: 100 x 0.6
+                RunStatus("ccua-s0", "ccua", 10, 100, "to resume", 0, 1.1),      # 90 x 1.1
+                RunStatus("cbdm-s0", "cbdm", 0, 100, "not started", 0)]           # the mean of all: 100 x 0.7667
+    expected = 60 * 0.7 + 100 * 0.6 + 90 * 1.1 + 100 * (0.5 + 0.7 + 1.1) / 3
+    assert training_time_left(statuses, jobs=2) == pytest.approx(expected / 2)
+    assert training_time_left(statuses[2:3] + statuses[4:], jobs=1) is None  # nothing timed yet
 
 
 def test_evaluate_a_sample_folder(tmp_path, capsys):

@@ -292,15 +292,22 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 def _status_table(settings: CompareSettings) -> str:
     """``ccua compare --status``: a line per planned run, and what is left to train."""
-    from ccua.compare import study_status
+    from ccua.compare import study_status, training_time_left
     from ccua.report.markdown import markdown
 
     statuses = study_status(settings)
-    rows = [[s.name, f"{s.trained_step}/{s.budget}", s.state, str(s.evaluations)] for s in statuses]
-    left = sum(max(0, s.budget - s.trained_step) for s in statuses)
+    rows = [[s.name, f"{s.trained_step}/{s.budget}", s.state, str(s.evaluations),
+             "-" if s.seconds_per_step is None else f"{s.seconds_per_step:.3g}"] for s in statuses]
+    left = sum(s.steps_left for s in statuses)
     finished = sum(s.is_trained for s in statuses)
-    return (markdown(["run", "trained", "state", "evaluations"], rows)
-            + f"\n\n{finished} of {len(statuses)} runs trained; {left} training steps left ({settings.out_dir})")
+    summary = f"{finished} of {len(statuses)} runs trained; {left} training steps left"
+    seconds = training_time_left(statuses, settings.jobs) if left else None
+    if seconds is not None:
+        jobs = f"{settings.jobs} job{'s' if settings.jobs > 1 else ''}"
+        summary += (f", about {seconds / 3600:.1f} h at {jobs} side by side (at the logged step times; a run "
+                    "not started at its variant's, else at the mean)")
+    return (markdown(["run", "trained", "state", "evaluations", "s/step"], rows)
+            + f"\n\n{summary} ({settings.out_dir})")
 
 
 # --------------------------------------------------------------------------- the parser

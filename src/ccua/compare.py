@@ -25,6 +25,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import statistics
 import subprocess
 import sys
 from dataclasses import dataclass, field, replace
@@ -339,14 +340,41 @@ class RunStatus:
     """Where one planned run stands on disk (:func:`study_status`)."""
 
     name: str
+    variant: str
     trained_step: int
     budget: int
     state: str
     evaluations: int  # stored evaluations of the budget's checkpoint (their metrics.json under eval/)
+    seconds_per_step: float | None = None  # the median logged step time (None before a step is logged)
 
     @property
     def is_trained(self) -> bool:
         return self.state == TRAINED
+
+    @property
+    def steps_left(self) -> int:
+        return max(0, self.budget - self.trained_step)
+
+
+def training_time_left(statuses: list[RunStatus], jobs: int) -> float | None:
+    """Wall seconds of training left with ``jobs`` runs side by side: each run's steps left at its
+    own logged step time, else at its variant's (another seed's median), else at the mean of all
+    measured runs; None when no run has logged a step. An estimate: it holds while the machine
+    stays as loaded as it was when the steps were timed."""
+    measured = [s.seconds_per_step for s in statuses if s.seconds_per_step is not None]
+    if not measured:
+        return None
+    by_variant: dict[str, list[float]] = {}
+    for status in statuses:
+        if status.seconds_per_step is not None:
+            by_variant.setdefault(status.variant, []).append(status.seconds_per_step)
+    fallback = statistics.mean(measured)
+    seconds = 0.0
+    for status in statuses:
+        known = by_variant.get(status.variant)
+        per_step = status.seconds_per_step or (statistics.mean(known) if known else fallback)
+        seconds += status.steps_left * per_step
+    return seconds / max(1, jobs)
 
 
 def study_status(settings: CompareSettings) -> list[RunStatus]:
@@ -369,7 +397,8 @@ def study_status(settings: CompareSettings) -> list[RunStatus]:
         else:
             state = "to resume" if folder.checkpoints() else "not started"
         evaluations = len(list((run.run_dir / "eval").glob(f"{step_prefix(budget)}*/metrics.json")))
-        statuses.append(RunStatus(run.name, trained, budget, state, evaluations))
+        statuses.append(RunStatus(run.name, run.variant, trained, budget, state, evaluations,
+                                  folder.seconds_per_step()))
     return statuses
 
 
@@ -572,4 +601,4 @@ def _compare(settings: CompareSettings, runs: list[PlannedRun]) -> Path:
 
 
 __all__ = ["CompareSettings", "RunStatus", "Variant", "compare", "is_study_file", "load_study", "planned_runs",
-           "study_settings", "study_status", "variant_config"]
+           "study_settings", "study_status", "training_time_left", "variant_config"]

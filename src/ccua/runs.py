@@ -16,6 +16,7 @@ import json
 import logging
 import os
 import re
+import statistics
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -77,6 +78,21 @@ class RunFolder:
     def is_finished(self, steps: int) -> bool:
         """Trained to at least ``steps``."""
         return bool(self.checkpoints()) and self.trained_step() >= steps
+
+    def seconds_per_step(self, last: int = 100) -> float | None:
+        """The median training time per step over the newest ``last`` rows of its loss log (None
+        before a row is logged): a median, so the slow first interval after a start or resume
+        and an odd pause do not count."""
+        rows = []
+        path = self.path / LOSS_LOG
+        for line in path.read_text().splitlines() if path.is_file() else []:
+            try:
+                rate = json.loads(line).get("steps_per_sec")
+            except ValueError:
+                continue  # a row cut short by a kill
+            if isinstance(rate, (int, float)) and rate > 0:
+                rows.append(1.0 / rate)
+        return statistics.median(rows[-last:]) if rows else None
 
     def checkpoint_at(self, step: int) -> Path:
         """The checkpoint of exactly ``step``; a ConfigError naming the steps kept when it is missing."""
