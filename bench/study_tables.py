@@ -4,9 +4,12 @@ For each report folder of the comparison (fixed / tuned guidance, each reference
 sample std over seeds per variant, and each variant's paired difference to the baseline with its
 95% t interval (``summary.csv`` and ``differences.csv``), for the metrics that answer "does it
 help the tail": overall FID / KID / recall / class accuracy, and per group FID / recall / class
-accuracy / near-copy share. Further reports beside it (``<out>/report_*``, made with ``ccua report``
-from the same runs) are printed too. Example:
+accuracy / near-copy share. ``--columns copies`` shows the memorisation view instead: per group the
+near-copy share within the class and against the whole training set, the distinct training images
+the samples land nearest to and the median nearest / second-nearest ratio. Further reports beside it
+(``<out>/report_*``, made with ``ccua report`` from the same runs) are printed too. Examples:
     python bench/study_tables.py runs/study_fashion_mnist_lt
+    python bench/study_tables.py runs/fashion_mnist_lt_memorising --columns copies
 """
 
 from __future__ import annotations
@@ -16,12 +19,20 @@ import csv
 import json
 from pathlib import Path
 
-COLUMNS = [("fid", "FID"), ("kid", "KID x1e3"), ("recall", "recall"), ("class_accuracy", "class acc"),
-           ("fid_head", "FID head"), ("fid_tail", "FID tail"), ("recall_tail", "recall tail"),
-           ("class_accuracy_tail", "class acc tail"), ("copies_tail", "copies tail"),
-           ("nn_ratio_tail", "NN ratio tail")]
+KEY_COLUMNS = [("fid", "FID"), ("kid", "KID x1e3"), ("recall", "recall"), ("class_accuracy", "class acc"),
+               ("fid_head", "FID head"), ("fid_tail", "FID tail"), ("recall_tail", "recall tail"),
+               ("class_accuracy_tail", "class acc tail"), ("copies_tail", "copies tail"),
+               ("nn_ratio_tail", "NN ratio tail")]
+# the head's copies only: its distinct-nearest count says little with hundreds of images per class
+COPY_COLUMNS = [("copies_head", "copies head")] + [
+    (f"{metric}_{group}", f"{label} {group}") for group in ("body", "tail")
+    for metric, label in (("copies", "copies"), ("copies_any", "copies (whole set)"),
+                          ("distinct_nn", "distinct nearest"), ("nn_ratio", "NN ratio"))]
+COLUMN_SETS = {"key": KEY_COLUMNS, "copies": COPY_COLUMNS}
 SCALE = {"kid": 1e3}
-DIGITS = {"fid": 2, "fid_head": 2, "fid_tail": 2, "kid": 1}  # the rest (shares, accuracies): 3
+DIGITS = {"fid": 2, "fid_head": 2, "fid_tail": 2, "kid": 1,  # the rest (shares, accuracies): 3
+          "distinct_nn_body": 1, "distinct_nn_tail": 1}
+Columns = list[tuple[str, str]]
 
 
 def _number(text: str) -> float | None:
@@ -34,21 +45,25 @@ def _cell(value: float | None, column: str) -> str:
     return f"{value * SCALE.get(column, 1.0):.{DIGITS.get(column, 3)}f}"
 
 
-def summary_table(folder: Path) -> str:
+def _header(columns: Columns) -> list[str]:
+    return ["| variant | seeds | " + " | ".join(label for _, label in columns) + " |",
+            "|---|---:|" + "---:|" * len(columns)]
+
+
+def summary_table(folder: Path, columns: Columns = KEY_COLUMNS) -> str:
     """Mean ± std per variant (one row each) from summary.csv."""
     rows = list(csv.DictReader((folder / "summary.csv").open()))
-    lines = ["| variant | seeds | " + " | ".join(label for _, label in COLUMNS) + " |",
-             "|---|---:|" + "---:|" * len(COLUMNS)]
+    lines = _header(columns)
     for row in rows:
         cells = []
-        for column, _ in COLUMNS:
+        for column, _ in columns:
             mean, std = _number(row.get(f"{column}_mean", "")), _number(row.get(f"{column}_std", ""))
             cells.append(_cell(mean, column) + ("" if std is None else f" ± {_cell(std, column)}"))
         lines.append(f"| {row['name']} | {row['n_runs']} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
-def differences_table(folder: Path) -> str:
+def differences_table(folder: Path, columns: Columns = KEY_COLUMNS) -> str:
     """Paired difference to the baseline [95% interval] per variant; bold where the interval excludes 0."""
     path = folder / "differences.csv"
     if not path.exists():
@@ -56,11 +71,10 @@ def differences_table(folder: Path) -> str:
     found: dict[str, dict[str, dict[str, str]]] = {}
     for row in csv.DictReader(path.open()):
         found.setdefault(row["name"], {})[row["metric"]] = row
-    lines = ["| variant | seeds | " + " | ".join(label for _, label in COLUMNS) + " |",
-             "|---|---:|" + "---:|" * len(COLUMNS)]
+    lines = _header(columns)
     for name, metrics in found.items():
         cells, seeds = [], "-"
-        for column, _ in COLUMNS:
+        for column, _ in columns:
             row = metrics.get(column)
             if row is None:
                 cells.append("-")
@@ -78,7 +92,10 @@ def differences_table(folder: Path) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("out", help="the comparison's output folder (holding report/ and guidance.json)")
+    parser.add_argument("--columns", choices=sorted(COLUMN_SETS), default="key",
+                        help="key: FID, recall, class accuracy and tail copies; copies: the memorisation view")
     args = parser.parse_args()
+    columns = COLUMN_SETS[args.columns]
     out = Path(args.out)
     # the comparison's reports, then any further ones made from its runs (``ccua report --out
     # <out>/report_<what>``, e.g. paired to another baseline than plain)
@@ -88,8 +105,8 @@ def main() -> None:
         if not (folder / "summary.csv").exists():
             continue
         print(f"### {folder.relative_to(out)}\n")
-        print(summary_table(folder) + "\n")
-        print(differences_table(folder) + "\n")
+        print(summary_table(folder, columns) + "\n")
+        print(differences_table(folder, columns) + "\n")
     guidance = out / "guidance.json"
     if guidance.exists():
         print("### guidance\n\n| variant | fixed w | tuned w (overall) | tuned w (tail) | proxy FID per w | "
