@@ -361,14 +361,13 @@ def training_time_left(statuses: list[RunStatus], jobs: int) -> float | None:
     own logged step time, else at its variant's (another seed's median), else at the mean of all
     measured runs; None when no run has logged a step. An estimate: it holds while the machine
     stays as loaded as it was when the steps were timed."""
-    measured = [s.seconds_per_step for s in statuses if s.seconds_per_step is not None]
-    if not measured:
-        return None
     by_variant: dict[str, list[float]] = {}
     for status in statuses:
         if status.seconds_per_step is not None:
             by_variant.setdefault(status.variant, []).append(status.seconds_per_step)
-    fallback = statistics.mean(measured)
+    if not by_variant:
+        return None
+    fallback = statistics.mean(t for times in by_variant.values() for t in times)
     seconds = 0.0
     for status in statuses:
         known = by_variant.get(status.variant)
