@@ -9,10 +9,11 @@ differ only in a trailing -s<seed> are averaged. Example:
 from __future__ import annotations
 
 import argparse
-import json
 import re
 from collections import defaultdict
 from pathlib import Path
+
+from ccua.runs import read_loss_log
 
 SEED_SUFFIX = re.compile(r"-s\d+$")
 NOT_TERMS = {"step", "lr", "steps_per_sec", "images_per_sec", "total"}
@@ -20,7 +21,7 @@ NOT_TERMS = {"step", "lr", "steps_per_sec", "images_per_sec", "total"}
 
 def mean_terms(log: Path, last: int) -> tuple[dict[str, float], int]:
     """Mean of every loss term over the rows of the last ``last`` steps; and the final step."""
-    rows = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
+    rows = read_loss_log(log)  # a run still training reads as well
     if not rows:
         return {}, 0
     final = rows[-1]["step"]

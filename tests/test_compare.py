@@ -12,6 +12,7 @@ from ccua.checkpoint import load_checkpoint
 from ccua.cli import main
 from ccua.compare import RunStatus, training_time_left
 from ccua.files import folder_lock
+from ccua.runs import RunFolder, read_loss_log
 from tests.conftest import tiny_config_dict
 
 
@@ -81,6 +82,18 @@ def test_training_time_left_times_each_run_by_its_own_then_its_variants_then_the
     expected = 60 * 0.7 + 100 * 0.6 + 90 * 1.1 + 100 * (0.5 + 0.7 + 1.1) / 3
     assert training_time_left(statuses, jobs=2) == pytest.approx(expected / 2)
     assert training_time_left(statuses[2:3] + statuses[4:], jobs=1) is None  # nothing timed yet
+
+
+def test_the_loss_log_of_a_run_still_training_reads_one_row_per_step_and_times_its_steps(tmp_path):
+    rows = [{"step": 10, "total": 1.0, "steps_per_sec": 2.0}, {"step": 20, "total": 0.9, "steps_per_sec": 4.0},
+            {"step": 20, "total": 0.8, "steps_per_sec": 5.0},   # logged again after a resume: this one wins
+            {"step": 30, "total": 0.7, "steps_per_sec": 1.0}]
+    log = tmp_path / "losses.jsonl"
+    log.write_text("".join(json.dumps(row) + "\n" for row in rows) + "\n" + '{"step": 40, "tot')  # cut short
+    assert read_loss_log(log) == [rows[0], rows[2], rows[3]]
+    assert RunFolder(tmp_path).seconds_per_step() == pytest.approx(0.5)        # median of 0.5, 0.2, 1.0
+    assert RunFolder(tmp_path).seconds_per_step(last=2) == pytest.approx(0.6)  # of 0.2 and 1.0
+    assert read_loss_log(tmp_path / "missing.jsonl") == [] and RunFolder(tmp_path / "x").seconds_per_step() is None
 
 
 def test_evaluate_a_sample_folder(tmp_path, capsys):

@@ -83,16 +83,9 @@ class RunFolder:
         """The median training time per step over the newest ``last`` rows of its loss log (None
         before a row is logged): a median, so the slow first interval after a start or resume
         and an odd pause do not count."""
-        rows = []
-        path = self.path / LOSS_LOG
-        for line in path.read_text().splitlines() if path.is_file() else []:
-            try:
-                rate = json.loads(line).get("steps_per_sec")
-            except ValueError:
-                continue  # a row cut short by a kill
-            if isinstance(rate, (int, float)) and rate > 0:
-                rows.append(1.0 / rate)
-        return statistics.median(rows[-last:]) if rows else None
+        rates = [row.get("steps_per_sec") for row in read_loss_log(self.path / LOSS_LOG)]
+        times = [1.0 / rate for rate in rates if isinstance(rate, (int, float)) and rate > 0]
+        return statistics.median(times[-last:]) if times else None
 
     def checkpoint_at(self, step: int) -> Path:
         """The checkpoint of exactly ``step``; a ConfigError naming the steps kept when it is missing."""
@@ -329,6 +322,21 @@ def record_resume(run_dir: Path, step: int, checkpoint: Path, changed: dict[str,
         record["skipped_unreadable"] = skipped
     with open(run_dir / RESUME_RECORD, "a") as stream:
         stream.write(json.dumps(record) + "\n")
+
+
+def read_loss_log(path: str | Path) -> list[dict]:
+    """The rows of a run's ``losses.jsonl`` in step order, one per step (after a resume the later
+    row of a step wins); none when the file is missing. A row cut short by a kill is skipped, so
+    the log of a run still training reads as well."""
+    path = Path(path)
+    by_step: dict[int, dict] = {}
+    for line in path.read_text().splitlines() if path.is_file() else []:
+        try:
+            row = json.loads(line)
+            by_step[int(row["step"])] = row
+        except (ValueError, KeyError, TypeError):
+            continue
+    return [by_step[step] for step in sorted(by_step)]
 
 
 def truncate_loss_log(path: Path, step: int) -> int:

@@ -2,20 +2,11 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
+from ccua.runs import read_loss_log
+
 TIMING_KEYS = {"step", "lr", "steps_per_sec", "images_per_sec"}
-
-
-def read_loss_log(path: str | Path) -> list[dict]:
-    """Records of losses.jsonl; after a resume the later record of a step wins."""
-    by_step: dict[int, dict] = {}
-    for line in Path(path).read_text().splitlines():
-        if line.strip():
-            record = json.loads(line)
-            by_step[record["step"]] = record
-    return [by_step[s] for s in sorted(by_step)]
 
 
 def plot_loss_curves(log_path: str | Path, out_path: str | Path) -> Path | None:
