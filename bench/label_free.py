@@ -38,6 +38,12 @@ def final_samples(run_dir: Path, guidance: float, reference: str = "train") -> P
     return max(found)[1] if found else None
 
 
+def _mean_and_spread(values: list[float]) -> str:
+    """``mean ± sample std`` over seeds; the mean alone from one seed (it has no spread to show)."""
+    mean = f"{np.mean(values):.3f}"
+    return mean if len(values) < 2 else f"{mean} ± {np.std(values, ddof=1):.3f}"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("out", help="a comparison's output folder")
@@ -59,8 +65,7 @@ def main() -> None:
     keys = [f"{c}_{g}" for g in ("overall", "head", "body", "tail") for c in COLUMNS]
     print("| variant | seeds | " + " | ".join(keys) + " |\n|---|---:|" + "---:|" * len(keys))
     for variant, values in table.items():
-        cells = [f"{np.mean(values[k]):.3f} ± {np.std(values[k], ddof=1) if len(values[k]) > 1 else 0:.3f}"
-                 if values.get(k) else "-" for k in keys]
+        cells = [_mean_and_spread(values[k]) if values.get(k) else "-" for k in keys]
         print(f"| {variant} | {len(values['fid_overall'])} | " + " | ".join(cells) + " |")
 
 
