@@ -13,10 +13,10 @@ import re
 from collections import defaultdict
 from pathlib import Path
 
-from ccua.runs import read_loss_log
+from ccua.runs import LOSS_LOG_BOOKKEEPING, read_loss_log
 
 SEED_SUFFIX = re.compile(r"-s\d+$")
-NOT_TERMS = {"step", "lr", "steps_per_sec", "images_per_sec", "total"}
+NOT_TERMS = LOSS_LOG_BOOKKEEPING | {"total"}  # the sum of the terms is not one of them
 
 
 def mean_terms(log: Path, last: int) -> tuple[dict[str, float], int]:

@@ -29,6 +29,8 @@ log = logging.getLogger(__name__)
 
 RESUME_RECORD = "resumes.jsonl"
 LOSS_LOG = "losses.jsonl"
+#: the columns of a loss-log row that are not loss terms
+LOSS_LOG_BOOKKEEPING = frozenset({"step", "lr", "steps_per_sec", "images_per_sec"})
 CHECKPOINT_FOLDER = "checkpoints"  # a run's checkpoints: run_dir/checkpoints/0001000.pt
 
 #: settings a resumed run may change (dotted keys or whole sections); :func:`resume_changes` says why

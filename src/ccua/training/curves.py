@@ -4,9 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ccua.runs import read_loss_log
-
-TIMING_KEYS = {"step", "lr", "steps_per_sec", "images_per_sec"}
+from ccua.runs import LOSS_LOG_BOOKKEEPING, read_loss_log
 
 
 def plot_loss_curves(log_path: str | Path, out_path: str | Path) -> Path | None:
@@ -19,7 +17,7 @@ def plot_loss_curves(log_path: str | Path, out_path: str | Path) -> Path | None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    keys = [k for k in records[0] if k not in TIMING_KEYS]
+    keys = [k for k in records[0] if k not in LOSS_LOG_BOOKKEEPING]
     fig, axes = plt.subplots(1, len(keys), figsize=(3.2 * len(keys), 2.8), squeeze=False)
     steps = [r["step"] for r in records]
     for ax, key in zip(axes[0], keys):
