@@ -150,6 +150,18 @@ def test_the_report_command_adds_paired_differences_to_a_baseline(evaluated_runs
     assert "Difference to B" in (out / "comparison.md").read_text()
 
 
+def test_a_report_rewritten_with_fewer_methods_keeps_no_file_of_the_earlier_one(evaluated_runs, tmp_path):
+    out = tmp_path / "report"
+    first = make_report(evaluated_runs, out, names=["A", "A", "B"], baseline="B")
+    assert first["differences_csv"].exists() and first["summary_csv"].exists()
+    # B alone: one run, so neither a summary nor a difference to itself; the old ones must go
+    second = make_report(evaluated_runs[2:], out, names=["B"], baseline="B")
+    assert "differences_csv" not in second and "summary_csv" not in second
+    assert not (out / "differences.csv").exists() and not (out / "summary.csv").exists()
+    assert [r["name"] for r in _read_csv(out / "comparison.csv")] == ["B"]
+    assert "Difference to" not in (out / "comparison.md").read_text()
+
+
 def test_per_class_plot_draws_each_method_once_as_the_mean_of_its_seeds(tmp_path):
     from matplotlib.figure import Figure
 

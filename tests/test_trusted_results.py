@@ -176,6 +176,19 @@ def test_a_higher_budget_resumes_and_reports_the_new_step(finished_study, tmp_pa
     assert {metrics["record"]["samples"]["step"] for _, metrics in _reported(out)} == {6}
 
 
+def test_a_narrower_comparison_leaves_no_table_of_the_wider_one(finished_study, tmp_path):
+    out = tmp_path / "out"
+    shutil.copytree(finished_study, out)
+    report = out / "report"
+    assert (report / "differences.csv").exists() and (report / "tuned_train" / "comparison.md").exists()
+    # one variant, no guidance grid: no difference to the baseline, no tuned-guidance reports
+    study = _edited(lambda s: s["evaluation"].update(guidance_grid=None))
+    assert main(["compare", str(_write_study(tmp_path, study)), "--out", str(out), "--only", "plain"]) == 0
+    assert [row["name"] for row, _ in _reported(out)] == ["plain"]
+    assert not (report / "differences.csv").exists()
+    assert sorted(p.name for p in report.iterdir() if p.is_dir()) == []
+
+
 # --------------------------------------------------------------------------- ccua evaluate and sample
 
 @pytest.fixture(scope="module")

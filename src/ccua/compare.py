@@ -25,6 +25,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -546,6 +547,7 @@ def _write_reports(settings: CompareSettings, runs: list[PlannedRun], results: d
 
     baseline = settings.baseline or settings.variants[0].name
     main_report = settings.out_dir / "report"
+    written = set()
     for mode in GUIDANCE_MODES if settings.guidance_grid else GUIDANCE_MODES[:1]:
         evaluated = [(run, results[f"evaluate {run.name} {mode}"]) for run in runs]
         evaluated = [(run, result.value[1]) for run, result in evaluated if result.error is None]
@@ -556,7 +558,21 @@ def _write_reports(settings: CompareSettings, runs: list[PlannedRun], results: d
             make_report([files[index] for _, files in evaluated], folder, names=[run.variant for run, _ in evaluated],
                         baseline=baseline, title=f"Comparison ({_MODE_TITLES[mode]}, reference: balanced {reference} "
                                                   "split)")
+            written.add(folder)
+    _remove_earlier_reports(main_report, written)
     return main_report
+
+
+def _remove_earlier_reports(main_report: Path, written: set[Path]) -> None:
+    """Remove the (guidance mode, reference) report folders an earlier comparison left that this one
+    did not write (a mode or reference dropped, nothing evaluated under it): an old table never
+    stands beside the new ones as if it were one of them."""
+    modes = tuple(f"{mode}_" for mode in GUIDANCE_MODES)
+    for folder in main_report.glob("*_*"):
+        if (folder not in written and folder.name.startswith(modes) and folder.is_dir()
+                and (folder / "comparison.md").exists()):
+            log.info("removing %s: an earlier comparison's report this one does not make", folder)
+            shutil.rmtree(folder)
 
 
 _MODE_TITLES = {"fixed": "fixed guidance", "tuned": "guidance tuned on the overall proxy FID",

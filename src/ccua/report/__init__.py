@@ -18,6 +18,11 @@ from ccua.report.tables import (COPY_METRICS, WHOLE_SET_COPY_METRICS, Run, group
 
 logger = logging.getLogger(__name__)
 
+# What make_report may write besides comparison.md / .csv, by its key in the returned paths: a report
+# rewritten into the same folder removes those it does not write this time (one method left: no
+# summary or differences), so no file of an earlier report stands beside the new one.
+OPTIONAL_REPORT_FILES = {"summary_csv": "summary.csv", "differences_csv": "differences.csv", "plot": "per_class.png"}
+
 
 def make_report(metric_files_or_run_dirs: list[str | Path], out_dir: str | Path, names: list[str] | None = None,
                 seeds_grouping: str | Callable[[str], str] = "name", title: str = "Comparison",
@@ -33,7 +38,8 @@ def make_report(metric_files_or_run_dirs: list[str | Path], out_dir: str | Path,
     and std per group, when some group has several runs) and per_class.png (per-class FID and
     recall, or the per-class metric available, against the training count, log x). With
     ``baseline`` (a group name) the report adds each other group's paired difference to it over
-    the seeds both share, with a 95% t interval (differences.csv). Returns the paths.
+    the seeds both share, with a 95% t interval (differences.csv). Of these files an earlier
+    report left in ``out_dir``, those this one does not write are removed. Returns the paths.
     """
     if not metric_files_or_run_dirs:
         raise ValueError("no runs given")
@@ -65,6 +71,9 @@ def make_report(metric_files_or_run_dirs: list[str | Path], out_dir: str | Path,
         parts += ["", f"![per-class {', '.join(plot_metrics)}](per_class.png)"]
     paths["markdown"] = out_dir / "comparison.md"
     write_text_atomic(paths["markdown"], "\n".join(parts) + "\n")
+    for key, file_name in OPTIONAL_REPORT_FILES.items():
+        if key not in paths:
+            (out_dir / file_name).unlink(missing_ok=True)
     return paths
 
 
