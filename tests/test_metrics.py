@@ -239,6 +239,19 @@ def test_reference_cache_is_reused_and_rebuilt_for_another_network(tmp_path):
     assert reference_features(ref, planted, tmp_path).cache_status == "hit"
 
 
+def test_the_cache_is_shared_by_seeds_unless_a_cap_makes_them_pick_other_images(tmp_path):
+    images, labels = _toy_data()
+    ref = Reference(images, labels, key="toy")
+    net = CountingNet()
+    assert reference_features(ref, net, tmp_path, seed=0).cache_status == "written"
+    for seed, cap in ((1, None), (2, len(labels)), (3, 10 * len(labels))):  # every image, whatever the seed
+        assert reference_features(ref, net, tmp_path, max_reference=cap, seed=seed).cache_status == "hit"
+    capped = [reference_features(ref, net, tmp_path, max_reference=50, seed=seed) for seed in (0, 1)]
+    assert [c.cache_status for c in capped] == ["written", "written"] and capped[0].path != capped[1].path
+    assert not np.array_equal(capped[0].indices, capped[1].indices)
+    assert net.images_seen == len(labels) + 2 * 50
+
+
 def test_cache_key_changes_with_the_data(tmp_path):
     images, labels = _toy_data()
     net = CountingNet()

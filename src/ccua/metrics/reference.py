@@ -239,9 +239,13 @@ def _cache_entry(reference: Reference, feature_net: FeatureNet, cache_dir: str |
         if cache_dir is not None:
             logger.info("reference has no cache key: its features are not cached")
         return None, None, "disabled"
+    # The cap and its seed pick the images only when the cap is below the set's size: uncapped, every
+    # evaluation seed shares one cache file (the same images, the same features).
+    capped = len(indices) < len(reference.labels)
     key = {
         "format": CACHE_FORMAT, "reference": reference.key, "n": int(len(indices)),
-        "max_reference": max_reference, "subset_seed": seed, "fingerprint": reference.fingerprint(indices),
+        "max_reference": max_reference if capped else None, "subset_seed": seed if capped else None,
+        "fingerprint": reference.fingerprint(indices),
         "feature_net": feature_net.name, "weights_hash": feature_net.weights_hash,
         "feature_config": feature_net.config_tag(), "dim": feature_net.dim, "bf16": feature_net.bf16,
     }
