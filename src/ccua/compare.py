@@ -554,7 +554,7 @@ def _write_reports(settings: CompareSettings, runs: list[PlannedRun], results: d
         for index, reference in enumerate(settings.references):
             if not evaluated:
                 continue
-            folder = main_report if (mode, index) == ("fixed", 0) else main_report / f"{mode}_{reference}"
+            folder = main_report if (mode, index) == ("fixed", 0) else _report_folder(main_report, mode, reference)
             make_report([files[index] for _, files in evaluated], folder, names=[run.variant for run, _ in evaluated],
                         baseline=baseline, title=f"Comparison ({_MODE_TITLES[mode]}, reference: balanced {reference} "
                                                   "split)")
@@ -563,14 +563,17 @@ def _write_reports(settings: CompareSettings, runs: list[PlannedRun], results: d
     return main_report
 
 
+def _report_folder(main_report: Path, mode: str, reference: str) -> Path:
+    """Where the report of one (guidance mode, reference split) goes, but for the main one."""
+    return main_report / f"{mode}_{reference}"
+
+
 def _remove_earlier_reports(main_report: Path, written: set[Path]) -> None:
     """Remove the (guidance mode, reference) report folders an earlier comparison left that this one
     did not write (a mode or reference dropped, nothing evaluated under it): an old table never
     stands beside the new ones as if it were one of them."""
-    modes = tuple(f"{mode}_" for mode in GUIDANCE_MODES)
-    for folder in main_report.glob("*_*"):
-        if (folder not in written and folder.name.startswith(modes) and folder.is_dir()
-                and (folder / "comparison.md").exists()):
+    for folder in (_report_folder(main_report, mode, split) for mode in GUIDANCE_MODES for split in SPLITS):
+        if folder not in written and (folder / "comparison.md").exists():
             log.info("removing %s: an earlier comparison's report this one does not make", folder)
             shutil.rmtree(folder)
 
