@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -58,19 +59,22 @@ def _write_pid_and_sleep(folder: str) -> None:
     time.sleep(120)
 
 
-def _write_pid_and_stop_on_signal(folder: str) -> None:
-    """A training's way with SIGTERM: record it, finish the step, stop with TrainingInterrupted."""
+def _write_pid_and_stop_on_signal(folder: str, stops: str | None = None) -> None:
+    """A training's way with SIGTERM: record it, finish the step, stop with TrainingInterrupted
+    (after writing ``stops``/<pid>, as a training writes its checkpoint, when given)."""
     import os
     import time
     from pathlib import Path
 
-    from ccua.training.preemption import StopSignals, TrainingInterrupted
+    from ccua.stopping import StopSignals, TrainingInterrupted
 
     with StopSignals() as stop:
         (Path(folder) / str(os.getpid())).touch()
         deadline = time.monotonic() + 120
         while stop.received is None and time.monotonic() < deadline:
             time.sleep(0.05)
+    if stops and stop.received:
+        (Path(stops) / str(os.getpid())).write_text(stop.received)
     raise TrainingInterrupted(f"stopped by {stop.received}")
 
 
@@ -107,3 +111,103 @@ def test_workers_end_with_the_main_process_even_after_kill_9(tmp_path, job):
         for pid in workers if "workers" in locals() else []:
             if not _gone(pid):
                 os.kill(pid, signal.SIGKILL)
+
+
+def _wait_for_files(folder: Path, count: int, seconds: float = 120) -> list[Path]:
+    deadline = time.monotonic() + seconds
+    while len(list(folder.iterdir())) < count and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return list(folder.iterdir())
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="worker process ids from /proc: Linux")
+@pytest.mark.parametrize("job", ["_write_pid_and_sleep", "_write_pid_and_stop_on_signal"])
+def test_a_stop_signal_to_the_main_process_stops_every_job_and_exits_75(tmp_path, job):
+    """SIGTERM to `ccua compare` (Slurm's, before a time limit) reaches the workers: a training
+    stops cleanly, anything else ends; no job starts after it, and the status asks for a requeue."""
+    started, stops = tmp_path / "started", tmp_path / "stops"
+    started.mkdir()
+    stops.mkdir()
+    script = ("from ccua.jobs import Job, run_jobs\n"
+              f"from tests.test_jobs import {job}\n"
+              f"args = ({str(started)!r},) + (({str(stops)!r},) if {job!r} != '_write_pid_and_sleep' else ())\n"
+              f"run_jobs([Job(n, {job}, args) for n in 'abc'], workers=2)\n")
+    main = subprocess.Popen([sys.executable, "-c", script], cwd=Path(__file__).parent.parent,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        workers = [int(p.name) for p in _wait_for_files(started, 2)]
+        assert len(workers) == 2, "the workers never started their jobs"
+        main.send_signal(signal.SIGTERM)
+        _, stderr = main.communicate(timeout=60)
+        assert main.returncode == 75, stderr
+        assert "The same command resumes" in stderr and "1 not started" in stderr
+        assert len(list(started.iterdir())) == 2  # job c never started
+        assert all(_gone(pid) for pid in workers)
+        if job == "_write_pid_and_stop_on_signal":  # each training's clean stop ran (its checkpoint)
+            assert sorted(int(p.name) for p in stops.iterdir()) == sorted(workers)
+            assert {p.read_text() for p in stops.iterdir()} == {"SIGTERM"}
+    finally:
+        main.kill()
+        for pid in workers if "workers" in locals() else []:
+            if not _gone(pid):
+                os.kill(pid, signal.SIGKILL)
+
+
+def _sleep_then_write(folder: str) -> None:
+    import time
+    from pathlib import Path
+
+    time.sleep(120)
+    (Path(folder) / "written").touch()
+
+
+def test_a_stop_signal_ends_a_job_run_in_the_main_process_at_once_with_status_75(tmp_path):
+    """With one job at a time the jobs run in the main process: an evaluation there must not hold
+    a time limit's signal for minutes, nor the next job start."""
+    script = ("import os, pathlib\n"
+              "from ccua.jobs import Job, run_jobs\n"
+              "from tests.test_jobs import _sleep_then_write\n"
+              f"pathlib.Path({str(tmp_path / 'pid')!r}).write_text(str(os.getpid()))\n"
+              f"run_jobs([Job(n, _sleep_then_write, ({str(tmp_path)!r},)) for n in 'ab'], workers=1)\n")
+    main = subprocess.Popen([sys.executable, "-c", script], cwd=Path(__file__).parent.parent,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        assert _wait_for_files(tmp_path, 1, seconds=60), "the script never started"
+        time.sleep(1.0)  # into the first job
+        main.send_signal(signal.SIGTERM)
+        _, stderr = main.communicate(timeout=30)
+        assert main.returncode == 75, stderr
+        assert not (tmp_path / "written").exists()
+    finally:
+        main.kill()
+
+
+def test_a_stop_signal_is_passed_on_to_a_launched_process_once(tmp_path):
+    """A compare worker waiting for torchrun passes a stop on to it, so the training under it
+    writes its checkpoint instead of running on alone."""
+    from ccua.stopping import StopSignals, wait_passing_on_stop
+
+    ready, received = tmp_path / "ready", tmp_path / "received"
+    child = ("import pathlib, signal, sys, time\n"
+             "def stop(signum, frame):\n"
+             f"    pathlib.Path({str(received)!r}).open('a').write(signal.Signals(signum).name + '\\n')\n"
+             "    time.sleep(1.0)\n"  # a second signal, if one came, would be recorded meanwhile
+             "    sys.exit(3)\n"
+             "signal.signal(signal.SIGTERM, stop)\n"
+             f"pathlib.Path({str(ready)!r}).touch()\n"
+             "time.sleep(60)\n")
+
+    def signal_this_process_once_the_child_is_ready() -> None:
+        deadline = time.monotonic() + 60
+        while not ready.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    with StopSignals() as stop:
+        launched = subprocess.Popen([sys.executable, "-c", child])
+        sender = threading.Thread(target=signal_this_process_once_the_child_is_ready)
+        sender.start()
+        status = wait_passing_on_stop(launched, stop)
+        sender.join()
+    assert stop.received == "SIGTERM"
+    assert status == 3 and received.read_text() == "SIGTERM\n"

@@ -14,7 +14,7 @@ import ccua.training.trainer as trainer_module
 from ccua.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
 from ccua.cli import main
 from ccua.runs import claim_run_dir
-from ccua.training.preemption import REQUEUE_EXIT_CODE, STOP_MARKER, StopSignals
+from ccua.stopping import REQUEUE_EXIT_CODE, STOP_MARKER, StopSignals
 from tests.conftest import tiny_config_dict
 
 STEPS = 6

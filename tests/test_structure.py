@@ -33,8 +33,8 @@ SRC = Path(ccua.__file__).parent
 #: never one above, not even inside a function
 LAYERS = [
     {"config", "progress", "files"},
-    {"devices", "images", "checkpoint", "exported", "runs", "records", "reporters", "jobs", "latent", "launch", "distributed", "data", "models",
-     "diffusion"},
+    {"devices", "images", "checkpoint", "exported", "runs", "records", "reporters", "jobs", "stopping", "latent",
+     "launch", "distributed", "data", "models", "diffusion"},
     {"methods", "metrics", "report"},
     {"build"},
     {"training", "generate"},

@@ -16,7 +16,7 @@ import yaml
 
 from ccua.checkpoint import list_checkpoints
 from ccua.launch import TORCH_VARIABLES
-from ccua.training.preemption import STOP_MARKER
+from ccua.stopping import STOP_MARKER
 from tests.conftest import tiny_config_dict
 
 

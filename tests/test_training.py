@@ -14,7 +14,7 @@ from ccua.methods import METHODS
 from ccua.methods.base import Method
 import ccua.training.trainer as trainer_module
 from ccua.training import Trainer, TrainingDiverged, train
-from ccua.training.preemption import REQUEUE_EXIT_CODE, TrainingInterrupted
+from ccua.stopping import REQUEUE_EXIT_CODE, TrainingInterrupted
 from ccua.checkpoint import list_checkpoints, load_checkpoint
 from ccua.distributed import cleanup
 from tests.conftest import assert_close_to_scale, tiny_config_dict

@@ -29,6 +29,7 @@ import shutil
 import statistics
 import subprocess
 import sys
+import time
 from dataclasses import dataclass, field, replace
 from importlib import resources
 from pathlib import Path
@@ -47,6 +48,7 @@ from ccua.metrics.subset_metrics import FID
 from ccua.files import folder_holder, folder_lock, write_text_atomic
 from ccua.records import step_prefix
 from ccua.runs import RunFolder
+from ccua.stopping import STOP_MARKER, StopSignals, TrainingInterrupted, wait_passing_on_stop
 
 log = logging.getLogger(__name__)
 
@@ -300,7 +302,9 @@ def train_under_torchrun(config: Config, run_dir: Path, processes: int, device: 
 
     With CUDA the run sees its own GPUs (the worker's slot: GPUs slot*processes ..); without,
     ``processes`` gloo processes share the worker's threads. Output goes to ``run_dir/launch.log``;
-    a failed launch is a RuntimeError naming its last error line and the log.
+    a failed launch is a RuntimeError naming its last error line and the log. A stop signal to this
+    process is passed on to torchrun; its trainings write a checkpoint, and :class:`TrainingInterrupted`
+    (exit status 75) follows.
     """
     folder = RunFolder(run_dir)
     folder.check_holds(config, run_dir.name)
@@ -314,9 +318,16 @@ def train_under_torchrun(config: Config, run_dir: Path, processes: int, device: 
     command = torchrun_command(sys.executable, processes, arguments + (["--device", device] if device else []))
     gpus = gpu_group(worker_slot(), processes) if torch.cuda.is_available() and device != "cpu" else None
     env = child_environment(os.environ, gpus, max(1, torch.get_num_threads() // processes))
-    log_path = run_dir / "launch.log"
-    with open(log_path, "a") as log_file:
-        status = subprocess.run(command, env=env, stdout=log_file, stderr=subprocess.STDOUT).returncode
+    log_path, started = run_dir / "launch.log", time.time()
+    with open(log_path, "a") as log_file, StopSignals() as stop:
+        launch = subprocess.Popen(command, env=env, stdout=log_file, stderr=subprocess.STDOUT)
+        status = wait_passing_on_stop(launch, stop)
+    marker = run_dir / STOP_MARKER  # torchrun exits 1 for a stopped training: the marker says it stopped
+    if status != 0 and (stop.received or (marker.exists() and marker.stat().st_mtime >= started)):
+        message = (f"{run_dir.name}: stopped by {stop.received or 'a signal to its processes'} (torchrun's status "
+                   f"{status}; log: {log_path}); the same command resumes it")
+        log.warning(message)
+        raise TrainingInterrupted(message)
     if status != 0:
         lines = [line for line in log_path.read_text(errors="replace").splitlines() if line.strip()]
         last = next((line for line in reversed(lines) if line.startswith("ccua: error:")), lines[-1] if lines else "")

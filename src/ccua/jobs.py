@@ -11,25 +11,40 @@ and does not stop the others. On Linux the workers do not outlive the main proce
 (``kill``, even ``kill -9``), each worker gets SIGTERM, on which a training writes a checkpoint and
 stops, so the next call resumes it and no orphan keeps writing into a run folder. A worker whose
 main process is gone exits after its job, whatever the job did with the signal.
+
+A stop signal to the main process (SIGTERM or SIGUSR1: what Slurm sends before a time limit or on
+preemption) is passed on to the workers as SIGTERM; no further job starts, the running ones stop
+(a training after writing its checkpoint) and :class:`JobsStopped` ends the program with status 75,
+as a stopped training does, so a job script requeues the same command and it resumes.
 """
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import logging
 import multiprocessing
 import os
 import signal
 import sys
+import threading
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
+
+from ccua.stopping import STOP_SIGNALS, StopSignals, StoppedBySignal
 
 log = logging.getLogger(__name__)
 
 
 class JobsFailed(RuntimeError):
     """Some jobs failed; the message names each with its error (the others' results were kept)."""
+
+
+class JobsStopped(StoppedBySignal):
+    """A stop signal ended the jobs before all had run: the running ones were stopped (a training
+    writes its checkpoint first), the rest not started; exits with status 75, and the same command
+    resumes."""
 
 
 @dataclass
@@ -112,38 +127,122 @@ def run_jobs(jobs: list[Job], workers: int = 1) -> list[JobResult]:
             raise ValueError(f"job {job.name!r} waits for {later}, which are not earlier in the list")
     results: dict[str, JobResult] = {}
     if workers <= 1 or len(jobs) <= 1:
-        for job in jobs:
-            results[job.name] = _skipped(job, results) or _run_here(job)
-        return [results[job.name] for job in jobs]
+        for job in jobs:  # here, in order
+            try:
+                with _stopping_at_once(job.name):
+                    results[job.name] = _skipped(job, results) or _run_here(job)
+            except JobsStopped as stopped:  # raised by the signal handler: logged here, not there
+                log.warning("%s", stopped)
+                raise
+    else:
+        results = _run_in_workers(jobs, workers)
+    return [results[job.name] for job in jobs]
+
+
+def _run_in_workers(jobs: list[Job], workers: int) -> dict[str, JobResult]:
+    """The jobs in ``workers`` processes, started in list order as their dependencies finish.
+
+    A stop signal to this process, or a training's stop in a worker, is passed on to every worker;
+    then no job starts, and once the running ones have ended :class:`JobsStopped` is raised."""
     context = multiprocessing.get_context("spawn")  # fresh interpreters: no forked torch thread pools
     counter = context.Value("i", 0)
     threads = threads_per_job(workers)
     log.info("running %d jobs, %d at a time, %d thread(s) each", len(jobs), workers, threads)
-    waiting = list(jobs)
-    with ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=_init_worker,
-                             initargs=(threads, counter, logging.getLogger().getEffectiveLevel(), os.getpid())) as pool:
-        running: dict[Future, Job] = {}
-        while waiting or running:
-            for job in list(waiting):  # skip what can never run, start what can, in list order
-                skipped = _skipped(job, results)
-                if skipped:
-                    results[job.name] = skipped
-                    waiting.remove(job)
-                elif len(running) < workers and all(dep in results for dep in job.after):
-                    running[pool.submit(_call_in_worker, job.function, job.args, job.kwargs)] = job
-                    waiting.remove(job)
+    results: dict[str, JobResult] = {}
+    waiting, running = list(jobs), {}
+    stopped_by: str | None = None  # the stop signal, to this process or to a worker's training
+    with StopSignals() as stop, ProcessPoolExecutor(
+            max_workers=workers, mp_context=context, initializer=_init_worker,
+            initargs=(threads, counter, logging.getLogger().getEffectiveLevel(), os.getpid())) as pool:
+        while (waiting and not stopped_by) or running:
+            if not stopped_by:
+                _start_ready(waiting, running, results, pool, workers)
             if not running:
                 continue
-            done, _ = wait(running, return_when=FIRST_COMPLETED)
+            # a short timeout: the signal handler only records a stop; it is passed on from here
+            done, _ = wait(running, timeout=0.5, return_when=FIRST_COMPLETED)
+            if stop.received and not stopped_by:
+                stopped_by = stop.received
+                _stop_workers(stopped_by, running)
             for future in done:
                 job = running.pop(future)
-                try:
-                    results[job.name] = JobResult(job.name, value=future.result())
-                    log.info("finished: %s", job.name)
-                except Exception as error:  # noqa: BLE001 - one failed run must not stop the others
-                    results[job.name] = JobResult(job.name, error=f"{type(error).__name__}: {error}")
-                    log.error("failed: %s: %s", job.name, error)
-    return [results[job.name] for job in jobs]
+                results[job.name] = _outcome(job, future, stopped=stopped_by is not None)
+                if results[job.name].error == _STOPPED and not stopped_by:  # a worker's training got the signal
+                    stopped_by = f"a stop signal to the worker of {job.name}"
+                    _stop_workers(stopped_by, running)
+    if stopped_by:
+        raise _stopped(stopped_by, results, [job.name for job in waiting])
+    return results
+
+
+def _start_ready(waiting: list[Job], running: dict[Future, Job], results: dict[str, JobResult],
+                 pool: ProcessPoolExecutor, workers: int) -> None:
+    """Skip what can never run, start what can while a worker is free, in list order."""
+    for job in list(waiting):
+        skipped = _skipped(job, results)
+        if skipped:
+            results[job.name] = skipped
+            waiting.remove(job)
+        elif len(running) < workers and all(dep in results for dep in job.after):
+            running[pool.submit(_call_in_worker, job.function, job.args, job.kwargs)] = job
+            waiting.remove(job)
+
+
+#: the error of a job that a stop signal ended
+_STOPPED = "stopped by a signal"
+
+
+def _outcome(job: Job, future: Future, stopped: bool) -> JobResult:
+    """The job's value, or its error (one failed run does not stop the others); a job ended by a
+    stop signal (a training that wrote its checkpoint, or any job's worker once ``stopped``) has
+    the error :data:`_STOPPED`."""
+    try:
+        value = future.result()
+    except StoppedBySignal:
+        return JobResult(job.name, error=_STOPPED)
+    except Exception as error:  # noqa: BLE001
+        if stopped:
+            log.warning("stopped: %s", job.name)
+            return JobResult(job.name, error=_STOPPED)
+        log.error("failed: %s: %s", job.name, error)
+        return JobResult(job.name, error=f"{type(error).__name__}: {error}")
+    log.info("finished: %s", job.name)
+    return JobResult(job.name, value=value)
+
+
+def _stop_workers(reason: str, running: dict[Future, Job]) -> None:
+    """SIGTERM to every worker: a training finishes its step and writes a checkpoint; any other
+    job ends (its result files are written whole or not at all)."""
+    log.warning("stopping (%s): %s", reason, ", ".join(job.name for job in running.values()) or "no job running")
+    for worker in multiprocessing.active_children():
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(worker.pid, signal.SIGTERM)
+
+
+def _stopped(reason: str, results: dict[str, JobResult], not_started: list[str]) -> JobsStopped:
+    finished = sum(result.error is None for result in results.values())
+    message = (f"stopped by {reason}: {finished} job(s) had finished, {len(not_started)} not started; running "
+               "trainings wrote a checkpoint. The same command resumes")
+    log.warning(message)
+    return JobsStopped(message)
+
+
+@contextlib.contextmanager
+def _stopping_at_once(job: str) -> Iterator[None]:
+    """A job run in this process ends at once on a stop signal (:class:`JobsStopped`); a training
+    installs its own handlers meanwhile, so it stops after its step with a checkpoint instead."""
+    def stop(signum: int, frame: Any) -> None:
+        raise JobsStopped(f"stopped by {signal.Signals(signum).name} during {job}: the same command resumes")
+
+    if threading.current_thread() is not threading.main_thread():  # handlers belong to the main thread
+        yield
+        return
+    previous = {signum: signal.signal(signum, stop) for signum in STOP_SIGNALS}
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 def _call_in_worker(function: Callable[..., Any], args: tuple, kwargs: dict[str, Any]) -> Any:
@@ -174,4 +273,4 @@ def _run_here(job: Job) -> JobResult:
         return JobResult(job.name, error=f"{type(error).__name__}: {error}")
 
 
-__all__ = ["Job", "JobResult", "JobsFailed", "available_cores", "run_jobs", "threads_per_job", "worker_slot"]
+__all__ = ["Job", "JobResult", "JobsFailed", "JobsStopped", "available_cores", "run_jobs", "threads_per_job", "worker_slot"]

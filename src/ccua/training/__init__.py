@@ -1,4 +1,4 @@
-"""Training: the loop (trainer), one step's batched passes (step), EMA, stop signals (preemption), speed helpers."""
+"""Training: the loop (trainer), one step's batched passes (step), EMA, speed helpers (stop signals: ccua.stopping)."""
 
 from __future__ import annotations
 

@@ -43,7 +43,7 @@ from ccua.distributed import (DistInfo, PeerLost, all_reduce_mean, barrier, clea
                               init_distributed, on_main)
 from ccua.training.ema import EMA
 from ccua.training.performance import configure_backends, maybe_compile, to_memory_format
-from ccua.training.preemption import STOP_MARKER, StopSignals, TrainingInterrupted
+from ccua.stopping import STOP_MARKER, StopSignals, TrainingInterrupted
 from ccua.reporters import Reporters
 from ccua.training.step import PassRunner, training_losses
 

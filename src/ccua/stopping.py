@@ -4,12 +4,14 @@ exits with status 75 (EX_TEMPFAIL, "try again later"), which a job script turns 
 
 The handler only records the signal. The processes agree on stopping through the all-reduce of
 the loss terms that every step already does (the flag rides along as one more number), so they
-all stop after the same step, without a collective of its own.
+all stop after the same step, without a collective of its own. A process that launches others
+(``ccua compare``'s workers, a worker's torchrun) passes the signal on and exits 75 as well.
 """
 
 from __future__ import annotations
 
 import signal
+import subprocess
 import threading
 from types import FrameType
 
@@ -22,12 +24,10 @@ STOP_MARKER = "stopped.json"
 STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGUSR1") if hasattr(signal, name))
 
 
-class TrainingInterrupted(SystemExit):
-    """Training stopped on a signal after writing a checkpoint; exits with :data:`REQUEUE_EXIT_CODE`.
-
-    A SystemExit, so that it ends the program wherever training runs (the CLI, a job of
-    ``ccua compare``) instead of being taken for one failed run among others.
-    """
+class StoppedBySignal(SystemExit):
+    """Work stopped on a signal, leaving what the same command resumes from; exits with
+    :data:`REQUEUE_EXIT_CODE`. A SystemExit, so that it ends the program wherever it is raised
+    instead of being taken for one failed job among others."""
 
     def __init__(self, message: str):
         super().__init__(REQUEUE_EXIT_CODE)
@@ -35,6 +35,10 @@ class TrainingInterrupted(SystemExit):
 
     def __str__(self) -> str:
         return self.message
+
+
+class TrainingInterrupted(StoppedBySignal):
+    """Training stopped on a signal after writing a checkpoint (the CLI, a job of ``ccua compare``)."""
 
 
 class StopSignals:
@@ -67,3 +71,17 @@ class StopSignals:
             for signum, handler in self._previous.items():
                 signal.signal(signum, handler)
         self._previous.clear()
+
+
+def wait_passing_on_stop(process: subprocess.Popen, stop: StopSignals) -> int:
+    """Wait for ``process`` and return its status; a stop signal ``stop`` records meanwhile is passed
+    on to it once, as SIGTERM (torchrun hands it to its trainings, which write a checkpoint), so a
+    launcher that is stopped never leaves its child training on alone."""
+    passed_on = False
+    while True:
+        try:
+            return process.wait(timeout=0.5)
+        except subprocess.TimeoutExpired:
+            if stop.received and not passed_on:
+                process.send_signal(signal.SIGTERM)
+                passed_on = True
