@@ -80,3 +80,45 @@ def test_a_worker_killed_without_warning_leaves_one_line_naming_it(tmp_path):
     lines = [line for line in err.splitlines() if line.startswith("ccua: error:")]
     assert lines and "of the launch was lost" in lines[0] and "--resume auto" in lines[0], err[-3000:]
     assert "Traceback" not in "\n".join(line for line in err.splitlines() if "ccua" in line), err[-3000:]
+
+
+def test_a_stop_signal_to_ccua_compare_reaches_the_training_under_its_torchrun(tmp_path):
+    """`ccua compare --gpus-per-run`: SIGTERM to the comparison alone (a `kill`, or Slurm signalling
+    its batch step) is passed on through torchrun; the run checkpoints and the comparison exits 75
+    with nothing of the launch left running."""
+    config = tmp_path / "tiny.yaml"
+    config.write_text(yaml.safe_dump(tiny_config_dict(tmp_path / "unused", train={"ckpt_every": 10_000,
+                                                                                  "log_every": 1})))
+    out = tmp_path / "cmp"
+    command = [sys.executable, "-m", "ccua.cli", "compare", str(config), "--methods", "plain", "--steps", "100000",
+               "--gpus-per-run", "1", "--device", "cpu", "--features", "random", "--out", str(out)]
+    env = {key: value for key, value in os.environ.items() if key not in TORCH_VARIABLES}
+    env["OMP_NUM_THREADS"] = "1"
+    comparison = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    run_dir = out / "runs" / "plain-s0"
+    try:
+        _wait_for_training(run_dir, comparison)
+        comparison.send_signal(signal.SIGTERM)
+        _, err = comparison.communicate(timeout=180)
+        assert comparison.returncode == 75, err[-3000:]
+        marker = json.loads((run_dir / STOP_MARKER).read_text())
+        assert marker["signal"] == "SIGTERM"
+        assert [int(p.stem) for p in list_checkpoints(run_dir / "checkpoints")] == [marker["step"]]
+        assert "plain-s0: stopped by SIGTERM" in err
+        assert _processes_naming(run_dir) == [], "a process of the launch outlived the comparison"
+    finally:
+        comparison.kill()
+        for pid in _processes_naming(run_dir):  # a failed test leaves no training behind
+            os.kill(pid, signal.SIGKILL)
+
+
+def _processes_naming(path: Path) -> list[int]:
+    """The processes whose command line names ``path``."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and str(path) in (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode():
+                found.append(int(entry.name))
+        except (OSError, UnicodeDecodeError):
+            continue
+    return found
