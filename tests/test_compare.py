@@ -241,3 +241,42 @@ def test_a_study_file_is_read_with_the_configs_parser_and_checks(tmp_path, text,
     study.write_text("preset: fashion_mnist_lt\nvariants: {plain: ['method.names=[plain]']}\n"
                      "evaluation: {guidance: 1e0, guidance_grid: [0, 1e0]}\n")
     assert (load_study(study).guidance, load_study(study).guidance_grid) == (1.0, [0.0, 1.0])
+
+
+def test_a_stop_signal_while_the_reports_are_written_exits_75_and_the_same_command_finishes(tmp_path, monkeypatch):
+    """Slurm's signal may come after the last job: the comparison still exits 75 (a requeue), not
+    143, and the requeued command reuses every run and evaluation to write the report."""
+    import signal
+
+    import ccua.compare as compare_module
+
+    config = tmp_path / "tiny.yaml"
+    config.write_text(yaml.safe_dump(tiny_config_dict(tmp_path / "unused")))
+    out = tmp_path / "cmp"
+    args = ["compare", str(config), "--methods", "plain", "--seeds", "0", "--steps", "2", "--out", str(out),
+            "--features", "random", "--per-class", "3", "--sampler-steps", "2", "--tail-seeds", "0",
+            "--max-reference", "200"]
+    real = compare_module._write_reports
+
+    def signal_then_write(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGTERM)
+        return real(*args, **kwargs)
+
+    def unhandled(signum, frame):  # in place of the default, which would end the test run itself
+        raise AssertionError("the comparison left SIGTERM to its default handler")
+
+    previous = signal.signal(signal.SIGTERM, unhandled)
+    try:
+        with monkeypatch.context() as patch:
+            patch.setattr(compare_module, "_write_reports", signal_then_write)
+            with pytest.raises(SystemExit) as stopped:
+                main(args)
+        assert signal.getsignal(signal.SIGTERM) is unhandled  # the handlers are given back
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert stopped.value.code == 75 and "during ccua compare" in str(stopped.value)
+    assert not (out / "report" / "comparison.md").exists()
+    evaluation = metrics_file(out / "runs" / "plain-s0", 2).stat().st_mtime_ns
+    assert main(args) == 0
+    assert (out / "report" / "comparison.md").exists()
+    assert metrics_file(out / "runs" / "plain-s0", 2).stat().st_mtime_ns == evaluation  # reused, not redone

@@ -48,7 +48,7 @@ from ccua.metrics.subset_metrics import FID
 from ccua.files import folder_holder, folder_lock, write_text_atomic
 from ccua.records import step_prefix
 from ccua.runs import RunFolder
-from ccua.stopping import STOP_MARKER, StopSignals, TrainingInterrupted, wait_passing_on_stop
+from ccua.stopping import STOP_MARKER, StopSignals, TrainingInterrupted, stopping_at_once, wait_passing_on_stop
 
 log = logging.getLogger(__name__)
 
@@ -603,7 +603,7 @@ def compare(settings: CompareSettings) -> Path:
     runs = planned_runs(settings)
     for run in runs:  # before anything runs: an edited setting never reuses another training's folder
         RunFolder(run.run_dir).check_holds(run.config, run.name)
-    with folder_lock(settings.out_dir, f"ccua compare into {settings.out_dir}"):
+    with stopping_at_once("ccua compare"), folder_lock(settings.out_dir, f"ccua compare into {settings.out_dir}"):
         return _compare(settings, runs)
 
 

@@ -27,12 +27,11 @@ import multiprocessing
 import os
 import signal
 import sys
-import threading
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
-from ccua.stopping import STOP_SIGNALS, StopSignals, StoppedBySignal
+from ccua.stopping import StopSignals, StoppedBySignal, stopping_at_once
 
 log = logging.getLogger(__name__)
 
@@ -128,12 +127,10 @@ def run_jobs(jobs: list[Job], workers: int = 1) -> list[JobResult]:
     results: dict[str, JobResult] = {}
     if workers <= 1 or len(jobs) <= 1:
         for job in jobs:  # here, in order
-            try:
-                with _stopping_at_once(job.name):
-                    results[job.name] = _skipped(job, results) or _run_here(job)
-            except JobsStopped as stopped:  # raised by the signal handler: logged here, not there
-                log.warning("%s", stopped)
-                raise
+            # a job here (an evaluation) ends at once on a stop signal; a training installs its own
+            # handlers meanwhile, and stops after its step with a checkpoint instead
+            with stopping_at_once(job.name, JobsStopped):
+                results[job.name] = _skipped(job, results) or _run_here(job)
     else:
         results = _run_in_workers(jobs, workers)
     return [results[job.name] for job in jobs]
@@ -227,24 +224,6 @@ def _stopped(reason: str, results: dict[str, JobResult], not_started: list[str])
     return JobsStopped(message)
 
 
-@contextlib.contextmanager
-def _stopping_at_once(job: str) -> Iterator[None]:
-    """A job run in this process ends at once on a stop signal (:class:`JobsStopped`); a training
-    installs its own handlers meanwhile, so it stops after its step with a checkpoint instead."""
-    def stop(signum: int, frame: Any) -> None:
-        raise JobsStopped(f"stopped by {signal.Signals(signum).name} during {job}: the same command resumes")
-
-    if threading.current_thread() is not threading.main_thread():  # handlers belong to the main thread
-        yield
-        return
-    previous = {signum: signal.signal(signum, stop) for signum in STOP_SIGNALS}
-    try:
-        yield
-    finally:
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
-
-
 def _call_in_worker(function: Callable[..., Any], args: tuple, kwargs: dict[str, Any]) -> Any:
     """``function(*args, **kwargs)``, then exit if the main process has ended meanwhile.
 
@@ -273,4 +252,5 @@ def _run_here(job: Job) -> JobResult:
         return JobResult(job.name, error=f"{type(error).__name__}: {error}")
 
 
-__all__ = ["Job", "JobResult", "JobsFailed", "JobsStopped", "available_cores", "run_jobs", "threads_per_job", "worker_slot"]
+__all__ = ["Job", "JobResult", "JobsFailed", "JobsStopped", "available_cores", "run_jobs", "threads_per_job",
+           "worker_slot"]

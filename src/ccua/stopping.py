@@ -10,10 +10,15 @@ all stop after the same step, without a collective of its own. A process that la
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import signal
 import subprocess
 import threading
 from types import FrameType
+from typing import Iterator
+
+log = logging.getLogger(__name__)
 
 #: the exit status of a run stopped by a signal after writing its checkpoint (sysexits.h EX_TEMPFAIL)
 REQUEUE_EXIT_CODE = 75
@@ -85,3 +90,34 @@ def wait_passing_on_stop(process: subprocess.Popen, stop: StopSignals) -> int:
             if stop.received and not passed_on:
                 process.send_signal(signal.SIGTERM)
                 passed_on = True
+
+
+@contextlib.contextmanager
+def stopping_at_once(what: str, error: type[StoppedBySignal] = StoppedBySignal) -> Iterator[None]:
+    """Within the block a stop signal raises ``error`` (exit status 75) at once, and the error is
+    logged: for work that leaves nothing half-written to resume from (an evaluation writes its files
+    whole or not at all). Handlers installed inside the block (a training's :class:`StopSignals`)
+    take over while they are entered. Outside the main thread: no change."""
+    raised: list[StoppedBySignal] = []
+
+    def stop(signum: int, frame: FrameType | None) -> None:
+        raised.append(error(f"stopped by {signal.Signals(signum).name} during {what}: the same command resumes"))
+        raise raised[-1]
+
+    if threading.current_thread() is not threading.main_thread():  # handlers belong to the main thread
+        yield
+        return
+    previous = {signum: signal.signal(signum, stop) for signum in STOP_SIGNALS}
+    try:
+        yield
+    except StoppedBySignal as stopped:
+        if stopped in raised:  # logged here, not in the handler; others were logged where they arose
+            log.warning("%s", stopped)
+        raise
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+__all__ = ["REQUEUE_EXIT_CODE", "STOP_MARKER", "STOP_SIGNALS", "StopSignals", "StoppedBySignal", "TrainingInterrupted",
+           "stopping_at_once", "wait_passing_on_stop"]
