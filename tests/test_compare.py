@@ -36,13 +36,20 @@ def assert_status(capsys, args, expected: dict[str, tuple[str, str, str]]) -> st
     return lines[-1]
 
 
-def test_compare_two_methods_writes_the_report_and_skips_finished_runs(tmp_path, capsys):
+def tiny_compare_args(tmp_path: Path, methods: str, tail_seeds: int) -> tuple[list[str], Path]:
+    """``ccua compare`` of ``methods`` (seed 0) on the tiny config for 2 steps, scored with random
+    features on a few samples; returns the arguments and the output folder."""
     config = tmp_path / "tiny.yaml"
     config.write_text(yaml.safe_dump(tiny_config_dict(tmp_path / "unused")))
     out = tmp_path / "cmp"
-    args = ["compare", str(config), "--methods", "plain,ccua", "--seeds", "0", "--steps", "2", "--out", str(out),
-            "--features", "random", "--per-class", "3", "--sampler-steps", "2", "--tail-seeds", "2",
+    args = ["compare", str(config), "--methods", methods, "--seeds", "0", "--steps", "2", "--out", str(out),
+            "--features", "random", "--per-class", "3", "--sampler-steps", "2", "--tail-seeds", str(tail_seeds),
             "--max-reference", "200"]
+    return args, out
+
+
+def test_compare_two_methods_writes_the_report_and_skips_finished_runs(tmp_path, capsys):
+    args, out = tiny_compare_args(tmp_path, "plain,ccua", tail_seeds=2)
     assert main(args) == 0
     report = out / "report"
     rows = list(csv.DictReader((report / "comparison.csv").open()))
@@ -250,12 +257,7 @@ def test_a_stop_signal_while_the_reports_are_written_exits_75_and_the_same_comma
 
     import ccua.compare as compare_module
 
-    config = tmp_path / "tiny.yaml"
-    config.write_text(yaml.safe_dump(tiny_config_dict(tmp_path / "unused")))
-    out = tmp_path / "cmp"
-    args = ["compare", str(config), "--methods", "plain", "--seeds", "0", "--steps", "2", "--out", str(out),
-            "--features", "random", "--per-class", "3", "--sampler-steps", "2", "--tail-seeds", "0",
-            "--max-reference", "200"]
+    args, out = tiny_compare_args(tmp_path, "plain", tail_seeds=0)
     real = compare_module._write_reports
 
     def signal_then_write(*args, **kwargs):
