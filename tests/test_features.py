@@ -109,6 +109,20 @@ def test_classifier_trains_saves_and_loads_as_a_feature_network(tmp_path):
     assert net.describe()["test_accuracy"] == info["test_accuracy"]
 
 
+def test_the_same_classifier_training_writes_the_same_file(tmp_path):
+    """Evaluations are keyed by the feature network's file hash: a retrained classifier with the
+    same weights (same data, seed, thread count) must keep that hash, so that numbers scored
+    with it elsewhere stay comparable and stored evaluations stay valid."""
+    train, test = _pattern_set(40, 0), _pattern_set(10, 1)
+    hashes = [train_classifier(None, tmp_path / f"clf{i}.pt", epochs=2, batch_size=32, seed=0, progress=False,
+                               width=8, feature_dim=16, train_set=train, test_set=test)["weights_hash"]
+              for i in range(2)]
+    assert hashes[0] == hashes[1]
+    other = train_classifier(None, tmp_path / "other.pt", epochs=2, batch_size=32, seed=1, progress=False,
+                             width=8, feature_dim=16, train_set=train, test_set=test)
+    assert other["weights_hash"] != hashes[0]
+
+
 # --------------------------------------------------------------------------- Inception
 
 def _nv_bilinear(x, size):

@@ -187,8 +187,8 @@ def train_classifier(data_config: Any, out_path: str | Path, epochs: int = 3, ba
         "resolution": resolution, "channels": channels, "num_classes": num_classes, "width": width,
         "feature_dim": feature_dim, "epochs": epochs, "batch_size": batch_size, "lr": lr, "seed": seed,
         "num_train": len(train_x), "num_test": len(test_x), "test_accuracy": test_accuracy,
-        "train_seconds": train_seconds, "torch": str(torch.__version__),
-    }
+        "torch": str(torch.__version__),
+    }  # no wall time in the file: the same training writes the same bytes, so its hash names the weights
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
@@ -196,4 +196,4 @@ def train_classifier(data_config: Any, out_path: str | Path, epochs: int = 3, ba
         torch.save({"state_dict": state, "meta": meta}, stream)
     logger.info("classifier: test accuracy %.4f after %d epochs (%.0f s), saved to %s", test_accuracy, epochs,
                 train_seconds, out_path)
-    return {**meta, "path": str(out_path), "weights_hash": file_sha256(out_path)}
+    return {**meta, "train_seconds": train_seconds, "path": str(out_path), "weights_hash": file_sha256(out_path)}
