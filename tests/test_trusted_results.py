@@ -145,6 +145,29 @@ def test_the_proxy_size_and_grid_edited_retune_from_new_evaluations(finished_stu
         assert tail[f"{guidance[row['name']]['tuned_tail']:g}"] == min(tail.values())
 
 
+def test_a_call_narrowed_to_later_seeds_uses_the_w_tuned_on_the_studys_first_seed(finished_study, tmp_path, capsys):
+    out = tmp_path / "out"
+    shutil.copytree(finished_study, out)
+    before = json.loads((out / "guidance.json").read_text())
+    study = _write_study(tmp_path, _edited(lambda s: s.update(seeds=[0, 1])))
+    assert main(["compare", str(study), "--out", str(out), "--only", "plain", "--seeds", "1"]) == 0
+    guidance = json.loads((out / "guidance.json").read_text())
+    assert guidance["plain"]["tuned_on"] == "plain-s0"
+    assert guidance["plain"]["proxy_fid"] == pytest.approx(before["plain"]["proxy_fid"])
+    assert guidance["ccua"] == before["ccua"]  # a variant this call did not run keeps its entry
+    assert not (out / "runs" / "plain-s1" / "eval_guidance").exists()  # no proxy of seed 1 was drawn
+    for report, mode in (("report/tuned_train", "tuned"), ("report/tuned_tail_train", "tuned_tail")):
+        [(row, metrics)] = _reported(out, report)
+        assert (row["name"], metrics["record"]["samples"]["seed"]) == ("plain", 1)
+        assert metrics["record"]["samples"]["sample"]["guidance"] == guidance["plain"][mode]
+
+    # a study whose first seed is untrained: a call narrowed to another seed is refused up front
+    untrained_first = _write_study(tmp_path, _edited(lambda s: s.update(seeds=[2, 0])))
+    assert main(["compare", str(untrained_first), "--out", str(out), "--only", "plain", "--seeds", "0"]) == 2
+    assert "tuned on plain-s2" in _one_error_line(capsys)
+    assert not (out / "runs" / "plain-s2").exists()
+
+
 def test_the_feature_network_and_its_weights_edited_are_evaluated_anew(finished_study, tmp_path, classifiers):
     first = _edited(lambda s: s["evaluation"].update(features="classifier", feature_path=str(classifiers[0])))
     status, out = _rerun(finished_study, tmp_path, first)

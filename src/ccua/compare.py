@@ -69,6 +69,9 @@ class CompareSettings:
     methods: list[str] = field(default_factory=list)  # "a+b" combines methods; each becomes a variant
     variants: list[Variant] = field(default_factory=list)  # explicit variants (study files)
     seeds: list[int] = field(default_factory=lambda: [0])
+    # the seed whose run tunes each variant's w (None: the first of ``seeds``); a study keeps its own
+    # first seed when a call narrows ``seeds``, so the tuned w never depends on the seeds of one call
+    tuning_seed: int | None = None
     steps: int | None = None
     out_dir: Path = Path("runs/compare")
     overrides: list[str] = field(default_factory=list)
@@ -201,6 +204,8 @@ def load_study(path: str | Path, only: list[str] | None = None, **changes: Any) 
              "overrides": study.overrides, "baseline": study.baseline, "jobs": study.jobs,
              "gpus_per_run": study.gpus_per_run, **as_dict(study.evaluation)}
     given.update({k: v for k, v in changes.items() if v is not None})
+    if study.seeds:
+        given["tuning_seed"] = study.seeds[0]
     return CompareSettings(**{k: v for k, v in given.items() if v is not None})
 
 
@@ -269,13 +274,45 @@ def variant_config(settings: CompareSettings, variant: Variant, seed: int) -> Co
     return config
 
 
+def planned_run(settings: CompareSettings, variant: Variant, seed: int) -> PlannedRun:
+    """The run of one (variant, seed) in the comparison's output folder."""
+    return PlannedRun(variant.name, seed, variant_config(settings, variant, seed),
+                      settings.out_dir / "runs" / f"{variant.name}-s{seed}")
+
+
 def planned_runs(settings: CompareSettings) -> list[PlannedRun]:
-    runs = []
+    return [planned_run(settings, variant, seed) for variant in settings.variants
+            for seed in variant.seeds or settings.seeds]
+
+
+def tuning_runs(settings: CompareSettings, runs: list[PlannedRun]) -> dict[str, PlannedRun]:
+    """Per variant, the run its w is tuned on: its own first seed where it lists seeds, else the
+    study's first (``tuning_seed``), planned or not; without a grid, none."""
+    if not settings.guidance_grid:
+        return {}
+    planned = {(run.variant, run.seed): run for run in runs}
+    tuners = {}
     for variant in settings.variants:
-        for seed in variant.seeds or settings.seeds:
-            config = variant_config(settings, variant, seed)
-            runs.append(PlannedRun(variant.name, seed, config, settings.out_dir / "runs" / f"{variant.name}-s{seed}"))
-    return runs
+        if not any(run.variant == variant.name for run in runs):
+            continue
+        seed = variant.seeds[0] if variant.seeds else (
+            settings.seeds[0] if settings.tuning_seed is None else settings.tuning_seed)
+        tuners[variant.name] = planned.get((variant.name, seed)) or planned_run(settings, variant, seed)
+    return tuners
+
+
+def check_tuning_runs(tuners: dict[str, PlannedRun], runs: list[PlannedRun]) -> None:
+    """A tuning run this call does not train must be trained already (a ConfigError before anything
+    runs): tuning on another seed instead would give the variant another w."""
+    planned = {run.name for run in runs}
+    for variant, tuner in tuners.items():
+        if tuner.name in planned:
+            continue
+        folder = RunFolder(tuner.run_dir)
+        folder.check_holds(tuner.config, tuner.name)
+        if not folder.is_finished(tuner.config.train.steps):
+            raise ConfigError(f"{variant}'s guidance is tuned on {tuner.name} (the first seed), which is not "
+                              f"trained to {tuner.config.train.steps} steps: train it first (--seeds {tuner.seed})")
 
 
 def train_one(config: Config, run_dir: Path, device: str | None = None) -> Path:
@@ -452,7 +489,7 @@ TUNED_ON = {"tuned": "overall", "tuned_tail": "tail"}
 
 
 def evaluate_mode(settings: CompareSettings, run: PlannedRun, mode: str, tuned_on: PlannedRun) -> tuple[float, list[Path]]:
-    """Evaluate at the variant's fixed w, or at a w tuned on ``tuned_on`` (its first seed)."""
+    """Evaluate at the variant's fixed w, or at a w tuned on ``tuned_on`` (see :func:`tuning_runs`)."""
     if mode == "fixed":
         guidance = run.config.sample.guidance
     else:  # reads the sweep's files
@@ -478,7 +515,7 @@ def tune_guidance(settings: CompareSettings, run: PlannedRun, grid: list[float])
                                     **_evaluation_settings(settings))
         scores["overall"][f"{w:g}"] = result["overall"][FID.key]
         scores["tail"][f"{w:g}"] = (result["groups"].get("tail") or {}).get(FID.key)
-    tuned = {"proxy_fid": scores["overall"], "proxy_fid_tail": scores["tail"]}
+    tuned = {"tuned_on": run.name, "proxy_fid": scores["overall"], "proxy_fid_tail": scores["tail"]}
     for criterion, values in scores.items():
         known = {w: fid for w, fid in values.items() if fid is not None}
         tuned[criterion] = float(min(known, key=known.get)) if known else None
@@ -517,20 +554,22 @@ def comparison_jobs(settings: CompareSettings, runs: list[PlannedRun]) -> list[J
     by_variant: dict[str, list[PlannedRun]] = {}
     for run in runs:
         by_variant.setdefault(run.variant, []).append(run)
+    tuners = tuning_runs(settings, runs)
     jobs = []
     for variant, variant_runs in by_variant.items():
-        first = variant_runs[0]
         jobs += [_training_job(settings, run) for run in variant_runs]
-        if settings.guidance_grid:
-            jobs.append(Job(f"tune {variant}", tune_guidance, (settings, first, settings.guidance_grid),
-                            after=(f"train {first.name}",)))
+        tuner = tuners.get(variant)
+        if tuner is not None:
+            trained_here = (f"train {tuner.name}",) if tuner.name in {r.name for r in variant_runs} else ()
+            jobs.append(Job(f"tune {variant}", tune_guidance, (settings, tuner, settings.guidance_grid),
+                            after=trained_here))
         for run in variant_runs:
-            jobs.append(Job(f"evaluate {run.name} fixed", evaluate_mode, (settings, run, "fixed", first),
+            jobs.append(Job(f"evaluate {run.name} fixed", evaluate_mode, (settings, run, "fixed", tuner),
                             after=(f"train {run.name}",)))
             previous = f"evaluate {run.name} fixed"
             for mode in GUIDANCE_MODES[1:] if settings.guidance_grid else ():
                 # one after the other: two modes may pick the same w, and so the same evaluation
-                jobs.append(Job(f"evaluate {run.name} {mode}", evaluate_mode, (settings, run, mode, first),
+                jobs.append(Job(f"evaluate {run.name} {mode}", evaluate_mode, (settings, run, mode, tuner),
                                 after=(f"tune {variant}", previous)))
                 previous = f"evaluate {run.name} {mode}"
     return jobs
@@ -538,18 +577,20 @@ def comparison_jobs(settings: CompareSettings, runs: list[PlannedRun]) -> list[J
 
 def _write_guidance(settings: CompareSettings, runs: list[PlannedRun], results: dict[str, Any]) -> None:
     """guidance.json: per variant the fixed w and, with a grid, the w tuned overall (``tuned``) and on
-    the tail (``tuned_tail``) with the proxy FIDs they minimise."""
-    record = {}
-    for run in runs:
-        if run.variant in record:
-            continue
-        record[run.variant] = {"step": run.config.train.steps, "fixed": run.config.sample.guidance}
-        tuned = results.get(f"tune {run.variant}")
+    the tail (``tuned_tail``) with the run they were tuned on and the proxy FIDs they minimise. The
+    entries of variants this call did not run (``--only``) stay as an earlier call wrote them."""
+    path = settings.out_dir / "guidance.json"
+    record = json.loads(path.read_text()) if path.is_file() else {}
+    for variant in dict.fromkeys(run.variant for run in runs):
+        config = next(run.config for run in runs if run.variant == variant)
+        record[variant] = {"step": config.train.steps, "fixed": config.sample.guidance}
+        tuned = results.get(f"tune {variant}")
         if tuned is not None and tuned.error is None:
             found = tuned.value
-            record[run.variant].update(tuned=found["overall"], tuned_tail=found["tail"], proxy_fid=found["proxy_fid"],
-                                       proxy_fid_tail=found["proxy_fid_tail"], grid=settings.guidance_grid)
-    write_text_atomic(settings.out_dir / "guidance.json", json.dumps(record, indent=2))
+            record[variant].update(tuned=found["overall"], tuned_tail=found["tail"], tuned_on=found["tuned_on"],
+                                   proxy_fid=found["proxy_fid"], proxy_fid_tail=found["proxy_fid_tail"],
+                                   grid=settings.guidance_grid)
+    write_text_atomic(path, json.dumps(record, indent=2))
 
 
 def _write_reports(settings: CompareSettings, runs: list[PlannedRun], results: dict[str, Any]) -> Path:
@@ -603,6 +644,7 @@ def compare(settings: CompareSettings) -> Path:
     runs = planned_runs(settings)
     for run in runs:  # before anything runs: an edited setting never reuses another training's folder
         RunFolder(run.run_dir).check_holds(run.config, run.name)
+    check_tuning_runs(tuning_runs(settings, runs), runs)
     with stopping_at_once("ccua compare"), folder_lock(settings.out_dir, f"ccua compare into {settings.out_dir}"):
         return _compare(settings, runs)
 
