@@ -547,14 +547,13 @@ def _check(results, what: str) -> list[str]:
     return failed
 
 
-def comparison_jobs(settings: CompareSettings, runs: list[PlannedRun]) -> list[Job]:
-    """Every job of the comparison, in priority order: a variant's trainings, its guidance sweep,
-    then its evaluations, before the next variant, so finished variants are evaluated while
-    later ones still train."""
+def comparison_jobs(settings: CompareSettings, runs: list[PlannedRun], tuners: dict[str, PlannedRun]) -> list[Job]:
+    """Every job of the comparison, in priority order: a variant's trainings, its guidance sweep
+    (on its run in ``tuners``), then its evaluations, before the next variant, so finished variants
+    are evaluated while later ones still train."""
     by_variant: dict[str, list[PlannedRun]] = {}
     for run in runs:
         by_variant.setdefault(run.variant, []).append(run)
-    tuners = tuning_runs(settings, runs)
     jobs = []
     for variant, variant_runs in by_variant.items():
         jobs += [_training_job(settings, run) for run in variant_runs]
@@ -644,15 +643,16 @@ def compare(settings: CompareSettings) -> Path:
     runs = planned_runs(settings)
     for run in runs:  # before anything runs: an edited setting never reuses another training's folder
         RunFolder(run.run_dir).check_holds(run.config, run.name)
-    check_tuning_runs(tuning_runs(settings, runs), runs)
+    tuners = tuning_runs(settings, runs)
+    check_tuning_runs(tuners, runs)
     with stopping_at_once("ccua compare"), folder_lock(settings.out_dir, f"ccua compare into {settings.out_dir}"):
-        return _compare(settings, runs)
+        return _compare(settings, runs, tuners)
 
 
-def _compare(settings: CompareSettings, runs: list[PlannedRun]) -> Path:
+def _compare(settings: CompareSettings, runs: list[PlannedRun], tuners: dict[str, PlannedRun]) -> Path:
     from ccua.report import tail_grid
 
-    jobs = comparison_jobs(settings, runs)
+    jobs = comparison_jobs(settings, runs, tuners)
     results = {job.name: result for job, result in zip(jobs, run_jobs(jobs, settings.jobs))}
     failed = _check(results.values(), "a job")
     _write_guidance(settings, runs, results)
