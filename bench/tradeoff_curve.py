@@ -3,7 +3,8 @@
 Guidance trades class fidelity for diversity: a method judged at one w can look better or worse
 than at another. For every variant of a comparison this reads the guidance tuner's proxy
 evaluations (``<out>/runs/<variant>-s<seed>/eval_guidance/*/metrics.json``: the proxy's samples
-at every w of the study's grid, on the seeds the tuner ran, the first by default) and prints, per
+at every w of the study's grid, on the seed the tuner ran, the first by default, and on those
+``bench/guidance_sweep.py`` added) and prints, per
 variant and w, the tail group's class accuracy, its near-copy share (within the class and against
 the whole training set) and its proxy FID, averaged over the seeds found; ``--plot`` draws the
 curve (class accuracy on y, near-copy share on x, one line per variant, points labelled by w).
