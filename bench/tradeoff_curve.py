@@ -6,7 +6,7 @@ evaluations (``<out>/runs/<variant>-s<seed>/eval_guidance/*/metrics.json``: the 
 at every w of the study's grid, on the seed the tuner ran, the first by default, and on those
 ``bench/guidance_sweep.py`` added) and prints, per
 variant and w, the tail group's class accuracy, its near-copy share (within the class and against
-the whole training set) and its proxy FID, averaged over the seeds found; ``--plot`` draws the
+the whole training set) and its proxy FID, mean (± std) over the seeds found; ``--plot`` draws the
 curve (class accuracy on y, near-copy share on x, one line per variant, points labelled by w).
 Example:
     python bench/tradeoff_curve.py runs/fashion_mnist_lt_memorising --plot docs/results/memorising_tradeoff.png
@@ -50,6 +50,13 @@ def _mean(values: list[float]) -> float:
     return float(np.mean(values)) if values else float("nan")
 
 
+def _mean_std(values: list[float], digits: int) -> str:
+    """Mean over the seeds, with the sample std where there are several."""
+    if len(values) < 2:
+        return f"{_mean(values):.{digits}f}"
+    return f"{np.mean(values):.{digits}f} ± {np.std(values, ddof=1):.{digits}f}"
+
+
 def plot(curves: dict, path: Path, group: str) -> None:
     figure = Figure(figsize=(5.5, 4.2), dpi=110)
     FigureCanvasAgg(figure)
@@ -83,9 +90,9 @@ def main() -> None:
     for variant, by_w in curves.items():
         for w in sorted(by_w):
             values = by_w[w]
-            print(f"| {variant} | {w:g} | {len(values['class_accuracy'])} | {_mean(values['class_accuracy']):.3f} | "
-                  f"{_mean(values['copies']):.3f} | {_mean(values['copies_whole_set']):.3f} | "
-                  f"{_mean(values['fid']):.2f} |")
+            print(f"| {variant} | {w:g} | {len(values['class_accuracy'])} | {_mean_std(values['class_accuracy'], 3)} | "
+                  f"{_mean_std(values['copies'], 3)} | {_mean_std(values['copies_whole_set'], 3)} | "
+                  f"{_mean_std(values['fid'], 2)} |")
     if args.plot:
         plot(curves, Path(args.plot), args.group)
         print(f"plot: {args.plot}")
