@@ -65,7 +65,8 @@ def plot(curves: dict, path: Path, group: str) -> None:
         ws = sorted(by_w)
         xs = [_mean(by_w[w]["copies"]) for w in ws]
         ys = [_mean(by_w[w]["class_accuracy"]) for w in ws]
-        axes.plot(xs, ys, marker="o", color=f"C{index}", label=variant)
+        seeds = max(len(by_w[w]["class_accuracy"]) for w in ws)
+        axes.plot(xs, ys, marker="o", color=f"C{index}", label=f"{variant} ({seeds} seed{'s' * (seeds != 1)})")
         for w, x, y in zip(ws, xs, ys):
             axes.annotate(f"{w:g}", (x, y), fontsize=6, xytext=(3, 3), textcoords="offset points")
     axes.set_xlabel(f"{group} near-copy share (within the class)")
