@@ -27,15 +27,20 @@ def main() -> None:
     parser.add_argument("--seeds", default=None, help="comma-separated seeds (default: all of the study's)")
     args = parser.parse_args()
 
-    only = args.only.split(",") if args.only else None
-    settings = study_settings(args.study, only=only, out_dir=Path(args.out) if args.out else None)
+    # The whole study is loaded and narrowed here rather than by ``only``: a study narrowed to some
+    # variants must still name its baseline, and sweeping one ablation should not sweep plain too.
+    settings = study_settings(args.study, out_dir=Path(args.out) if args.out else None)
     if not settings.guidance_grid:
         raise SystemExit(f"{args.study}: the study has no guidance grid to sweep")
+    variants = [variant.name for variant in settings.variants]
+    only = set(args.only.split(",")) if args.only else set(variants)
+    if unknown := sorted(only - set(variants)):
+        raise SystemExit(f"{args.study}: no variant named {', '.join(unknown)} (variants: {', '.join(variants)})")
     seeds = {int(s) for s in args.seeds.split(",")} if args.seeds else None
     trained = {status.name for status in study_status(settings) if status.state == TRAINED}
     grid = ", ".join(f"{w:g}" for w in settings.guidance_grid)
     for run in planned_runs(settings):
-        if seeds is not None and run.seed not in seeds:
+        if run.variant not in only or (seeds is not None and run.seed not in seeds):
             continue
         if run.name not in trained:
             print(f"{run.name}: not trained to the budget, skipped")
