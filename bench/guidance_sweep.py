@@ -16,7 +16,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ccua.compare import TRAINED, planned_runs, study_settings, study_status, tune_guidance
+from ccua.compare import TRAINED, named_variants, planned_runs, study_settings, study_status, tune_guidance
+from ccua.config.schema import ConfigError
 
 
 def main() -> None:
@@ -32,10 +33,11 @@ def main() -> None:
     settings = study_settings(args.study, out_dir=Path(args.out) if args.out else None)
     if not settings.guidance_grid:
         raise SystemExit(f"{args.study}: the study has no guidance grid to sweep")
-    variants = [variant.name for variant in settings.variants]
-    only = set(args.only.split(",")) if args.only else set(variants)
-    if unknown := sorted(only - set(variants)):
-        raise SystemExit(f"{args.study}: no variant named {', '.join(unknown)} (variants: {', '.join(variants)})")
+    try:
+        swept = named_variants(settings.variants, args.only.split(","), args.study) if args.only else settings.variants
+    except ConfigError as error:
+        raise SystemExit(str(error)) from None
+    only = {variant.name for variant in swept}
     seeds = {int(s) for s in args.seeds.split(",")} if args.seeds else None
     trained = {status.name for status in study_status(settings) if status.state == TRAINED}
     grid = ", ".join(f"{w:g}" for w in settings.guidance_grid)

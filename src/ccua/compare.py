@@ -194,10 +194,7 @@ def load_study(path: str | Path, only: list[str] | None = None, **changes: Any) 
     study = section_from_dict(StudyFile, read_yaml_file(path, "study file") or {}, str(path))
     variants = [_variant(path, str(name), spec) for name, spec in study.variants.items()]
     if only:
-        unknown = [name for name in only if name not in {v.name for v in variants}]
-        if unknown:
-            raise ConfigError(f"{path}: no variant(s) {unknown} (the file has {[v.name for v in variants]})")
-        variants = [v for v in variants if v.name in only]
+        variants = named_variants(variants, only, path)
     if not study.preset:
         raise ConfigError(f"{path}: a study needs `preset:` (a preset name or YAML config)")
     given = {"preset": study.preset, "variants": variants, "seeds": study.seeds, "steps": study.steps,
@@ -207,6 +204,14 @@ def load_study(path: str | Path, only: list[str] | None = None, **changes: Any) 
     if study.seeds:
         given["tuning_seed"] = study.seeds[0]
     return CompareSettings(**{k: v for k, v in given.items() if v is not None})
+
+
+def named_variants(variants: list[Variant], only: list[str], source: str | Path) -> list[Variant]:
+    """The variants named in ``only``, in their own order; a name the study lacks is a ConfigError."""
+    unknown = [name for name in only if name not in {v.name for v in variants}]
+    if unknown:
+        raise ConfigError(f"{source}: no variant(s) {unknown} (the file has {[v.name for v in variants]})")
+    return [v for v in variants if v.name in only]
 
 
 def _variant(path: Path, name: str, spec: Any) -> Variant:
